@@ -1,0 +1,3 @@
+from masklab.cli import entry
+
+entry()

@@ -1,0 +1,58 @@
+"""The ``masklab`` command. Thin: each sub-command is a module with ``add_parser(subparsers)`` and
+``run(args) -> exit code``; all work happens in the library.
+
+Exit codes: 0 success; 1 some inputs failed; 2 usage error; 3 weights unavailable; 4 weights mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from masklab.errors import MasklabError
+
+__all__ = ["main", "build_parser"]
+
+#: Sub-command modules under ``masklab.cli`` (one line each; no registry).
+COMMANDS = ("segment", "models")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from masklab import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="masklab",
+        description="Instance segmentation with Mask R-CNN: masks, labels, counts and measurements.",
+    )
+    parser.add_argument("--version", action="version", version=f"masklab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"masklab.cli.{name}").add_parser(sub)
+    return parser
+
+
+def _print_error(e: BaseException) -> None:
+    lines = str(e).strip().splitlines() or [type(e).__name__]
+    for line in lines[:5]:
+        print(f"masklab: {line}" if line is lines[0] else f"  {line.strip()}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except MasklabError as e:
+        _print_error(e)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("masklab: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:  # console_scripts entry point
+    sys.exit(main())

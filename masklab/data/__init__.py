@@ -1,0 +1,1 @@
+"""masklab.data"""

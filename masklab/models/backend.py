@@ -1,0 +1,99 @@
+"""The one seam between masklab and whatever runs the network.
+
+A backend takes RGB uint8 images and returns :class:`Detections` in original-image pixels. The
+:class:`~masklab.engine.segmenter.Segmenter` only ever calls ``backend.predict``; faster runtimes
+(ONNX Runtime, OpenVINO, reduced precision, CUDA batching) replace :class:`TorchBackend` behind it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from masklab.structures.masks import paste_masks
+
+__all__ = ["Detections", "Backend", "TorchBackend"]
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Raw model output for one image, in original-image pixels.
+
+    ``boxes`` float32 (N, 4) xyxy; ``scores`` float32 (N,); ``class_ids`` int64 (N,) the model's ids;
+    ``masks`` bool (N, H, W).
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+    masks: np.ndarray
+
+
+class Backend(Protocol):
+    """Anything with ``predict(images) -> list[Detections]`` (images: RGB uint8 (H, W, 3) arrays)."""
+
+    name: str
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Detections]: ...
+
+
+def to_tensor_chw(image: np.ndarray):
+    """RGB uint8 (H, W, 3) -> float32 tensor (3, H, W) in [0, 1], exactly as torchvision's ``to_tensor``."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    return t.to(torch.float32).div_(255)
+
+
+class TorchBackend:
+    """Runs a torchvision-style ``MaskRCNN`` module eagerly (the fp32 reference).
+
+    The module's own ``transform`` (normalise + resize), ``backbone``, ``rpn`` and ``roi_heads`` run as in
+    ``GeneralizedRCNN.forward``; post-processing scales boxes back and pastes masks straight into bool
+    arrays (no full-resolution float masks).
+    """
+
+    name = "torch"
+
+    def __init__(self, module, *, device: str = "cpu", mask_threshold: float = 0.5) -> None:
+        import torch
+
+        self.device = torch.device(device)
+        self.module = module.eval().to(self.device)
+        self.mask_threshold = mask_threshold
+
+    def forward_core(self, images: Sequence[np.ndarray]):
+        """The tensor part: returns torchvision's per-image detection dicts (boxes in *resized* pixels)
+        and the resized and original sizes. Exporters trace this part; pasting stays outside."""
+        import torch
+
+        m = self.module
+        tensors = [to_tensor_chw(im).to(self.device, non_blocking=True) for im in images]
+        original_sizes = [tuple(t.shape[-2:]) for t in tensors]
+        with torch.inference_mode():
+            batch, _ = m.transform(tensors)
+            features = m.backbone(batch.tensors)
+            proposals, _ = m.rpn(batch, features)
+            detections, _ = m.roi_heads(features, proposals, batch.image_sizes)
+        return detections, batch.image_sizes, original_sizes
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        from torchvision.models.detection.transform import resize_boxes
+
+        detections, resized, original = self.forward_core(images)
+        out = []
+        for det, rs, os_ in zip(detections, resized, original):
+            boxes = resize_boxes(det["boxes"], rs, os_)
+            masks = paste_masks(det["masks"].float().cpu(), boxes.float().cpu(), os_, threshold=self.mask_threshold)
+            out.append(
+                Detections(
+                    boxes=boxes.float().cpu().numpy(),
+                    scores=det["scores"].float().cpu().numpy(),
+                    class_ids=det["labels"].cpu().numpy().astype(np.int64),
+                    masks=masks,
+                )
+            )
+        return out

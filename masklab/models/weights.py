@@ -1,0 +1,183 @@
+"""Weights: the cache, verified downloads, and safe loading of state dicts.
+
+- Cache: ``$MASKLAB_HOME`` (default ``~/.cache/masklab``); weights live in ``<cache>/weights/``.
+- Downloads stream to a temp file in the same folder, are sha256-checked, then ``os.replace``d into
+  place, so an interrupted download never leaves a file that later passes as complete.
+- ``MASKLAB_OFFLINE=1`` forbids any download (the error then says where to put the file).
+- Loading never unpickles arbitrary objects: ``torch.load(..., weights_only=True)`` or safetensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from masklab.errors import WeightsMismatchError, WeightsUnavailableError
+from masklab.models.zoo import WeightsSpec
+
+__all__ = ["cache_dir", "weights_path", "is_cached", "ensure_weights", "load_state_dict", "check_state_dict", "sha256_file"]
+
+_CHUNK = 1 << 20
+
+
+def cache_dir() -> Path:
+    """The masklab cache folder: ``$MASKLAB_HOME`` or ``~/.cache/masklab``."""
+    return Path(os.environ.get("MASKLAB_HOME") or Path.home() / ".cache" / "masklab")
+
+
+def weights_path(spec: WeightsSpec) -> Path:
+    """Where the cached file for ``spec`` lives (whether or not it exists yet)."""
+    return cache_dir() / "weights" / spec.filename
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hash_ok(digest: str, expected: str) -> bool:
+    return digest.lower().startswith(expected.lower()) and len(expected) >= 8
+
+
+def _verified_marker(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
+
+
+def _verify_cached(path: Path, spec: WeightsSpec) -> None:
+    """Check a cached file once; remember the check (size + mtime) so later loads skip the hashing."""
+    st = path.stat()
+    stamp = f"{st.st_size} {st.st_mtime_ns} {spec.sha256}"
+    marker = _verified_marker(path)
+    if marker.exists() and marker.read_text() == stamp:
+        return
+    digest = sha256_file(path)
+    if not _hash_ok(digest, spec.sha256):
+        raise WeightsUnavailableError(
+            f"cached weights {path} are corrupt: sha256 {digest[:16]}..., expected {spec.sha256[:16]}...\n"
+            f"delete the file and run again, or download {spec.url} by hand"
+        )
+    _atomic_write_text(marker, stamp)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def is_cached(spec: WeightsSpec) -> bool:
+    return weights_path(spec).is_file()
+
+
+def _unavailable(spec: WeightsSpec, target: Path, reason: str) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"model weights {spec.filename} are not cached and could not be downloaded ({reason}).\n"
+        f"  URL:    {spec.url}\n"
+        f"  sha256: {spec.sha256}\n"
+        f"Download it on a machine with network and copy it to {target}, or pass --weights PATH."
+    )
+
+
+def ensure_weights(spec: WeightsSpec, *, progress: bool = True, timeout: float = 30.0) -> Path:
+    """The verified local path of ``spec``'s file, downloading it into the cache if needed."""
+    target = weights_path(spec)
+    if target.is_file():
+        _verify_cached(target, spec)
+        return target
+    if os.environ.get("MASKLAB_OFFLINE", "").strip() not in ("", "0"):
+        raise _unavailable(spec, target, "MASKLAB_OFFLINE is set")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _download(spec, target, progress=progress, timeout=timeout)
+    except WeightsUnavailableError:
+        raise
+    except (OSError, ValueError) as e:  # URLError, HTTPError, timeouts, DNS failures are OSErrors
+        raise _unavailable(spec, target, f"{type(e).__name__}: {e}".splitlines()[0][:120]) from None
+    return target
+
+
+def _download(spec: WeightsSpec, target: Path, *, progress: bool, timeout: float) -> None:
+    import urllib.request
+
+    from tqdm.auto import tqdm
+
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=timeout) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or spec.size_bytes
+            with tqdm(total=total, unit="B", unit_scale=True, desc=spec.filename, disable=not progress) as bar:
+                for chunk in iter(lambda: resp.read(_CHUNK), b""):
+                    out.write(chunk)
+                    h.update(chunk)
+                    bar.update(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        digest = h.hexdigest()
+        if not _hash_ok(digest, spec.sha256):
+            raise WeightsUnavailableError(
+                f"downloaded {spec.url} but its sha256 {digest} does not match {spec.sha256}; nothing was saved"
+            )
+        os.replace(tmp, target)
+        st = target.stat()
+        _atomic_write_text(_verified_marker(target), f"{st.st_size} {st.st_mtime_ns} {spec.sha256}")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def load_state_dict(path: str | os.PathLike) -> dict:
+    """Read a state dict from ``.safetensors`` or a torch file (``weights_only=True``: no code runs).
+
+    A training checkpoint holding ``{"model": state_dict, ...}`` is accepted too.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsUnavailableError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, zip errors, refused globals
+        raise WeightsMismatchError(
+            f"could not read {path} as a PyTorch state dict (loaded with weights_only=True): {e}".splitlines()[0]
+        ) from None
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
+        raise WeightsMismatchError(f"{path} does not hold a state dict (found {type(obj).__name__})")
+    return dict(obj)
+
+
+def check_state_dict(module, state: Mapping, *, source: str = "weights", max_listed: int = 5) -> None:
+    """Raise :class:`WeightsMismatchError` naming the first mismatched keys/shapes if ``state`` does not fit."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(getattr(state[k], "shape", ())) != tuple(v.shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    lines = [f"{source} do not fit the architecture {type(module).__name__}:"]
+    for title, items in (("wrong shape", shapes), ("missing", missing), ("unexpected", unexpected)):
+        if items:
+            more = f" (+{len(items) - max_listed} more)" if len(items) > max_listed else ""
+            lines.append(f"  {title} ({len(items)}): " + "; ".join(items[:max_listed]) + more)
+    raise WeightsMismatchError("\n".join(lines))

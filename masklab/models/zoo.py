@@ -1,0 +1,160 @@
+"""The model table: every model masklab knows, described by its own entry.
+
+A :class:`ModelSpec` says how to build the network, which categories its outputs index, how it
+pre-processes images, what accuracy its published weights reach, and where those weights come from
+(URL, sha256, licence). ``num_classes`` always comes from ``categories``, never from a second constant.
+
+Adding a model = adding one entry to ``MODELS`` (a plain dict; no registry decorators).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from masklab.errors import UsageError
+from masklab.models.categories import COCO_MRCNN, COCO_TORCHVISION
+
+__all__ = ["WeightsSpec", "ModelSpec", "MODELS", "DEFAULT_MODEL", "get_spec"]
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Where pretrained weights come from.
+
+    ``sha256`` is the full hex digest where known; torchvision publishes only the first 8 hex digits
+    (in the file name), and a prefix of at least 8 digits is checked as a prefix.
+    """
+
+    url: str
+    sha256: str
+    filename: str
+    size_bytes: int | None = None
+    license: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model entry.
+
+    Attributes:
+        name: the name users type (``--model``).
+        arch: architecture family, used to build the module and to recognise state dicts.
+        categories: index = the model's class id; ``"__background__"`` at 0; ``"N/A"`` marks unused ids.
+        weights: published pretrained weights, or None (train your own).
+        min_size, max_size: input resize (shorter side to ``min_size``, longer side at most ``max_size``).
+        published: published accuracy, e.g. ``{"box_ap": 47.4, "mask_ap": 41.8, "dataset": "COCO val2017"}``.
+        tags: e.g. ``("coco", "default")`` or ``("small",)``.
+        mrcnn_class_names: the tutorial-style ``class_names`` (``"BG"`` first) that ``detect()`` indexes.
+    """
+
+    name: str
+    arch: str
+    categories: tuple[str, ...]
+    build: Callable[..., object] = field(repr=False, compare=False)
+    weights: WeightsSpec | None = None
+    min_size: int = 800
+    max_size: int = 1333
+    published: dict = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    description: str = ""
+    license: str = ""
+    mrcnn_class_names: tuple[str, ...] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of outputs of the classifier, background included."""
+        return len(self.categories)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The tutorial's ``class_names``: ``"BG"`` then every real category, in class-id order."""
+        if self.mrcnn_class_names is not None:
+            return self.mrcnn_class_names
+        return ("BG",) + tuple(c for c in self.categories[1:] if c != "N/A")
+
+    def card(self) -> dict:
+        """A JSON-ready description (the model card)."""
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "categories": list(self.categories),
+            "min_size": self.min_size,
+            "max_size": self.max_size,
+            "published": dict(self.published),
+            "tags": list(self.tags),
+            "description": self.description,
+            "license": self.license,
+            "weights": None
+            if self.weights is None
+            else {"url": self.weights.url, "sha256": self.weights.sha256, "filename": self.weights.filename},
+        }
+
+
+def _build_tv_v1(*, num_classes: int, min_size: int = 800, max_size: int = 1333, **kwargs):
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    return maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs
+    )
+
+
+def _build_tv_v2(*, num_classes: int, min_size: int = 800, max_size: int = 1333, **kwargs):
+    from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
+
+    return maskrcnn_resnet50_fpn_v2(
+        weights=None, weights_backbone=None, num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs
+    )
+
+
+_TV_LICENSE = "BSD-3-Clause (torchvision code); weights trained on COCO (CC BY 4.0 annotations)"
+
+MODELS: dict[str, ModelSpec] = {
+    "maskrcnn_resnet50_fpn_v2": ModelSpec(
+        name="maskrcnn_resnet50_fpn_v2",
+        arch="torchvision_maskrcnn_v2",
+        categories=COCO_TORCHVISION,
+        build=_build_tv_v2,
+        weights=WeightsSpec(
+            url="https://download.pytorch.org/models/maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth",
+            sha256="73cbd0190fcbe3ba339921fbce2c3a0b6bb9126c9a133c85e43a2a8e060a109e",
+            filename="maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth",
+            size_bytes=185_828_065,
+            license=_TV_LICENSE,
+        ),
+        published={"box_ap": 47.4, "mask_ap": 41.8, "dataset": "COCO val2017"},
+        tags=("coco", "default"),
+        description="Mask R-CNN, ResNet-50 FPN v2 (torchvision, improved recipe). The default.",
+        license=_TV_LICENSE,
+        mrcnn_class_names=COCO_MRCNN,
+    ),
+    "maskrcnn_resnet50_fpn": ModelSpec(
+        name="maskrcnn_resnet50_fpn",
+        arch="torchvision_maskrcnn_v1",
+        categories=COCO_TORCHVISION,
+        build=_build_tv_v1,
+        weights=WeightsSpec(
+            url="https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth",
+            sha256="bf2d0c1e",  # torchvision publishes only this prefix of the sha256 (in the file name)
+            filename="maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth",
+            size_bytes=178_090_079,
+            license=_TV_LICENSE,
+        ),
+        published={"box_ap": 37.9, "mask_ap": 34.6, "dataset": "COCO val2017"},
+        tags=("coco",),
+        description="Mask R-CNN, ResNet-50 FPN (torchvision, original recipe). Faster, less accurate.",
+        license=_TV_LICENSE,
+        mrcnn_class_names=COCO_MRCNN,
+    ),
+}
+
+DEFAULT_MODEL = "maskrcnn_resnet50_fpn_v2"
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The entry called ``name``; a clear error listing the known names otherwise."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UsageError(f"unknown model {name!r}; known models: {', '.join(MODELS)} (or a path)") from None

@@ -1,0 +1,342 @@
+"""`Instances`: the one result type of masklab.
+
+Every model, backend and reader produces an `Instances`; every writer, visualiser and metric consumes
+one. Conversions to other shapes (the matterport dict, COCO JSON/RLE, polygons, label maps, CSV) live at
+the edges (`masklab.structures.masks`, `masklab.export`), not here.
+
+Fields (all numpy, N = number of instances, H, W = original image height and width):
+
+- ``boxes``: float32 (N, 4), ``x1, y1, x2, y2`` in pixels of the original image (x2, y2 are the
+  right/bottom edges, so a box covering one pixel at (0, 0) is ``[0, 0, 1, 1]``).
+- ``masks``: bool (N, H, W), ``True`` inside the object.
+- ``scores``: float32 (N,), in [0, 1] for predictions; 1.0 for ground truth.
+- ``class_ids``: int64 (N,), the model's (or dataset's) own category ids.
+- ``labels``: tuple of N str, the category names.
+- ``image_size``: ``(H, W)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Instances"]
+
+
+def _as_array(value: Any, dtype: np.dtype, name: str, ndim: int) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.size == 0:
+        arr = arr.reshape((0,) + arr.shape[1:] if arr.ndim == ndim else (0,) * ndim)
+    if arr.ndim != ndim:
+        raise ValueError(f"Instances.{name}: expected {ndim} dimensions, found shape {arr.shape}")
+    if dtype == np.bool_ and arr.dtype != np.bool_:
+        raise TypeError(f"Instances.{name}: expected a bool array, found dtype {arr.dtype}")
+    return arr.astype(dtype, copy=False)
+
+
+@dataclass(frozen=True, eq=False)
+class Instances:
+    """Per-object results for one image; see the module docstring for every field's dtype and shape.
+
+    Example:
+        >>> import numpy as np
+        >>> m = np.zeros((1, 4, 6), bool); m[0, 1:3, 2:5] = True
+        >>> inst = Instances(boxes=[[2, 1, 5, 3]], masks=m, scores=[0.9], class_ids=[1],
+        ...                  labels=["person"], image_size=(4, 6))
+        >>> len(inst), inst.areas().tolist()
+        (1, [6])
+    """
+
+    boxes: np.ndarray
+    masks: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+    labels: tuple[str, ...]
+    image_size: tuple[int, int]
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        h, w = (int(v) for v in self.image_size)
+        if h <= 0 or w <= 0:
+            raise ValueError(f"Instances.image_size: expected positive (H, W), found {self.image_size}")
+        object.__setattr__(self, "image_size", (h, w))
+        boxes = _as_array(self.boxes, np.float32, "boxes", 2)
+        if boxes.shape[1:] != (4,) and boxes.shape[0] != 0:
+            raise ValueError(f"Instances.boxes: expected shape (N, 4), found {boxes.shape}")
+        boxes = boxes.reshape(-1, 4)
+        masks = np.asarray(self.masks)
+        if masks.size == 0:
+            masks = np.zeros((0, h, w), dtype=bool)
+        masks = _as_array(masks, np.bool_, "masks", 3)
+        if masks.shape[1:] != (h, w):
+            raise ValueError(f"Instances.masks: expected shape (N, {h}, {w}), found {masks.shape}")
+        scores = _as_array(self.scores, np.float32, "scores", 1)
+        class_ids = _as_array(self.class_ids, np.int64, "class_ids", 1)
+        labels = tuple(str(x) for x in self.labels)
+        n = len(boxes)
+        lengths = {"masks": len(masks), "scores": len(scores), "class_ids": len(class_ids), "labels": len(labels)}
+        lengths.update({f"extra[{k!r}]": len(v) for k, v in self.extra.items()})
+        bad = {k: v for k, v in lengths.items() if v != n}
+        if bad:
+            raise ValueError(f"Instances: every field needs {n} entries (as boxes has); found {bad}")
+        for name, value in (("boxes", boxes), ("masks", masks), ("scores", scores), ("class_ids", class_ids)):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "extra", {k: np.asarray(v) for k, v in self.extra.items()})
+
+    # -- construction -------------------------------------------------------------------------------
+    @classmethod
+    def empty(cls, image_size: tuple[int, int]) -> Instances:
+        """No instances, for an image of ``image_size`` = (H, W)."""
+        h, w = image_size
+        return cls(
+            boxes=np.zeros((0, 4), np.float32),
+            masks=np.zeros((0, h, w), bool),
+            scores=np.zeros((0,), np.float32),
+            class_ids=np.zeros((0,), np.int64),
+            labels=(),
+            image_size=(h, w),
+        )
+
+    @classmethod
+    def from_masks(
+        cls,
+        masks: np.ndarray,
+        *,
+        class_ids: Sequence[int],
+        labels: Sequence[str],
+        scores: Sequence[float] | None = None,
+    ) -> Instances:
+        """Build from bool masks (N, H, W); boxes are the tight xyxy box of each mask (empty mask: zeros)."""
+        masks = np.asarray(masks, dtype=bool)
+        if masks.ndim != 3:
+            raise ValueError(f"from_masks: expected bool masks (N, H, W), found shape {masks.shape}")
+        from masklab.structures.masks import masks_to_boxes
+
+        n = len(masks)
+        return cls(
+            boxes=masks_to_boxes(masks),
+            masks=masks,
+            scores=np.ones(n, np.float32) if scores is None else scores,
+            class_ids=class_ids,
+            labels=labels,
+            image_size=masks.shape[1:],
+        )
+
+    # -- container protocol -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def __getitem__(self, item: Any) -> Instances:
+        """Select with an int, a slice, an index array or a bool array of length N."""
+        if isinstance(item, (int, np.integer)):
+            idx = np.array([int(item)])
+            if not -len(self) <= idx[0] < len(self):
+                raise IndexError(f"Instances index {item} out of range for {len(self)} instances")
+        elif isinstance(item, slice):
+            idx = np.arange(len(self))[item]
+        else:
+            idx = np.asarray(item)
+            if idx.dtype == bool:
+                if idx.shape != (len(self),):
+                    raise IndexError(f"bool selector needs shape ({len(self)},), found {idx.shape}")
+                idx = np.nonzero(idx)[0]
+            elif idx.size == 0:
+                idx = idx.astype(np.int64)
+            elif not np.issubdtype(idx.dtype, np.integer):
+                raise IndexError(f"Instances: select with int, slice, int or bool array; found {idx.dtype}")
+        return Instances(
+            boxes=self.boxes[idx],
+            masks=self.masks[idx],
+            scores=self.scores[idx],
+            class_ids=self.class_ids[idx],
+            labels=tuple(self.labels[i] for i in idx),
+            image_size=self.image_size,
+            extra={k: v[idx] for k, v in self.extra.items()},
+        )
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        h, w = self.image_size
+        counts = self.counts()
+        summary = ", ".join(f"{k}: {v}" for k, v in counts.items()) or "none"
+        return f"Instances(num={len(self)}, image_size=({h}, {w}), classes={{{summary}}})"
+
+    @staticmethod
+    def cat(items: Sequence[Instances]) -> Instances:
+        """Concatenate instances of the same image size."""
+        if not items:
+            raise ValueError("Instances.cat needs at least one Instances")
+        sizes = {i.image_size for i in items}
+        if len(sizes) != 1:
+            raise ValueError(f"Instances.cat: all image sizes must match, found {sorted(sizes)}")
+        keys = set(items[0].extra)
+        return Instances(
+            boxes=np.concatenate([i.boxes for i in items]),
+            masks=np.concatenate([i.masks for i in items]),
+            scores=np.concatenate([i.scores for i in items]),
+            class_ids=np.concatenate([i.class_ids for i in items]),
+            labels=sum((i.labels for i in items), ()),
+            image_size=items[0].image_size,
+            extra={k: np.concatenate([i.extra[k] for i in items]) for k in keys if all(k in i.extra for i in items)},
+        )
+
+    # -- selection helpers --------------------------------------------------------------------------
+    def filter(self, *, min_score: float | None = None, classes: Sequence[str] | None = None) -> Instances:
+        """Keep instances with ``score >= min_score`` and (if given) a label in ``classes``."""
+        keep = np.ones(len(self), bool)
+        if min_score is not None:
+            keep &= self.scores >= min_score
+        if classes is not None:
+            wanted = set(classes)
+            keep &= np.array([lab in wanted for lab in self.labels], bool)
+        return self[keep]
+
+    def counts(self) -> dict[str, int]:
+        """Number of instances per label, in order of first appearance."""
+        out: dict[str, int] = {}
+        for lab in self.labels:
+            out[lab] = out.get(lab, 0) + 1
+        return out
+
+    # -- measurements -------------------------------------------------------------------------------
+    def areas(self) -> np.ndarray:
+        """int64 (N,): mask area in pixels."""
+        return self.masks.sum(axis=(1, 2), dtype=np.int64)
+
+    def centroids(self) -> np.ndarray:
+        """float64 (N, 2): mask centroid ``(x, y)`` in pixel coordinates (pixel centres at +0.5); NaN if empty."""
+        from masklab.structures.masks import mask_centroids
+
+        return mask_centroids(self.masks)
+
+    def perimeters(self) -> np.ndarray:
+        """float64 (N,): length in pixels of every outer and hole contour of each mask (OpenCV)."""
+        from masklab.structures.masks import mask_perimeters
+
+        return mask_perimeters(self.masks)
+
+    def measurements(self) -> list[dict[str, Any]]:
+        """One dict per instance: id, label, class_id, score, area_px, perimeter_px, centroid_xy, bbox_xyxy."""
+        areas, cents, perims = self.areas(), self.centroids(), self.perimeters()
+        return [
+            {
+                "id": i,
+                "label": self.labels[i],
+                "class_id": int(self.class_ids[i]),
+                "score": float(self.scores[i]),
+                "area_px": int(areas[i]),
+                "perimeter_px": float(perims[i]),
+                "centroid_xy": [float(cents[i, 0]), float(cents[i, 1])],
+                "bbox_xyxy": [float(v) for v in self.boxes[i]],
+            }
+            for i in range(len(self))
+        ]
+
+    # -- conversions at the edges -------------------------------------------------------------------
+    def to_coco(self, image_id: int | str, *, category_ids: dict[str, int] | None = None) -> list[dict]:
+        """COCO results entries (``image_id, category_id, bbox [x, y, w, h], score, segmentation`` RLE).
+
+        ``category_ids`` maps label to dataset category id; by default the model's own ``class_ids``.
+        """
+        from masklab.structures.masks import encode_rle
+
+        rles = encode_rle(self.masks)
+        out = []
+        for i in range(len(self)):
+            x1, y1, x2, y2 = (float(v) for v in self.boxes[i])
+            cat = category_ids[self.labels[i]] if category_ids is not None else int(self.class_ids[i])
+            out.append(
+                {
+                    "image_id": image_id,
+                    "category_id": cat,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": float(self.scores[i]),
+                    "segmentation": rles[i],
+                }
+            )
+        return out
+
+    def to_mrcnn(self, class_names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The matterport tutorial's result dict.
+
+        Returns ``rois`` int32 (N, 4) ``y1, x1, y2, x2`` pixels (y2, x2 exclusive), ``masks`` bool
+        (H, W, N), ``class_ids`` int32 (N,) indexing ``class_names`` (``class_names[0] == "BG"``),
+        ``scores`` float32 (N,).
+        """
+        index = {name: i for i, name in enumerate(class_names)}
+        missing = sorted({lab for lab in self.labels if lab not in index})
+        if missing:
+            raise KeyError(f"to_mrcnn: labels {missing} are not in class_names ({len(class_names)} names)")
+        b = np.round(self.boxes).astype(np.int32).reshape(-1, 4)
+        rois = b[:, [1, 0, 3, 2]] if len(b) else np.zeros((0, 4), np.int32)
+        h, w = self.image_size
+        masks = np.ascontiguousarray(self.masks.transpose(1, 2, 0)) if len(self) else np.zeros((h, w, 0), bool)
+        return {
+            "rois": rois,
+            "masks": masks,
+            "class_ids": np.array([index[lab] for lab in self.labels], np.int32),
+            "scores": self.scores.astype(np.float32),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The per-image JSON's ``instances`` list (see README, "JSON format")."""
+        from masklab.structures.masks import encode_rle
+
+        rles = encode_rle(self.masks)
+        meas = self.measurements()
+        out = []
+        for m, rle in zip(meas, rles):
+            out.append(
+                {
+                    "id": m["id"],
+                    "label": m["label"],
+                    "class_id": m["class_id"],
+                    "score": round(m["score"], 6),
+                    "bbox_xyxy": [round(v, 3) for v in m["bbox_xyxy"]],
+                    "area_px": m["area_px"],
+                    "perimeter_px": round(m["perimeter_px"], 3),
+                    "centroid_xy": [round(v, 3) for v in m["centroid_xy"]],
+                    "rle": rle,
+                }
+            )
+        return out
+
+    @classmethod
+    def from_dict(cls, instances: Sequence[dict], image_size: tuple[int, int]) -> Instances:
+        """Inverse of :meth:`to_dict` (masks decoded from RLE; measurements recomputed, not read)."""
+        from masklab.structures.masks import decode_rle
+
+        h, w = image_size
+        masks = decode_rle([d["rle"] for d in instances], (h, w))
+        return cls(
+            boxes=np.array([d["bbox_xyxy"] for d in instances], np.float32).reshape(-1, 4),
+            masks=masks,
+            scores=[d["score"] for d in instances],
+            class_ids=[d["class_id"] for d in instances],
+            labels=[d["label"] for d in instances],
+            image_size=(h, w),
+        )
+
+    def plot(self, image: Any, *, style: str = "instance", ax: Any = None) -> Any:
+        """Show the overlay inline (matplotlib, optional). Returns the matplotlib Axes."""
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError("Instances.plot needs matplotlib: pip install 'masklab[plot]'") from e
+        from masklab.io.images import load_image
+        from masklab.visualize import get_visualizer
+
+        rgb = load_image(image).array
+        drawn = get_visualizer(style).annotate(rgb, self)
+        if ax is None:
+            _, ax = plt.subplots(figsize=(10, 10 * rgb.shape[0] / max(rgb.shape[1], 1)))
+        ax.imshow(drawn)
+        ax.axis("off")
+        return ax

@@ -1,0 +1,66 @@
+"""Shared test fixtures. No test touches the network: outbound connections except to localhost fail."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(self, address):
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str) and host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("/"):
+        raise OSError(f"tests must not touch the network (tried {address!r})")
+    return _real_connect(self, address)
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch, tmp_path_factory):
+    monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+    # An empty cache and no downloads unless a test says otherwise.
+    monkeypatch.setenv("MASKLAB_HOME", str(tmp_path_factory.getbasetemp() / "masklab-home"))
+    monkeypatch.setenv("MASKLAB_OFFLINE", "1")
+
+
+# Small inputs keep the CPU cost of each forward pass low; the arithmetic is the same code path.
+SMALL = {"min_size": 256, "max_size": 384}
+
+
+@pytest.fixture(scope="session")
+def v2_weights(tmp_path_factory):
+    """Seeded random weights for maskrcnn_resnet50_fpn_v2, saved as a .pth state dict."""
+    import torch
+
+    from masklab.models.loading import ModelOptions, build_module
+    from masklab.models.zoo import get_spec
+
+    torch.manual_seed(1234)
+    module = build_module(get_spec("maskrcnn_resnet50_fpn_v2"), ModelOptions())
+    path = tmp_path_factory.mktemp("weights") / "v2_random.pth"
+    torch.save(module.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def v2_segmenter(v2_weights):
+    from masklab import Segmenter
+
+    return Segmenter("maskrcnn_resnet50_fpn_v2", weights=v2_weights, device="cpu", score_thresh=0.0, **SMALL)
+
+
+def make_scene(h: int = 180, w: int = 240, seed: int = 0) -> np.ndarray:
+    """A synthetic RGB uint8 (h, w, 3) image: noisy background with a few solid shapes."""
+    rng = np.random.default_rng(seed)
+    img = (rng.random((h, w, 3)) * 60 + 90).astype(np.uint8)
+    for _ in range(4):
+        y, x = rng.integers(0, h - 40), rng.integers(0, w - 40)
+        img[y : y + rng.integers(15, 40), x : x + rng.integers(15, 40)] = rng.integers(0, 255, 3)
+    return img
+
+
+@pytest.fixture
+def scene():
+    return make_scene()
