@@ -90,6 +90,8 @@ def detect_arch(state: Mapping) -> tuple[str, int]:
             f"not a Mask R-CNN state dict: key {key!r} is missing (found e.g. {list(state)[:3]})"
         )
     num_classes = int(state[key].shape[0])
+    if "backbone.body.conv1.weight" not in state:  # not a ResNet trunk: the MobileNetV3 "small" model
+        return "maskrcnn_mobilenet_v3_fpn", num_classes
     if "roi_heads.box_head.fc6.weight" in state:
         return "torchvision_maskrcnn_v1", num_classes
     if "roi_heads.box_head.0.0.weight" in state:
@@ -102,7 +104,7 @@ def _spec_for_state(state: Mapping, *, name: str) -> ModelSpec:
 
     arch, num_classes = detect_arch(state)
     base = next(s for s in MODELS.values() if s.arch == arch)
-    if num_classes == base.num_classes:
+    if num_classes == base.num_classes and base.weights is not None:
         return base
     cats = ("__background__",) + tuple(f"class_{i}" for i in range(1, num_classes))
     return dataclasses.replace(
