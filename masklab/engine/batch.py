@@ -14,10 +14,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from masklab.errors import ImageLoadError
-from masklab.io.atomic import atomic_save_image, atomic_write_json, atomic_write_text
+from masklab.io.atomic import atomic_write_json, atomic_write_text
+from masklab.io.formats.writer import OutputWriter, image_record
 from masklab.io.images import load_image
 from masklab.io.inputs import InputItem
 from masklab.structures.instances import Instances
@@ -48,12 +48,6 @@ class RunSummary:
     def exit_code(self) -> int:
         """0 when every input succeeded, 1 when some failed."""
         return 1 if self.failures else 0
-
-
-def image_record(name: str, instances: Instances, model: str) -> dict[str, Any]:
-    """The per-image JSON document (schema in the README, "JSON format")."""
-    h, w = instances.image_size
-    return {"image": name, "width": w, "height": h, "model": model, "instances": instances.to_dict()}
 
 
 def _versions() -> dict[str, str]:
@@ -105,11 +99,8 @@ def run_segment(
     ``viz`` is None) per image and ``summary.csv``/``run.json`` for the run."""
     from tqdm.auto import tqdm
 
-    from masklab.visualize import get_visualizer
-
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    visualizer = get_visualizer(viz) if viz else None
+    writer = OutputWriter(out, model_name=segmenter.spec.name, viz=[viz] if viz else [])
     summary = RunSummary()
     t_run = time.perf_counter()
     show = (len(items) > 1) if progress is None else progress
@@ -121,12 +112,11 @@ def run_segment(
             summary.results.append(ImageResult(item, error=str(e).splitlines()[0]))
             continue
         inst = segmenter.predict([image])[0]
-        atomic_write_json(out / f"{item.stem}.json", image_record(str(item.path), inst, segmenter.spec.name))
-        if visualizer is not None:
-            atomic_save_image(out / f"{item.stem}.png", visualizer.annotate(image.array, inst))
+        writer.write(stem=item.stem, image_name=str(item.path), image=image.array, instances=inst)
         summary.results.append(ImageResult(item, inst, seconds=time.perf_counter() - t0))
     summary.seconds = time.perf_counter() - t_run
     ok = [r for r in summary.results if r.error is None]
+    writer.finish([r.item.stem for r in ok])
     _write_summary_csv(out / "summary.csv", summary.results)
     atomic_write_json(
         out / "run.json",
