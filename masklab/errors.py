@@ -13,6 +13,7 @@ __all__ = [
     "WeightsMismatchError",
     "ImageLoadError",
     "MissingDependencyError",
+    "DatasetError",
 ]
 
 
@@ -48,5 +49,11 @@ class ImageLoadError(MasklabError, ValueError):
 
 class MissingDependencyError(MasklabError, ImportError):
     """An optional dependency is not installed; the message names the ``pip install`` line."""
+
+    exit_code = 2
+
+
+class DatasetError(MasklabError, ValueError):
+    """A dataset file is malformed: a missing field, an unknown image or category id, a bad mask."""
 
     exit_code = 2
