@@ -1,0 +1,123 @@
+"""Visualisers: rendered pixels checked style by style."""
+
+import numpy as np
+import pytest
+from conftest import make_scene
+
+from masklab.errors import UsageError
+from masklab.structures.instances import Instances
+from masklab.visualize import STYLES, get_visualizer, render
+
+
+def _scene_instances(h=120, w=160):
+    """Two 'cat' squares and one 'dog' rectangle, laid out for (120, 160) and scaled to (h, w)."""
+    m = np.zeros((3, h, w), bool)
+    sy, sx = h / 120, w / 160
+    for k, (y0, y1, x0, x1) in enumerate([(20, 60, 10, 50), (20, 60, 70, 110), (80, 110, 20, 140)]):
+        m[k, int(y0 * sy) : int(y1 * sy), int(x0 * sx) : int(x1 * sx)] = True
+    return Instances.from_masks(m, class_ids=[17, 17, 18], labels=["cat", "cat", "dog"], scores=[0.9, 0.8, 0.7])
+
+
+def _colour_inside(original, drawn, mask):
+    """The mean colour shift drawn - original over the mask's interior (its outline cut away)."""
+    import cv2
+
+    inner = cv2.erode(mask.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+    return drawn[inner].astype(float).mean(0) - original[inner].astype(float).mean(0)
+
+
+def test_splash_greys_the_background_and_keeps_the_objects():
+    img = make_scene(120, 160)
+    inst = _scene_instances()
+    out = get_visualizer("splash").annotate(img, inst)
+    fg = inst.masks.any(0)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    bg = out[~fg]
+    assert (bg[:, 0] == bg[:, 1]).all() and (bg[:, 1] == bg[:, 2]).all()
+    assert (out[fg] == img[fg]).all()
+    assert not (img[~fg][:, 0] == img[~fg][:, 1]).all()  # the input background was coloured
+    only_dogs = get_visualizer("splash", classes=["dog"]).annotate(img, inst)
+    assert (only_dogs[inst.masks[2]] == img[inst.masks[2]]).all()
+    cat = only_dogs[inst.masks[0]]
+    assert (cat[:, 0] == cat[:, 2]).all()
+
+
+def test_instance_gives_two_objects_of_one_class_different_colours():
+    img = np.full((120, 160, 3), 128, np.uint8)
+    inst = _scene_instances()
+    out = get_visualizer("instance", captions=False, boxes=False).annotate(img, inst)
+    a = _colour_inside(img, out, inst.masks[0])
+    b = _colour_inside(img, out, inst.masks[1])
+    assert np.abs(a - b).max() > 20
+    import cv2
+
+    near = cv2.dilate(inst.masks.any(0).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    assert (out[~near] == 128).all()  # no boxes/captions: only fills and their 2 px outlines are drawn
+    again = get_visualizer("instance", captions=False, boxes=False).annotate(img, inst)
+    assert (again == out).all()  # stable colours for a given seed
+
+
+def test_semantic_gives_one_class_one_colour_and_a_legend():
+    img = np.full((120, 160, 3), 128, np.uint8)
+    inst = _scene_instances()
+    out = get_visualizer("semantic", legend=False).annotate(img, inst)
+    cat1, cat2, dog = (_colour_inside(img, out, inst.masks[i]) for i in range(3))
+    assert np.abs(cat1 - cat2).max() < 1e-6
+    assert np.abs(cat1 - dog).max() > 20
+    with_legend = get_visualizer("semantic").annotate(img, inst)
+    corner = with_legend[:30, :60]
+    assert (corner != out[:30, :60]).any()  # the legend is drawn top-left
+
+
+def test_captions_stay_inside_the_image():
+    img = np.zeros((60, 80, 3), np.uint8)
+    m = np.zeros((1, 60, 80), bool)
+    m[0, 50:60, 70:80] = True  # bottom-right corner object: its caption must be pulled inside
+    inst = Instances.from_masks(m, class_ids=[1], labels=["person"], scores=[0.5])
+    out = get_visualizer("instance", boxes=False, alpha=0.0).annotate(img, inst)
+    assert out.shape == img.shape
+    # white caption text was drawn and every pixel lies in the image (it is an array of that shape);
+    # the text sits left of the object, i.e. it was moved to fit rather than cut off
+    text = (out > 200).all(-1)
+    assert text.sum() > 20
+    cols = np.nonzero(text.any(0))[0]
+    assert cols.min() < 70
+
+
+def test_blur_changes_the_background_only():
+    img = make_scene(120, 160, seed=3)
+    inst = _scene_instances()
+    out = get_visualizer("blur").annotate(img, inst)
+    fg = inst.masks.any(0)
+    assert (out[fg] == img[fg]).all()
+    assert np.abs(out[~fg].astype(int) - img[~fg].astype(int)).mean() > 5
+    # the blurred background is smoother: smaller neighbour differences
+    assert np.abs(np.diff(out[~fg].astype(int), axis=0)).mean() < np.abs(np.diff(img[~fg].astype(int), axis=0)).mean()
+
+
+def test_outline_draws_contours_only():
+    img = np.full((120, 160, 3), 128, np.uint8)
+    inst = _scene_instances()
+    out = get_visualizer("outline").annotate(img, inst)
+    changed = (out != img).any(-1)
+    assert changed[20, 30] and changed[40, 10]  # edges of the first square
+    assert not changed[40, 30] and not changed[5, 5]  # inside and outside untouched
+
+
+def test_every_style_handles_no_instances_and_side_by_side():
+    img = make_scene(50, 70)
+    empty = Instances.empty((50, 70))
+    for style in STYLES:
+        out = get_visualizer(style).annotate(img, empty)
+        assert out.shape == img.shape
+        if style != "blur":
+            assert (out == img).all() or style == "splash"
+    pair = render(img, _scene_instances(50, 70), ("instance", "semantic"))
+    assert pair.shape[1] == 2 * 70 + 4 and pair.shape[0] > 50  # two panels, a gap, a title strip
+    assert (pair[-50:, :70] == get_visualizer("instance").annotate(img, _scene_instances(50, 70))).all()
+    assert (pair[-50:, 74:] == get_visualizer("semantic").annotate(img, _scene_instances(50, 70))).all()
+
+
+def test_unknown_style_is_a_usage_error():
+    with pytest.raises(UsageError, match="sparkles"):
+        get_visualizer("sparkles")
