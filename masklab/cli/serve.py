@@ -1,0 +1,76 @@
+"""``masklab serve``: the web service and page (FastAPI + uvicorn), bound to 127.0.0.1 by default."""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the web service and page",
+        description="Serve the HTTP API (/v1/segment, /v1/render, /v1/models, /healthz, /readyz, /metrics; "
+        "OpenAPI at /docs) and the upload page at /. Binds 127.0.0.1 unless --host says otherwise.",
+    )
+    g = p.add_argument_group("network")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    g.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    g.add_argument("--root-path", default="", help="URL prefix when served under a sub-path by a reverse proxy, e.g. /masklab")
+    g.add_argument("--forwarded-allow-ips", default=None, help="proxy addresses trusted for X-Forwarded-* headers (uvicorn's flag; default 127.0.0.1)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", "-m", default=None, help="model name (see `masklab models`) or weights file; default: maskrcnn_resnet50_fpn_v2")
+    g.add_argument("--weights", "-w", default=None, metavar="PATH", help="local weights file (.pth/.pt/.safetensors)")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    g.add_argument("--min-score", type=float, default=0.05, help="lowest score the model keeps, 0..1; requests can only raise it (default: 0.05)")
+    g.add_argument("--min-size", type=int, default=None, help="resize the shorter side to this many pixels (default: the model's)")
+    g.add_argument("--max-size", type=int, default=None, help="cap the longer side at this many pixels (default: the model's)")
+    g = p.add_argument_group("limits")
+    g.add_argument("--max-body-bytes", type=int, default=20 * 1024 * 1024, help="largest request body, counted as it streams in; larger gets 413 (default: 20 MiB)")
+    g.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height; larger gets 413 (default: 40 MP)")
+    g.add_argument("--workers", type=int, default=1, help="images processed at once, each in its own thread (default: 1; on CPU the model already uses every core)")
+    g.add_argument("--queue-size", type=int, default=4, help="requests that may wait for a worker; more get 503 with Retry-After (default: 4)")
+    g.add_argument("--request-timeout", type=float, default=60.0, help="seconds from arrival to answer, upload included; later gets 504 (default: 60)")
+    g.add_argument("--cache-mb", type=int, default=256, help="memory for recent results, so re-rendering does not rerun the model (default: 256; 0 disables)")
+    g.add_argument("--max-connections", type=int, default=200, help="open connections uvicorn accepts before answering 503 (default: 200)")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from masklab.errors import MissingDependencyError
+
+    try:
+        import uvicorn
+
+        from masklab.serve import ServeSettings, create_app
+    except ImportError as e:
+        raise MissingDependencyError(f"masklab serve needs the serve extra ({e.name} is missing): pip install 'masklab[serve]'") from None
+    from masklab.models.zoo import DEFAULT_MODEL
+
+    settings = ServeSettings(
+        model=args.model or DEFAULT_MODEL,
+        weights=args.weights,
+        device=args.device,
+        min_score=args.min_score,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        max_body_bytes=args.max_body_bytes,
+        max_pixels=args.max_pixels,
+        workers=args.workers,
+        queue_size=args.queue_size,
+        request_timeout_s=args.request_timeout,
+        cache_bytes=args.cache_mb * 1024 * 1024,
+    )
+    app = create_app(settings)
+    print(f"masklab serve: http://{args.host}:{args.port}/ (model {settings.model} loading; /readyz says when ready)", file=sys.stderr)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        root_path=args.root_path,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        limit_concurrency=args.max_connections,
+        timeout_keep_alive=5,
+        log_level="info",
+        server_header=False,
+    )
+    return 0
