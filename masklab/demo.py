@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(e)
         return e.exit_code
     print(f"model: {seg.spec.name} ({seg.loaded.weights_source}) on {seg.device}", file=sys.stderr)
-    summary = run_segment(items, args.out, seg, viz="instance")
+    summary = run_segment(items, args.out, seg, viz="instance", keep_instances=True)
     print(_table(summary))
     print(f"\noverlays and JSON in {args.out}/ ({summary.seconds:.1f} s)")
     return summary.exit_code

@@ -169,7 +169,9 @@ def test_exif_orientations_give_upright_pixels(corpus):
             assert raw.shape[:2] == UPRIGHT_HW[::-1]  # stored sideways
         # JPEG re-encoding of the rotated pixels differs by a few levels; a wrong orientation differs by ~50.
         assert np.abs(arr.astype(int) - ref).mean() < 3, k
-        assert np.abs(raw.astype(int)[: UPRIGHT_HW[0], : UPRIGHT_HW[1]] - ref[: raw.shape[0], : raw.shape[1]]).mean() > 10
+        assert (
+            np.abs(raw.astype(int)[: UPRIGHT_HW[0], : UPRIGHT_HW[1]] - ref[: raw.shape[0], : raw.shape[1]]).mean() > 10
+        )
 
 
 def test_exif_applies_to_bytes_and_pil_inputs(tmp_path):
@@ -262,7 +264,9 @@ def test_bomb_under_an_address_space_limit(tmp_path):
     import sys
 
     (tmp_path / "bomb.png").write_bytes(bomb_png(12_000, 12_000))
-    r = subprocess.run([sys.executable, "-c", _BOUNDED, str(tmp_path / "bomb.png")], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", _BOUNDED, str(tmp_path / "bomb.png")], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     assert "is over the cap of 100,000,000" in r.stdout, r.stdout
 

@@ -1,17 +1,28 @@
-"""``masklab segment INPUT... --out DIR``: per-image JSON + overlay, ``summary.csv``, ``run.json``."""
+"""``masklab segment INPUT... --out DIR``: per-image JSON + overlay, ``summary.csv``, ``run.json``;
+videos give per-frame JSON Lines and an annotated video."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "segment",
-        help="segment images (files, folders, globs)",
-        description="Segment images. Writes DIR/<name>.json and DIR/<name>.png per image, DIR/summary.csv and DIR/run.json.",
+        help="segment images (files, folders, globs, stdin lists, URLs) and videos",
+        description=(
+            "Segment images and videos. Writes DIR/<name>.json and DIR/<name>.png per image, DIR/summary.csv and "
+            "DIR/run.json; per video DIR/<name>.jsonl and DIR/<name>.annotated.mp4. Exit codes: 0 all inputs "
+            "succeeded, 1 some failed (listed in summary.csv/run.json), 2 usage error."
+        ),
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="image files, folders, glob patterns, videos; '-' reads more inputs from stdin, one per line",
+    )
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
     p.add_argument("-r", "--recursive", action="store_true", help="scan folders recursively")
     g = p.add_argument_group("model")
@@ -26,17 +37,62 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--viz", default="instance", help="overlay style, or 'none' (default: instance)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("inputs and limits")
+    g.add_argument("--allow-urls", action="store_true", help="accept http(s):// inputs (downloaded with the limits below)")
+    g.add_argument("--url-max-mb", type=float, default=50.0, help="largest download per URL in MB (default: 50)")
+    g.add_argument("--url-timeout", type=float, default=30.0, help="seconds allowed per download (default: 30)")
+    g.add_argument("--max-pixels", type=int, default=None, help="refuse images over this many pixels (default: $MASKLAB_MAX_PIXELS or 100000000)")
+    g = p.add_argument_group("throughput and resume")
+    g.add_argument("--batch-size", type=int, default=1, help="images per inference call (helps on a GPU; default: 1)")
+    g.add_argument("--workers", type=int, default=None, help="decode threads and writer threads, each (default: CPUs, at most 4)")
+    g.add_argument(
+        "--skip-existing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="skip images whose outputs already exist (default: on when DIR/run.json has the same settings)",
+    )
+    g = p.add_argument_group("video")
+    g.add_argument("--source", default=None, metavar="VIDEO|INDEX", help="a video file, or a camera index such as 0")
+    g.add_argument("--every", type=int, default=1, metavar="N", help="process every N-th frame (default: 1)")
+    g.add_argument("--start", type=float, default=0.0, metavar="SEC", help="start at this time in seconds (default: 0)")
+    g.add_argument("--end", type=float, default=None, metavar="SEC", help="stop at this time in seconds (default: the end)")
     p.set_defaults(run=run)
+
+
+def _check_args(args) -> None:
+    from masklab.errors import UsageError
+
+    if not args.inputs and args.source is None:
+        raise UsageError("nothing to segment: give INPUT paths, '-' for stdin, or --source VIDEO|INDEX")
+    for flag, value, low in (
+        ("--batch-size", args.batch_size, 1),
+        ("--every", args.every, 1),
+        ("--workers", args.workers, 1),
+        ("--max-pixels", args.max_pixels, 1),
+    ):
+        if value is not None and value < low:
+            raise UsageError(f"{flag} must be >= {low}, found {value}")
+    if args.url_max_mb <= 0 or args.url_timeout <= 0:
+        raise UsageError("--url-max-mb and --url-timeout must be > 0")
 
 
 def run(args) -> int:
     from masklab.engine.batch import run_segment
     from masklab.engine.segmenter import Segmenter
-    from masklab.io.inputs import expand_inputs
+    from masklab.engine.video import is_video_path, segment_video
+    from masklab.errors import ImageLoadError
+    from masklab.io.inputs import UrlLimits, expand_inputs
     from masklab.models.zoo import DEFAULT_MODEL
 
-    items = expand_inputs(args.inputs, recursive=args.recursive)
-    if not items:
+    _check_args(args)
+    videos: list[str | int] = []
+    if args.source is not None:
+        videos.append(int(args.source) if args.source.isdigit() else args.source)
+    image_args = []
+    for raw in args.inputs:
+        (videos if raw != "-" and is_video_path(raw) else image_args).append(raw)
+    items = expand_inputs(image_args, recursive=args.recursive, allow_urls=args.allow_urls) if image_args else []
+    if not items and not videos:
         print("masklab: no images found in the inputs", file=sys.stderr)
         return 2
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
@@ -54,9 +110,39 @@ def run(args) -> int:
         min_size=args.min_size,
         max_size=args.max_size,
     )
-    summary = run_segment(items, args.out, seg, viz=viz, progress=False if args.no_progress else None)
-    n_ok = len(summary.results) - len(summary.failures)
-    print(f"segmented {n_ok}/{len(items)} images in {summary.seconds:.1f} s -> {args.out}", file=sys.stderr)
-    for r in summary.failures:
-        print(f"  failed: {r.item.path}: {r.error}", file=sys.stderr)
-    return summary.exit_code
+    progress = False if args.no_progress else None
+    code = 0
+    if items:
+        summary = run_segment(
+            items,
+            args.out,
+            seg,
+            viz=viz,
+            progress=progress,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            skip_existing=args.skip_existing,
+            max_pixels=args.max_pixels,
+            url_limits=UrlLimits(max_bytes=int(args.url_max_mb * 2**20), timeout_s=args.url_timeout),
+        )
+        rate = summary.images_per_s
+        done = f"segmented {summary.processed}/{len(items)} images in {summary.seconds:.1f} s"
+        done += f" ({rate:.2f} images/s)" if rate else ""
+        if summary.skipped:
+            done += f"; {summary.skipped} already done, skipped (same settings)"
+        print(f"{done} -> {args.out}", file=sys.stderr)
+        for r in summary.failures:
+            print(f"  failed: {r.error}", file=sys.stderr)
+        code = summary.exit_code
+    for source in videos:
+        try:
+            vs = segment_video(
+                source, args.out, seg, viz=viz, every=args.every, start_s=args.start, end_s=args.end, progress=progress
+            )
+        except ImageLoadError as e:
+            print(f"  failed: {str(e).splitlines()[0]}", file=sys.stderr)
+            code = 1
+            continue
+        fps = f" ({vs.frames_per_s:.2f} frames/s)" if vs.frames_per_s else ""
+        print(f"video {vs.source}: {vs.frames_processed} frames in {vs.seconds:.1f} s{fps} -> {vs.jsonl}", file=sys.stderr)
+    return code

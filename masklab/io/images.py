@@ -278,7 +278,9 @@ def load_image(source: Any, *, name: str | None = None, max_pixels: int | None =
         Image = None
     if Image is not None and isinstance(source, Image.Image):
         return LoadedImage(_pil_to_rgb(source), name or "<PIL.Image>")
-    raise ImageLoadError(f"cannot load an image from {type(source).__name__}: expected a path, bytes, PIL image or numpy array")
+    raise ImageLoadError(
+        f"cannot load an image from {type(source).__name__}: expected a path, bytes, PIL image or numpy array"
+    )
 
 
 def _resolve_cap(cap: int | None) -> int:
