@@ -31,18 +31,46 @@ def class_color(class_id: int) -> tuple[int, int, int]:
     return tuple(int(255 * c) for c in colorsys.hsv_to_rgb(h, s, v))
 
 
-def draw_caption(img: np.ndarray, text: str, x: int, y: int, *, color=(255, 255, 255), bg=(0, 0, 0)) -> None:
+def draw_caption(
+    img: np.ndarray,
+    text: str,
+    x: int,
+    y: int,
+    *,
+    color=(255, 255, 255),
+    bg=(0, 0, 0),
+    avoid: list[tuple[int, int, int, int]] | None = None,
+    alt_y: Sequence[int] = (),
+) -> tuple[int, int, int, int]:
     """Write ``text`` in place on a filled box whose bottom-left corner is at ``(x, y)`` (just above an
-    object's box), moved so the box stays inside the image (white on black reads on any background)."""
+    object's box), moved so the box stays inside the image (white on black reads on any background).
+
+    ``avoid``: boxes ``(x0, y0, x1, y1)`` of captions already drawn; if the box would overlap one, the
+    bottom edges in ``alt_y`` are tried in turn. The chosen box is appended to ``avoid`` and returned.
+    """
     import cv2
 
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, _FONT_SCALE, 1)
     h, w = img.shape[:2]
     bw, bh = tw + 4, th + base + 4
     x0 = int(np.clip(x, 0, max(w - bw, 0)))
-    y0 = int(np.clip(y - bh, 0, max(h - bh, 0)))
+
+    def rect(bottom: int) -> tuple[int, int, int, int]:
+        y0 = int(np.clip(bottom - bh, 0, max(h - bh, 0)))
+        return (x0, y0, x0 + bw, y0 + bh)
+
+    def free(r) -> bool:
+        return not any(r[0] < a[2] and a[0] < r[2] and r[1] < a[3] and a[1] < r[3] for a in (avoid or ()))
+
+    # then further down, one caption height at a time, as a last resort before overlapping
+    candidates = [rect(v) for v in (y, *alt_y, *(y + k * bh for k in range(1, h // max(bh, 1) + 1)))]
+    box = next((r for r in candidates if free(r)), candidates[0])
+    x0, y0 = box[:2]
     cv2.rectangle(img, (x0, y0), (min(x0 + bw, w) - 1, min(y0 + bh, h) - 1), bg, -1)
     cv2.putText(img, text, (x0 + 2, y0 + 2 + th), cv2.FONT_HERSHEY_SIMPLEX, _FONT_SCALE, color, 1, cv2.LINE_AA)
+    if avoid is not None:
+        avoid.append(box)
+    return box
 
 
 def draw_contours(img: np.ndarray, mask: np.ndarray, color, thickness: int = 2) -> None:

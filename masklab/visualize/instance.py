@@ -47,7 +47,9 @@ class InstanceVisualizer:
                 c = cols[i].astype(np.float32)
                 out[m] = (out[m] * (1 - self.alpha) + c * self.alpha).round().astype(np.uint8)
                 draw_contours(out, m, cols[i], 2)
-        for i in order:
+        placed: list[tuple[int, int, int, int]] = []
+        # captions of the higher-scoring objects first, so they get the best spots
+        for i in sorted(order, key=lambda k: -instances.scores[k]):
             x1, y1, x2, y2 = (int(round(v)) for v in instances.boxes[i])
             if self.boxes:
                 import cv2
@@ -56,5 +58,6 @@ class InstanceVisualizer:
             if captions is not None or self.captions:
                 text = captions[i] if captions is not None else f"{instances.labels[i]} {instances.scores[i]:.2f}"
                 if text:
-                    draw_caption(out, text, x1, y1)
+                    # above the box, else inside its top, else below it
+                    draw_caption(out, text, x1, y1, avoid=placed, alt_y=(y1 + 18, y2 + 18, y2))
         return out
