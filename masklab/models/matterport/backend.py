@@ -1,0 +1,97 @@
+"""The :class:`~masklab.models.backend.Backend` that runs matterport's graph: mold -> network -> unmold."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from masklab.errors import UsageError
+from masklab.models.backend import Detections
+from masklab.models.matterport.config import MatterportConfig
+from masklab.models.matterport.h5 import load_h5_weights
+from masklab.models.matterport.network import HeadOutputs, MatterportMaskRCNN
+from masklab.models.matterport.preprocess import MoldedImage, UnmoldedDetections, mold_image, unmold_detections
+
+__all__ = ["MatterportBackend", "MatterportRun", "build_matterport"]
+
+
+def build_matterport(
+    weights: str | os.PathLike | None, *, min_confidence: float | None = None, seed: int = 0
+) -> MatterportMaskRCNN:
+    """The network with ``weights`` (a matterport ``.h5``) loaded, or seeded random weights if None.
+
+    ``min_confidence`` sets ``DETECTION_MIN_CONFIDENCE`` (None: matterport's 0.7).
+    """
+    cfg = MatterportConfig()
+    if min_confidence is not None:
+        cfg = dataclasses.replace(cfg, DETECTION_MIN_CONFIDENCE=float(min_confidence))
+    if weights is None:
+        torch.manual_seed(seed)
+    model = MatterportMaskRCNN(cfg)
+    if weights is not None:
+        load_h5_weights(model, weights)
+    return model.eval()
+
+
+@dataclass
+class MatterportRun:
+    """One image through the graph, every stage kept (for debugging and the reference tests).
+
+    ``detections`` float32 (D, 6) normalized, zero-padded; ``masks28`` float32 (n, 28, 28) the sigmoid
+    mask of each detection's class; ``result`` the unmolded results in original pixels.
+    """
+
+    molded: MoldedImage
+    heads: HeadOutputs
+    detections: np.ndarray
+    masks28: np.ndarray
+    result: UnmoldedDetections
+
+
+class MatterportBackend:
+    """Runs :class:`MatterportMaskRCNN` one image at a time (matterport's ``BATCH_SIZE`` is 1).
+
+    Results are matterport's ``detect()`` results: integer boxes (``y2``/``x2`` exclusive, returned here
+    as xyxy float32), class ids indexing the tutorial's 81 names, masks thresholded at 0.5.
+    """
+
+    name = "torch"
+
+    def __init__(self, module: MatterportMaskRCNN, *, device: str = "cpu") -> None:
+        if not isinstance(module, MatterportMaskRCNN):
+            raise UsageError(f"MatterportBackend runs a MatterportMaskRCNN, found {type(module).__name__}")
+        self.device = torch.device(device)
+        self.module = module.eval().to(self.device)
+
+    def run(self, image: np.ndarray, *, config: MatterportConfig | None = None) -> MatterportRun:
+        """All stages for one RGB uint8 (H, W, 3) image; ``config`` overrides the detection settings."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise UsageError(f"expected an RGB uint8 (H, W, 3) image, found {image.dtype} {image.shape}")
+        cfg = config or self.module.config
+        molded = mold_image(image, cfg)
+        x = torch.from_numpy(molded.network_input(cfg)).permute(2, 0, 1)[None].to(self.device)
+        with torch.inference_mode():
+            heads = self.module.forward_heads(x)
+            det, masks = self.module.detect_and_mask(heads, molded.window, cfg)
+        det_np, masks_np = det.float().cpu().numpy(), masks.float().cpu().numpy()
+        result = unmold_detections(det_np, masks_np, molded, molded_hw=cfg.image_shape)
+        return MatterportRun(molded, heads, det_np, masks_np, result)
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        out = []
+        for image in images:
+            r = self.run(image).result
+            out.append(
+                Detections(
+                    boxes=r.rois[:, [1, 0, 3, 2]].astype(np.float32).reshape(-1, 4),
+                    scores=r.scores.astype(np.float32),
+                    class_ids=r.class_ids.astype(np.int64),
+                    masks=r.masks,
+                )
+            )
+        return out
