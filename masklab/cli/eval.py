@@ -1,0 +1,102 @@
+"""``masklab eval --data val.json (--model M | --predictions results.json) [--out DIR]``: COCO metrics and a report."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="score a model or saved predictions on a COCO-format set",
+        description=(
+            "Score a model (run over the images) or saved COCO results against COCO ground truth: box and mask "
+            "AP (pycocotools), per-class AP, precision-recall curves, a confusion matrix and counting accuracy. "
+            "Writes DIR/eval.json, DIR/report.md, DIR/confusion.{json,png}, DIR/pr/*.png, DIR/counts.csv."
+        ),
+    )
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True, metavar="JSON", help="COCO ground-truth JSON (e.g. val.json)")
+    g.add_argument("--images", default=None, metavar="DIR",
+                   help="folder of the image files (default: relative to the JSON's folder, else its sibling folder named like the JSON)")
+    g = p.add_argument_group("what to score (one of)")
+    what = g.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", "-m", default=None, help="model name (see `masklab models`), training run folder or weights file")
+    what.add_argument("--predictions", default=None, metavar="JSON", help="saved COCO results (list of image_id, category_id, score, bbox/segmentation)")
+    g = p.add_argument_group("model options (with --model)")
+    g.add_argument("--weights", "-w", default=None, metavar="PATH", help="local weights file (.pth/.pt/.safetensors)")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    g.add_argument("--score-thresh", type=float, default=0.05,
+                   help="keep detections with score >= this for the COCO metrics, 0..1 (default: 0.05, as COCO evaluations do)")
+    g.add_argument("--min-size", type=int, default=None, help="resize the shorter side to this many pixels (default: the model's)")
+    g.add_argument("--max-size", type=int, default=None, help="cap the longer side at this many pixels (default: the model's)")
+    g = p.add_argument_group("report")
+    g.add_argument("--out", "-o", default=None, metavar="DIR", help="output folder (default: a new folder runs/eval-<time>)")
+    g.add_argument("--count-thresh", type=float, default=0.5,
+                   help="score at or above which a detection counts, for the confusion matrix and counting accuracy (default: 0.5)")
+    g.add_argument("--iou-thresh", type=float, default=0.5, help="IoU for a match in the confusion matrix (default: 0.5)")
+    g.add_argument("--no-plots", action="store_true", help="skip the PNG pictures")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def _new_run_dir() -> Path:
+    base = Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def run(args) -> int:
+    from masklab.data.coco import CocoGroundTruth
+    from masklab.errors import DatasetError, UsageError
+    from masklab.evaluation import evaluator
+    from masklab.evaluation.report import format_table, write_report
+    from masklab.io.atomic import atomic_write_json
+
+    if not args.no_plots:
+        from masklab.evaluation.plots import require_matplotlib
+
+        require_matplotlib()  # fail before a long model run, not after
+    gt = CocoGroundTruth.load(args.data, images_dir=args.images)
+    out = Path(args.out) if args.out else _new_run_dir()
+    settings = {"data": str(args.data), "images": args.images, "count_thresh": args.count_thresh, "iou_thresh": args.iou_thresh}
+    failures: list[tuple[int, str]] = []
+    if args.predictions is not None:
+        try:
+            with open(args.predictions, encoding="utf-8") as f:
+                results = json.load(f)
+        except OSError as e:
+            raise UsageError(f"cannot read --predictions {args.predictions}: {e.strerror}") from None
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{args.predictions}: not valid JSON ({e})") from None
+        settings["predictions"] = str(args.predictions)
+        notes: list[str] = []
+    else:
+        from masklab.engine.segmenter import Segmenter
+
+        seg = Segmenter(args.model, weights=args.weights, device=args.device, score_thresh=args.score_thresh,
+                        min_size=args.min_size, max_size=args.max_size)
+        classes = evaluator.model_class_names(seg)
+        evaluator.match_categories(classes, gt)  # no shared class name: fail before running the model
+        run_out = evaluator.predict_dataset(gt, seg, progress=False if args.no_progress else None)
+        failures = run_out.failures
+        conv = evaluator.instances_to_results(gt, run_out.predictions, model_classes=classes)
+        results, notes = conv.results, conv.notes
+        atomic_write_json(out / "predictions.json", results)
+        settings["model"] = seg.settings()
+    result = evaluator.evaluate_results(gt, results, score_thresh=args.count_thresh, iou_thresh=args.iou_thresh, notes=notes)
+    result.failures = failures
+    write_report(result, out, plots=not args.no_plots, settings=settings)
+    print(format_table(result))
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for image_id, err in failures:
+        print(f"  failed: image {image_id}: {err}", file=sys.stderr)
+    print(f"report: {out / 'report.md'}", file=sys.stderr)
+    return 1 if failures else 0
