@@ -1,0 +1,248 @@
+"""The Ray engine (masklab.engine.distributed) against the local engine, on a private local Ray.
+
+One Ray session (2 CPUs, loopback only) serves the module: starting Ray costs ~10 s here, and every
+run starts its model actors (~5-10 s each on 2 shared cores), so the module makes three runs in all.
+Both engines run torch with one thread per model: with the same thread count the arithmetic is the
+same, so the outputs are compared byte for byte (a different thread count may move a score in its
+6th decimal).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_scene
+from PIL import Image
+
+from masklab.engine.distributed.ray_engine import actor_pool_kwargs, plan_workers, ray_session
+from masklab.engine.distributed.storage import Store, expand_sources
+from masklab.engine.distributed.tables import IMAGES_DIR, INSTANCES_DIR, record_from_rows
+from masklab.errors import UsageError
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray's own settings
+
+# Few instances per image keep RLE/overlay work small; score 0 so the random heads give some.
+SEG = {"score_thresh": 0.0, "min_size": 128, "max_size": 192, "max_detections": 8, "device": "cpu"}
+STEMS = ["a0", "a1", "a2", "a3"]
+
+
+# -- no Ray needed ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("resources", "device", "workers", "expected"),
+    [
+        ({"CPU": 2.0}, "auto", None, (1, 2.0, 0, 2, "cpu")),
+        ({"CPU": 2.0}, "auto", 2, (2, 1.0, 0, 1, "cpu")),
+        ({"CPU": 2.0}, "cpu", 4, (4, 0.5, 0, 1, "cpu")),  # more actors than CPUs: fractional shares
+        ({"CPU": 64.0}, "auto", None, (16, 4.0, 0, 4, "cpu")),
+        ({"CPU": 32.0, "GPU": 4.0}, "auto", None, (4, 1, 1, 8, "cuda")),  # one actor per GPU
+        ({"CPU": 32.0, "GPU": 4.0}, "cpu", 2, (2, 16.0, 0, 16, "cpu")),  # GPUs ignored when asked
+    ],
+)
+def test_plan_workers(resources, device, workers, expected):
+    p = plan_workers(resources=resources, device=device, num_workers=workers)
+    assert (p.workers, p.cpus, p.gpus, p.threads, p.device) == expected
+
+
+def test_plan_workers_refuses_bad_requests():
+    with pytest.raises(UsageError, match="no GPUs"):
+        plan_workers(resources={"CPU": 8.0}, device="cuda")
+    with pytest.raises(UsageError, match="at least 1"):
+        plan_workers(resources={"CPU": 8.0}, num_workers=0)
+
+
+def test_actor_pool_kwargs_follow_the_ray_version(monkeypatch):
+    pytest.importorskip("ray.data")
+    import ray.data
+
+    from masklab.engine.distributed import ray_engine
+
+    monkeypatch.setattr(ray_engine, "_ray_version", lambda: (2, 20))
+    assert actor_pool_kwargs(3) == {"concurrency": 3}
+    monkeypatch.setattr(ray_engine, "_ray_version", lambda: (2, 60))
+    kw = actor_pool_kwargs(3)
+    assert isinstance(kw["compute"], ray.data.ActorPoolStrategy) and kw["compute"].min_size == kw["compute"].max_size == 3
+
+
+def test_store_and_uri_inputs(tmp_path):
+    pytest.importorskip("pyarrow")
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    for rel in ("x.png", "sub/x.png", "y.jpg", "notes.txt"):
+        (tmp_path / "in" / rel).write_bytes(b"...")
+    uri = (tmp_path / "in").as_uri()  # file:///...: read through pyarrow.fs like s3://
+    flat = expand_sources([uri])
+    assert [(it.url, it.stem) for it in flat] == [(f"{uri}/x.png", "x"), (f"{uri}/y.jpg", "y")]
+    deep = expand_sources([uri], recursive=True)
+    stems = sorted(it.stem for it in deep)
+    assert len(deep) == 3 and stems[2] == "y" and stems[0].startswith("x-") and stems[1].startswith("x-")
+    with pytest.raises(UsageError, match="does not exist"):
+        expand_sources([f"{uri}/missing"])
+    store = Store((tmp_path / "out").as_uri())
+    store.write_bytes("d/one.bin", b"abc")
+    assert (tmp_path / "out" / "d" / "one.bin").read_bytes() == b"abc"
+    assert store.list_files("d", ".bin") == ["one.bin"] and store.list_files("nowhere", ".bin") == []
+    assert not [p for p in (tmp_path / "out" / "d").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+# -- on a local Ray -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_local(tmp_path_factory):
+    pytest.importorskip("ray.data")
+    with pytest.MonkeyPatch.context() as mp:
+        # What the actors inherit from the processes ray.init starts: offline, an empty cache.
+        mp.setenv("MASKLAB_OFFLINE", "1")
+        mp.setenv("MASKLAB_HOME", str(tmp_path_factory.mktemp("ray-home")))
+        with ray_session(num_cpus=2) as ray:
+            yield ray
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ray-in")
+    for i, stem in enumerate(STEMS):
+        Image.fromarray(make_scene(100 + 12 * i, 140, seed=10 + i)).save(d / f"{stem}.png")
+    (d / "broken.jpg").write_bytes(b"this is not a jpeg")
+    return d
+
+
+@pytest.fixture(scope="module")
+def runs(ray_local, folder, small_weights, tmp_path_factory):
+    """The same folder through the local engine and the Ray engine (2 actors of 1 CPU each)."""
+    import torch
+
+    from masklab.engine.batch import run_segment
+    from masklab.engine.distributed import run_segment_ray
+    from masklab.engine.segmenter import Segmenter
+    from masklab.io.inputs import expand_inputs
+
+    threads_before = torch.get_num_threads()  # Segmenter sets torch's process-wide count; restored below
+    seg_kwargs = {"model": str(small_weights), **SEG}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MASKLAB_NUM_THREADS", "1")  # as each Ray actor below (1 CPU each)
+        seg = Segmenter(**seg_kwargs)
+    local_out = tmp_path_factory.mktemp("local-out")
+    local = run_segment(expand_inputs([str(folder)]), local_out, seg, viz="instance", progress=False)
+    ray_out = tmp_path_factory.mktemp("ray-out")
+    settings = {**seg.settings(), "viz": "instance"}
+    ray = run_segment_ray(
+        expand_sources([str(folder)]),
+        ray_out,
+        segmenter_kwargs=seg_kwargs,
+        settings=settings,
+        model_card=seg.spec.card(),
+        writer_kwargs={"viz": ["instance"]},
+        num_workers=2,
+        progress=False,
+    )
+    yield {"local": (local, local_out), "ray": (ray, ray_out), "seg": seg, "kwargs": seg_kwargs, "settings": settings}
+    torch.set_num_threads(threads_before)
+
+
+@pytest.mark.slow
+def test_ray_equals_local_image_by_image(runs):
+    local, local_out = runs["local"]
+    ray, ray_out = runs["ray"]
+    assert [r.item.stem for r in ray.results] == [r.item.stem for r in local.results] == ["a0", "a1", "a2", "a3", "broken"]
+    for stem in STEMS:
+        a = json.loads((local_out / f"{stem}.json").read_text())
+        b = json.loads((ray_out / f"{stem}.json").read_text())
+        assert len(a["instances"]) > 0
+        assert b == a  # same instances, same scores, boxes, measurements and RLE strings
+        overlay_local = np.asarray(Image.open(local_out / f"{stem}.png"))
+        overlay_ray = np.asarray(Image.open(ray_out / f"{stem}.png"))
+        assert np.array_equal(overlay_ray, overlay_local)
+    assert [r.n_instances for r in ray.results] == [r.n_instances for r in local.results]
+
+
+@pytest.mark.slow
+def test_ray_reports_the_bad_file_and_finishes(runs):
+    local, _ = runs["local"]
+    ray, ray_out = runs["ray"]
+    assert ray.exit_code == 1 and len(ray.failures) == 1
+    bad = ray.failures[0]
+    assert bad.item.stem == "broken" and bad.error == local.failures[0].error and "broken.jpg" in bad.error
+    with open(ray_out / "summary.csv") as f:
+        rows = {Path(r["image"]).stem: r for r in csv.DictReader(f)}
+    assert rows["broken"]["status"] == "failed" and rows["broken"]["error"] == bad.error
+    assert all(rows[s]["status"] == "ok" and int(rows[s]["instances"]) > 0 for s in STEMS)
+    run = json.loads((ray_out / "run.json").read_text())
+    assert run["complete"] and run["engine"] == "ray" and run["succeeded"] == 4
+    assert run["failed"] == [{"image": bad.item.source, "error": bad.error}]
+    assert run["ray"]["actors"] == 2 and run["ray"]["device"] == "cpu"
+
+
+@pytest.mark.slow
+def test_parquet_rows_match_the_json(runs):
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from masklab.structures.masks import decode_rle
+
+    _, ray_out = runs["ray"]
+    table = pq.read_table(ray_out / INSTANCES_DIR)
+    frame = pd.read_parquet(ray_out / INSTANCES_DIR)  # what a pandas user does
+    assert len(frame) == table.num_rows == sum(len(json.loads((ray_out / f"{s}.json").read_text())["instances"]) for s in STEMS)
+    images = pq.read_table(ray_out / IMAGES_DIR).to_pylist()
+    assert sorted(r["stem"] for r in images) == STEMS  # the failed file is not in the ledger
+    rows = table.to_pylist()
+    for img in images:
+        doc = json.loads((ray_out / f"{img['stem']}.json").read_text())
+        mine = [r for r in rows if r["stem"] == img["stem"]]
+        assert record_from_rows(img, mine, model=doc["model"]) == doc
+        assert img["instances"] == len(doc["instances"]) and json.loads(img["counts"]) == {
+            lab: sum(d["label"] == lab for d in doc["instances"]) for lab in {d["label"] for d in doc["instances"]}
+        }
+        # The RLE column decodes to masks whose pixel counts are the area column.
+        masks = decode_rle([{"size": r["rle_size"], "counts": r["rle_counts"]} for r in mine], (doc["height"], doc["width"]))
+        assert [int(m.sum()) for m in masks] == [r["area_px"] for r in mine]
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_images_and_redoes_a_lost_part(runs, folder, tmp_path_factory):
+    """Rerun after a simulated kill: one image's ledger part is gone (its instances part remains, as a
+    kill between the two writes leaves it); a new image comes in as a file:// URI."""
+    import pyarrow.parquet as pq
+
+    from masklab.engine.distributed import run_segment_ray
+    from masklab.io.formats.writer import image_record
+
+    _, ray_out = runs["ray"]
+    ledger = {pq.read_table(p).column("stem")[0].as_py(): p for p in (ray_out / IMAGES_DIR).glob("*.parquet")}
+    assert len(ledger) == 4  # small runs get one image per part: each can be lost alone
+    ledger["a2"].unlink()
+    before = {s: (ray_out / f"{s}.json").stat().st_mtime_ns for s in STEMS}
+    extra = tmp_path_factory.mktemp("ray-extra")
+    Image.fromarray(make_scene(110, 130, seed=42)).save(extra / "late.png")
+    uri = (extra / "late.png").as_uri()
+
+    again = run_segment_ray(
+        expand_sources([str(folder), uri]),
+        ray_out,
+        segmenter_kwargs=runs["kwargs"],
+        settings=runs["settings"],
+        writer_kwargs={"viz": ["instance"]},
+        num_workers=2,
+        progress=False,
+    )
+    status = {r.item.stem: ("skipped" if r.skipped else "failed" if r.error else "ok") for r in again.results}
+    assert status == {"a0": "skipped", "a1": "skipped", "a2": "ok", "a3": "skipped", "broken": "failed", "late": "ok"}
+    assert again.resumed and again.exit_code == 1
+    after = {s: (ray_out / f"{s}.json").stat().st_mtime_ns for s in STEMS}
+    assert [s for s in STEMS if after[s] != before[s]] == ["a2"]  # only the lost image was rewritten
+    # No duplicated rows: the orphan instances part of a2 was removed before a2 was redone.
+    table = pq.read_table(ray_out / INSTANCES_DIR).to_pylist()
+    for stem in [*STEMS, "late"]:
+        doc = json.loads((ray_out / f"{stem}.json").read_text())
+        assert sorted(r["id"] for r in table if r["stem"] == stem) == list(range(len(doc["instances"])))
+    # The URI input went through pyarrow.fs and gives what the Segmenter gives for that file.
+    late = json.loads((ray_out / "late.json").read_text())
+    assert late == image_record(uri, runs["seg"](str(extra / "late.png")), runs["seg"].spec.name)
+    assert os.path.exists(ray_out / "late.png")
