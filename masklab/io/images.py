@@ -196,7 +196,7 @@ def _pil_to_rgb(img) -> np.ndarray:
         img = img.convert("RGBA")
         bg = Image.new("RGBA", img.size, (*_NEUTRAL_GREY, 255))
         img = Image.alpha_composite(bg, img)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only)
 
 
 def _open_bytes(data: bytes | None, path: Path | None, name: str, cap: int) -> LoadedImage:
