@@ -19,7 +19,7 @@ import numpy as np
 
 from masklab.errors import UsageError
 from masklab.io.images import LoadedImage, load_image
-from masklab.models.backend import Backend, TorchBackend
+from masklab.models.backend import Backend
 from masklab.models.loading import LoadedModel, ModelOptions, resolve
 from masklab.models.zoo import DEFAULT_MODEL, ModelSpec
 from masklab.structures.instances import Instances
@@ -68,7 +68,11 @@ class Segmenter:
         score_thresh: keep detections with score >= this, in [0, 1].
         classes: keep only these class names (e.g. ``["person", "car"]``); None keeps all.
         nms_thresh, max_detections, min_size, max_size: see :class:`~masklab.models.loading.ModelOptions`.
-        backend: ``"torch"`` (eager reference) or ``"auto"``; later runtimes plug in here.
+        backend: ``"auto"`` (fastest exact path without conversion), ``"torch"`` (eager reference),
+            ``"torch-fast"``, ``"openvino"``, ``"onnx"``, ``"torchscript"``; see :mod:`masklab.models.backends`.
+            ``model`` may also be an exported file (``masklab export``), run by its own runtime.
+        precision: ``"fp32"`` (exact, default), ``"bf16"``, ``"fp16"`` (reduced: only when asked for).
+        rpn_post_nms_top_n: proposals kept before the box head (speed knob; default the model's 1000).
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class Segmenter:
         max_size: int | None = None,
         backend: str = "auto",
         precision: str = "fp32",
+        rpn_post_nms_top_n: int | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.num_threads = configure_threads()
@@ -94,6 +99,7 @@ class Segmenter:
             max_detections=max_detections,
             min_size=min_size,
             max_size=max_size,
+            rpn_post_nms_top_n=rpn_post_nms_top_n,
         )
         self.loaded: LoadedModel = resolve(model, weights=weights, opts=self.options)
         self.spec: ModelSpec = self.loaded.spec
@@ -103,11 +109,22 @@ class Segmenter:
             if unknown:
                 raise UsageError(f"unknown class names {unknown} for model {self.spec.name!r}")
         self.classes = None if classes is None else tuple(classes)
-        if backend not in ("auto", "torch"):
-            raise UsageError(f"backend must be 'auto' or 'torch', found {backend!r}")
-        if precision != "fp32":
-            raise UsageError(f"precision must be 'fp32' for the torch backend, found {precision!r}")
-        self.backend: Backend = TorchBackend(self.loaded.module, device=self.device)
+        if self.loaded.backend_factory is not None:  # a model with its own graph (matterport's .h5)
+            if backend not in ("auto", "torch") or precision != "fp32":
+                raise UsageError(f"{self.spec.name} runs only with backend 'torch' at precision 'fp32'")
+            self.backend: Backend = self.loaded.backend_factory(device=self.device)
+        else:
+            from masklab.models.backends import make_backend
+
+            # auto = the fastest exact (fp32) path that needs no conversion; reduced precision only when asked.
+            self.backend = make_backend(
+                self.loaded,
+                backend=backend,
+                precision=precision,
+                device=self.device,
+                threads=self.num_threads if self.device == "cpu" else None,
+                score_thresh=score_thresh,
+            )
         self.precision = precision
 
     # -- the easy tier ------------------------------------------------------------------------------

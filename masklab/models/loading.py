@@ -5,7 +5,11 @@
 - a name from :data:`masklab.models.zoo.MODELS` (weights: ``weights=`` path, else the cached/downloaded
   published file, or ``"random"`` for seeded random weights — tests and benchmarks only);
 - a path to a state dict (``.pth``/``.pt``/``.safetensors``): the architecture and class count are
-  recognised from its keys and shapes.
+  recognised from its keys and shapes;
+- a path to matterport's Keras weights (``mask_rcnn_coco.h5``), recognised by content (HDF5 + its
+  layer names): runs the ``matterport_r101_coco`` port;
+- an exported file (``masklab export``: ``.onnx``, OpenVINO ``.xml``, TorchScript ``.pt``, the latter told
+  from a state dict by content): its model card gives the classes and the baked options.
 
 Each case is one branch of :func:`resolve`; no registries.
 """
@@ -13,7 +17,7 @@ Each case is one branch of :func:`resolve`; no registries.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +64,10 @@ class LoadedModel:
     spec: ModelSpec
     module: Any
     weights_source: str
+    #: builds the backend (``factory(device=...)``) when ``module`` is not a torchvision Mask R-CNN
+    backend_factory: Callable[..., Any] | None = None
+    #: "onnx" / "openvino" / "torchscript" for an exported file (``module`` is None; the file is ``weights_source``)
+    export_format: str | None = None
 
 
 def _tv_kwargs(opts: ModelOptions) -> dict:
@@ -135,6 +143,10 @@ def resolve(model: str | os.PathLike, *, weights: str | os.PathLike | None, opts
 
     model_str = os.fspath(model)
     path = Path(model_str)
+    if model_str in MODELS and get_spec(model_str).arch == "matterport_resnet101":
+        from masklab.models.matterport.entry import resolve_matterport
+
+        return resolve_matterport(get_spec(model_str), weights=weights, opts=opts, seed=seed)
     if model_str in MODELS:
         spec = get_spec(model_str)
         if weights is not None and os.fspath(weights) == "random":
@@ -150,6 +162,19 @@ def resolve(model: str | os.PathLike, *, weights: str | os.PathLike | None, opts
         module = build_module(spec, opts)
         _load_weights_into(module, state, str(wpath))
         return LoadedModel(spec, module, str(wpath))
+    if path.is_file() and path.suffix.lower() in (".onnx", ".xml", ".pt", ".pth"):
+        from masklab.export import detect_export_format
+
+        fmt = detect_export_format(path)  # by content: a .pt may be TorchScript or a plain state dict
+        if fmt is not None:
+            return _resolve_exported(path, fmt, weights=weights, opts=opts)
+    if path.is_file() and path.suffix.lower() not in STATE_DICT_SUFFIXES:
+        from masklab.models.matterport.entry import is_matterport_h5, resolve_matterport
+
+        if is_matterport_h5(path):
+            if weights is not None:
+                raise UsageError("give either a weights file as the model or --weights, not both")
+            return resolve_matterport(get_spec("matterport_r101_coco"), weights=path, opts=opts, seed=seed)
     if path.is_file() and path.suffix in STATE_DICT_SUFFIXES:
         if weights is not None:
             raise UsageError("give either a weights file as the model or --weights, not both")
@@ -161,3 +186,38 @@ def resolve(model: str | os.PathLike, *, weights: str | os.PathLike | None, opts
     if path.exists():
         raise UsageError(f"cannot use {path} as a model: expected a model name or a {'/'.join(STATE_DICT_SUFFIXES)} file")
     raise UsageError(f"unknown model {model_str!r}; known models: {', '.join(MODELS)} (or a weights file path)")
+
+
+def _resolve_exported(path: Path, fmt: str, *, weights, opts: ModelOptions) -> LoadedModel:
+    """An exported file (``masklab export``): the spec comes from the model card inside it."""
+    from masklab.export import read_card
+
+    if weights is not None:
+        raise UsageError(f"{path} is an exported {fmt} model with its weights inside; do not pass --weights")
+    card = read_card(path)
+    baked = card["options"]
+    for name in ("nms_thresh", "max_detections", "min_size", "max_size", "rpn_post_nms_top_n"):
+        v = getattr(opts, name)
+        if v is not None and v != baked[name]:
+            raise UsageError(f"{path} was exported with {name}={baked[name]}; {name}={v} needs a new export")
+    if opts.score_thresh < baked["score_thresh"]:
+        raise UsageError(
+            f"{path} was exported with score_thresh={baked['score_thresh']}: it cannot return lower scores "
+            f"(asked for {opts.score_thresh}); export again with a lower threshold"
+        )
+    base = next((s for s in MODELS.values() if s.arch == card["arch"]), None)
+    spec = ModelSpec(
+        name=card["name"],
+        arch=card["arch"],
+        categories=tuple(card["categories"]),
+        build=base.build if base is not None else build_module,
+        min_size=baked["min_size"],
+        max_size=baked["max_size"],
+        published=dict(card.get("published", {})),
+        tags=tuple(card.get("tags", ())) + ("exported",),
+        description=card.get("description", ""),
+        license=card.get("license", ""),
+        mrcnn_class_names=base.mrcnn_class_names if base is not None and base.categories == tuple(card["categories"]) else None,
+    )
+    return LoadedModel(spec, None, str(path), export_format=fmt)
+

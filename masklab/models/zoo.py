@@ -108,18 +108,58 @@ def _build_tv_v2(*, num_classes: int, min_size: int = 800, max_size: int = 1333,
     )
 
 
+#: Width of the small model's FPN and heads. Chosen so the whole network is ~3.4 M parameters (a 7 MB
+#: fp16 file that ships in the repo) while still training well on a CPU.
+_SMALL_CHANNELS = 128
+_SMALL_REPRESENTATION = 128
+
+
 def _build_small(*, num_classes: int, min_size: int = 512, max_size: int = 768, **kwargs):
     """Mask R-CNN on a MobileNetV3-Large FPN backbone: ~10x less arithmetic than ResNet-50, for fast CPU
-    training on your own classes (no published COCO weights)."""
+    training on your own classes (no published COCO weights).
+
+    Differences from torchvision's MobileNetV3 detectors, all for small images and training from scratch:
+    FPN levels at strides 8, 16 and 32 (+ a pooled level) instead of two stride-32 maps, so objects of
+    ~15 px are still seen; the trunk stops after its stride-32 stage (the 960-channel tail is dropped);
+    trainable BatchNorm (frozen BN cannot normalise a network trained from random weights); 128-channel
+    FPN and heads; fewer proposals and sampled RoIs than the ResNet-50 recipe.
+    """
+    from torch import nn
+    from torchvision.models import mobilenet_v3_large
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.backbone_utils import mobilenet_backbone
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-    backbone = mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=None, fpn=True, trainable_layers=6)
-    sizes = ((32, 64, 128, 256, 512),) * 3  # the backbone's 3 FPN levels all see every anchor size
+    c, r = _SMALL_CHANNELS, _SMALL_REPRESENTATION
+    features = mobilenet_v3_large(weights=None, norm_layer=nn.BatchNorm2d).features
+    # Stage starts (blocks that halve the resolution): 4 -> stride 8, 7 -> stride 16, 13 -> stride 32.
+    return_layers = {"4": "0", "7": "1", "13": "2"}
+    in_channels = [features[int(k)].out_channels for k in return_layers]
+    backbone = BackboneWithFPN(features, return_layers, in_channels, c, extra_blocks=LastLevelMaxPool())
+    sizes = ((16, 32, 64, 128, 256),) * 4  # every FPN level sees every anchor size
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+    defaults = {
+        "rpn_pre_nms_top_n_train": 1000,
+        "rpn_post_nms_top_n_train": 500,
+        "rpn_pre_nms_top_n_test": 500,
+        "rpn_post_nms_top_n_test": 300,
+        "box_batch_size_per_image": 128,
+    }
+    kwargs = {**defaults, **kwargs}
     return MaskRCNN(
-        backbone, num_classes=num_classes, rpn_anchor_generator=anchors, min_size=min_size, max_size=max_size, **kwargs
+        backbone,
+        num_classes=None,
+        rpn_anchor_generator=anchors,
+        box_head=TwoMLPHead(c * 7 * 7, r),
+        box_predictor=FastRCNNPredictor(r, num_classes),
+        mask_head=MaskRCNNHeads(c, (c, c, c, c), 1),
+        mask_predictor=MaskRCNNPredictor(c, c, num_classes),
+        min_size=min_size,
+        max_size=max_size,
+        **kwargs,
     )
 
 
@@ -177,6 +217,37 @@ MODELS["small"] = ModelSpec(
     tags=("small",),
     description="Mask R-CNN, MobileNetV3-Large FPN: small and fast, for training on your own classes on a CPU.",
     license="BSD-3-Clause (torchvision code)",
+)
+
+
+def _build_matterport(*, num_classes: int, **kwargs):
+    """matterport's ResNet-101 Mask R-CNN graph in PyTorch (random weights; load a ``.h5`` into it)."""
+    from masklab.models.matterport.entry import build_module
+
+    return build_module(num_classes=num_classes, **kwargs)
+
+
+#: The classic tutorial's weights (matterport/Mask_RCNN release v2.0), run by a PyTorch port of its graph.
+#: matterport publishes no checksum; the sha256 is left empty (unverified) and only the size is recorded.
+MODELS["matterport_r101_coco"] = ModelSpec(
+    name="matterport_r101_coco",
+    arch="matterport_resnet101",
+    categories=COCO_MRCNN,
+    build=_build_matterport,
+    weights=WeightsSpec(
+        url="https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5",
+        sha256="",
+        filename="mask_rcnn_coco.h5",
+        size_bytes=257_557_808,
+        license="MIT",
+    ),
+    min_size=800,
+    max_size=1024,
+    published={"box_ap": 34.7, "dataset": "COCO minival (matterport)"},
+    tags=("coco", "matterport"),
+    description="matterport's Mask R-CNN, ResNet-101 FPN (the tutorial's mask_rcnn_coco.h5), ported to PyTorch.",
+    license="MIT",
+    mrcnn_class_names=COCO_MRCNN,
 )
 
 DEFAULT_MODEL = "maskrcnn_resnet50_fpn_v2"

@@ -48,9 +48,9 @@ class MatterportRun:
 
     molded: MoldedImage
     heads: HeadOutputs
-    detections: np.ndarray
-    masks28: np.ndarray
-    result: UnmoldedDetections
+    detections: np.ndarray | None
+    masks28: np.ndarray | None
+    result: UnmoldedDetections | None
 
 
 class MatterportBackend:
@@ -69,29 +69,39 @@ class MatterportBackend:
         self.module = module.eval().to(self.device)
 
     def run(self, image: np.ndarray, *, config: MatterportConfig | None = None) -> MatterportRun:
-        """All stages for one RGB uint8 (H, W, 3) image; ``config`` overrides the detection settings."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise UsageError(f"expected an RGB uint8 (H, W, 3) image, found {image.dtype} {image.shape}")
-        cfg = config or self.module.config
-        molded = mold_image(image, cfg)
-        x = torch.from_numpy(molded.network_input(cfg)).permute(2, 0, 1)[None].to(self.device)
+        """All stages for one RGB uint8 (H, W, 3) image; ``config`` overrides the detection settings
+        (``DETECTION_*``; the resize settings must be the module's)."""
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            found = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            raise UsageError(f"expected an RGB uint8 (H, W, 3) image, found {found}")
+        molded = mold_image(image, self.module.config)
+        x = torch.from_numpy(molded.network_input(self.module.config)).permute(2, 0, 1)[None].to(self.device)
         with torch.inference_mode():
             heads = self.module.forward_heads(x)
-            det, masks = self.module.detect_and_mask(heads, molded.window, cfg)
+        return self.redetect(MatterportRun(molded, heads, None, None, None), config=config)
+
+    def redetect(self, run: MatterportRun, *, config: MatterportConfig | None = None) -> MatterportRun:
+        """Re-run only the detection layer, mask head and unmolding of ``run`` (e.g. at another
+        ``DETECTION_MIN_CONFIDENCE``); the backbone, RPN and classifier outputs are reused."""
+        cfg = config or self.module.config
+        if cfg.image_shape != self.module.config.image_shape:
+            raise UsageError(f"config's IMAGE_MAX_DIM {cfg.IMAGE_MAX_DIM} differs from the network's input size")
+        with torch.inference_mode():
+            det, masks = self.module.detect_and_mask(run.heads, run.molded.window, cfg)
         det_np, masks_np = det.float().cpu().numpy(), masks.float().cpu().numpy()
-        result = unmold_detections(det_np, masks_np, molded, molded_hw=cfg.image_shape)
-        return MatterportRun(molded, heads, det_np, masks_np, result)
+        result = unmold_detections(det_np, masks_np, run.molded, molded_hw=cfg.image_shape)
+        return MatterportRun(run.molded, run.heads, det_np, masks_np, result)
+
+    @staticmethod
+    def to_detections(result: UnmoldedDetections) -> Detections:
+        """matterport's results as :class:`Detections` (xyxy float32 from the integer ``rois``)."""
+        return Detections(
+            boxes=result.rois[:, [1, 0, 3, 2]].astype(np.float32).reshape(-1, 4),
+            scores=result.scores.astype(np.float32),
+            class_ids=result.class_ids.astype(np.int64),
+            masks=result.masks,
+        )
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        out = []
-        for image in images:
-            r = self.run(image).result
-            out.append(
-                Detections(
-                    boxes=r.rois[:, [1, 0, 3, 2]].astype(np.float32).reshape(-1, 4),
-                    scores=r.scores.astype(np.float32),
-                    class_ids=r.class_ids.astype(np.int64),
-                    masks=r.masks,
-                )
-            )
-        return out
+        """RGB uint8 (H, W, 3) images -> one :class:`Detections` each, in original-image pixels."""
+        return [self.to_detections(self.run(image).result) for image in images]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -169,7 +168,10 @@ class ClassifierHead(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(R, C, 7, 7) -> (probs (R, K), raw deltas (R, K, 4))."""
-        x = F.relu(self.mrcnn_class_bn1(self.mrcnn_class_conv1(pooled)))
+        # The 7x7 "valid" conv over a 7x7 input is an FC over the (c, h, w)-flattened ROI: one GEMM.
+        conv1 = self.mrcnn_class_conv1
+        x = F.linear(pooled.flatten(1), conv1.weight.flatten(1), conv1.bias)[:, :, None, None]
+        x = F.relu(self.mrcnn_class_bn1(x))
         x = F.relu(self.mrcnn_class_bn2(self.mrcnn_class_conv2(x))).flatten(1)
         probs = tf_softmax(self.mrcnn_class_logits(x))
         return probs, self.mrcnn_bbox_fc(x).reshape(-1, self.num_classes, 4)
@@ -229,7 +231,13 @@ class MatterportMaskRCNN(nn.Module):
         self.rpn = RPN(len(self.config.RPN_ANCHOR_RATIOS), self.config.TOP_DOWN_PYRAMID_SIZE)
         self.classifier = ClassifierHead(k, self.config.POOL_SIZE, self.config.FPN_CLASSIF_FC_LAYERS_SIZE)
         self.mask_head = MaskHead(k, self.config.TOP_DOWN_PYRAMID_SIZE)
-        self.register_buffer("anchors", torch.from_numpy(ops.generate_anchors(self.config)), persistent=False)
+        self._anchors = torch.from_numpy(ops.generate_anchors(self.config))  # not a buffer: never in weights
+
+    def anchors(self, device: torch.device) -> torch.Tensor:
+        """All anchors, float32 (A, 4) normalized, on ``device``."""
+        if self._anchors.device != device:
+            self._anchors = self._anchors.to(device)
+        return self._anchors
 
     def forward_heads(self, image: torch.Tensor) -> HeadOutputs:
         """``image``: float32 (1, 3, S, S), the molded input (RGB minus ``MEAN_PIXEL``)."""
@@ -241,7 +249,7 @@ class MatterportMaskRCNN(nn.Module):
         c = self.backbone(image)
         p = self.fpn(c)
         rpn_probs, rpn_deltas = self.rpn(p)
-        proposals = ops.proposal_layer(rpn_probs[0], rpn_deltas[0], self.anchors, self.config)
+        proposals = ops.proposal_layer(rpn_probs[0], rpn_deltas[0], self.anchors(image.device), self.config)
         pooled = ops.pyramid_roi_align(p[:4], proposals, self.config.POOL_SIZE, image_hw=self.config.image_shape)
         probs, deltas = self.classifier(pooled)
         return HeadOutputs(p, c, rpn_probs[0], rpn_deltas[0], proposals, probs, deltas)
@@ -249,7 +257,7 @@ class MatterportMaskRCNN(nn.Module):
     def normalized_window(self, window_px) -> torch.Tensor:
         """Pixel window ``(y1, x1, y2, x2)`` -> normalized float32 (4,), as ``norm_boxes_graph``."""
         h, w = self.config.image_shape
-        dev = self.anchors.device
+        dev = self.fpn.fpn_p2.weight.device
         win = torch.tensor(window_px, dtype=torch.float32, device=dev)
         scale = torch.tensor([h, w, h, w], dtype=torch.float32, device=dev) - 1.0
         return (win - torch.tensor([0.0, 0.0, 1.0, 1.0], device=dev)) / scale
@@ -269,7 +277,3 @@ class MatterportMaskRCNN(nn.Module):
         pooled = ops.pyramid_roi_align(heads.features[:4], det[:n, :4], cfg.MASK_POOL_SIZE, image_hw=cfg.image_shape)
         masks = self.mask_head(pooled)
         return det, masks[torch.arange(n, device=masks.device), det[:n, 4].long()]
-
-    def anchors_numpy(self) -> np.ndarray:
-        """The anchors, float32 (A, 4) normalized."""
-        return self.anchors.cpu().numpy()

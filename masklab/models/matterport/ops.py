@@ -101,7 +101,9 @@ def tf_nms(boxes: torch.Tensor, scores: torch.Tensor, *, iou_threshold: float, m
     )
     # Strictly decreasing stand-in scores make torchvision keep our stable, tie-broken order.
     rank = torch.arange(b.shape[0], 0, -1, dtype=torch.float32, device=b.device)
-    keep = nms(b, rank, iou_threshold)
+    # TF holds the threshold as float32; torchvision compares the float32 IoU with a double. Rounding the
+    # threshold to float32 first makes "IoU exactly at the threshold" keep the box, as in TF.
+    keep = nms(b, rank, float(np.float32(iou_threshold)))
     return order[keep[:max_output]]
 
 

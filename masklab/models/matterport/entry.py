@@ -1,0 +1,104 @@
+"""How ``resolve`` builds and loads the ``matterport_r101_coco`` entry (kept here, out of the shared loader).
+
+``build_module`` accepts the torchvision-style keyword names the rest of masklab passes
+(``box_score_thresh``, ``min_size``...) and maps them onto matterport's config names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import torch
+
+from masklab.errors import UsageError, WeightsMismatchError, WeightsUnavailableError
+from masklab.models.matterport.backend import MatterportBackend
+from masklab.models.matterport.config import MatterportConfig
+from masklab.models.matterport.h5 import HDF5_MAGIC, is_matterport_h5, load_h5_weights
+from masklab.models.matterport.network import MatterportMaskRCNN
+
+__all__ = ["build_module", "resolve_matterport", "looks_like_h5", "is_matterport_h5"]
+
+# torchvision keyword (what ModelOptions produce) -> matterport config name
+_KW_TO_CONFIG = {
+    "box_score_thresh": "DETECTION_MIN_CONFIDENCE",
+    "box_nms_thresh": "DETECTION_NMS_THRESHOLD",
+    "box_detections_per_img": "DETECTION_MAX_INSTANCES",
+    "min_size": "IMAGE_MIN_DIM",
+    "max_size": "IMAGE_MAX_DIM",
+    "rpn_post_nms_top_n_test": "POST_NMS_ROIS_INFERENCE",
+}
+
+
+def build_module(*, num_classes: int = 81, **kwargs) -> MatterportMaskRCNN:
+    """The network with random weights; ``kwargs`` use the torchvision names listed in ``_KW_TO_CONFIG``.
+
+    ``max_size`` (``IMAGE_MAX_DIM``) is the side of the square input and must be a multiple of 64.
+    """
+    unknown = sorted(set(kwargs) - set(_KW_TO_CONFIG))
+    if unknown:
+        raise UsageError(f"matterport_r101_coco does not take {unknown}")
+    values = {_KW_TO_CONFIG[k]: v for k, v in kwargs.items() if v is not None}
+    cfg = dataclasses.replace(MatterportConfig(NUM_CLASSES=num_classes), **values)
+    if cfg.IMAGE_MIN_DIM > cfg.IMAGE_MAX_DIM:
+        raise UsageError(f"min_size ({cfg.IMAGE_MIN_DIM}) must not exceed max_size ({cfg.IMAGE_MAX_DIM})")
+    return MatterportMaskRCNN(cfg).eval()
+
+
+def looks_like_h5(path: Path) -> bool:
+    """True if ``path`` is a file starting with the HDF5 signature."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(8) == HDF5_MAGIC
+    except OSError:
+        return False
+
+
+def _default_weights(spec) -> Path:
+    from masklab.models.weights import weights_path
+
+    cached = weights_path(spec.weights)
+    if cached.is_file():
+        return cached
+    raise WeightsUnavailableError(
+        f"matterport's {spec.weights.filename} is not downloaded automatically (matterport publishes no checksum "
+        f"to verify it against).\n  Download it ({spec.weights.size_bytes:,} bytes) from {spec.weights.url}\n"
+        f"  then pass --weights PATH (Segmenter(..., weights=PATH)), or save it as {cached}"
+    )
+
+
+def resolve_matterport(spec, *, weights: str | os.PathLike | None, opts, seed: int = 0):
+    """Build ``spec`` (the matterport entry) with ``opts`` and load a matterport ``.h5`` (or ``"random"``).
+
+    Returns a :class:`~masklab.models.loading.LoadedModel` whose ``backend_factory`` builds a
+    :class:`MatterportBackend`.
+    """
+    from masklab.models.loading import LoadedModel
+    from masklab.models.loading import build_module as build_for_spec
+
+    if weights is not None and os.fspath(weights) == "random":
+        torch.manual_seed(seed)
+        module, source = build_for_spec(spec, opts), f"random(seed={seed})"
+    else:
+        path = Path(os.fspath(weights)) if weights is not None else _default_weights(spec)
+        if not path.is_file():
+            raise UsageError(f"weights file {path} does not exist")
+        if not is_matterport_h5(path):
+            what = "an HDF5 file without matterport's layers" if looks_like_h5(path) else "not an HDF5 file"
+            raise WeightsMismatchError(
+                f"{path}: expected matterport's Keras weights (.h5, e.g. mask_rcnn_coco.h5), found {what}"
+            )
+        with torch.device("meta"):  # no random init: every parameter comes from the file
+            module = build_for_spec(spec, opts)
+        module = module.to_empty(device="cpu")
+        for name, buf in module.named_buffers():
+            if name.endswith("num_batches_tracked"):  # not in Keras files; unused in eval mode
+                buf.zero_()
+        load_h5_weights(module, path)
+        source = str(path)
+
+    def factory(*, device: str = "cpu") -> MatterportBackend:
+        return MatterportBackend(module, device=device)
+
+    return LoadedModel(spec, module, source, backend_factory=factory)
