@@ -4,8 +4,9 @@ Endpoints (OpenAPI at ``/docs``): ``POST /v1/segment`` (the CLI's per-image JSON
 (overlay PNG), ``GET /v1/models``, ``/healthz``, ``/readyz``, ``/metrics`` and the page at ``/``.
 
 Request path of an image: readiness check -> admission (503 when workers and queue are full) -> body
-read under the streaming size cap and the deadline -> a worker thread sniffs the bytes, checks the pixel
-cap, decodes with :func:`masklab.io.images.load_image`, runs the model -> per-request filtering. The
+read under the streaming size cap and the deadline -> a worker thread decodes with
+:func:`masklab.io.images.load_image` (format sniffed from the bytes, pixel cap checked on the header
+before any pixel is decoded), runs the model -> per-request filtering. The
 event loop never runs the model, so ``/healthz`` answers while every worker is busy. Uploaded bytes stay
 in memory (Starlette spools multipart parts over 1 MB to an anonymous temp file); an uploaded file name
 is only ever echoed, cleaned, as the JSON's ``image`` string.
@@ -35,7 +36,7 @@ from starlette.exceptions import HTTPException
 
 from masklab.errors import ImageLoadError, MasklabError
 from masklab.io.formats.writer import image_record
-from masklab.io.images import load_image
+from masklab.io.images import load_image, sniff_format
 from masklab.serve.limits import BodySizeLimit, DeadlineExceeded, WorkLimiter
 from masklab.serve.metrics import CONTENT_TYPE, MetricsMiddleware, ServeMetrics
 from masklab.serve.settings import ServeSettings
@@ -169,11 +170,11 @@ class _Service:
 
     def instances_for(self, data: bytes, name: str) -> tuple[np.ndarray, Instances]:
         """(image RGB uint8 (H, W, 3), Instances at the model's ``min_score``). Runs in a worker thread."""
-        _check_pixels(data, self.settings.max_pixels)
+        cap = self.settings.max_pixels
         try:
-            image = load_image(data, name=name).array
+            image = load_image(data, name=name, max_pixels=cap).array
         except ImageLoadError as e:
-            raise _image_error(data, e) from None
+            raise _image_error(data, e, cap) from None
         key = hashlib.sha256(data).hexdigest()
         inst = self.cache.get(key)
         if inst is None:
@@ -206,39 +207,24 @@ async def _read_upload(request: Request) -> tuple[bytes, str]:
     return data, name
 
 
-def _check_pixels(data: bytes, max_pixels: int) -> None:
-    """Refuse an image whose header declares more than ``max_pixels`` before anything is decoded."""
+def _image_error(data: bytes, err: ImageLoadError, max_pixels: int) -> HTTPException:
+    """The status for a refused upload: 415 when the bytes are not an allowed format at all, 413 when the
+    header declares too many pixels, else 422 (corrupt, truncated...). Only the header is re-read."""
     from PIL import Image
 
+    formats = sniff_format(data[:16])
+    if formats is None:
+        return HTTPException(415, f"{err} (judged from the bytes; the Content-Type header is not trusted)")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
-    except Image.DecompressionBombError as e:
-        raise HTTPException(413, f"image refused as a decompression bomb: {e}") from None
-    except Exception:
-        return  # not readable as an image at all: load_image says why
-    if w * h > max_pixels:
-        raise HTTPException(413, f"image is {w}x{h} = {w * h} pixels, over the server's limit of {max_pixels} (--max-pixels)")
-
-
-def _image_error(data: bytes, err: ImageLoadError) -> HTTPException:
-    """415 when the bytes are not an allowed image format at all, else 422 (corrupt, truncated...)."""
-    from PIL import Image
-
-    from masklab.io import images
-
-    allowed = getattr(images, "ALLOWED_FORMATS", None)
-    try:
-        with Image.open(io.BytesIO(data), formats=allowed):
-            recognised = True
+        with Image.open(io.BytesIO(data), formats=formats) as img:
+            too_big = img.size[0] * img.size[1] > max_pixels
     except Image.DecompressionBombError:
-        return HTTPException(413, str(err))
+        too_big = True
     except Exception:
-        recognised = False
-    msg = str(err).removeprefix("upload: ")
-    if not recognised:
-        return HTTPException(415, f"{msg} (judged from the bytes; the Content-Type header is not trusted)")
-    return HTTPException(422, msg)
+        too_big = False
+    if too_big:
+        return HTTPException(413, f"{err} (the server's limit is --max-pixels {max_pixels})")
+    return HTTPException(422, str(err))
 
 
 def _png(image: np.ndarray) -> bytes:
