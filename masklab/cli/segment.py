@@ -34,6 +34,7 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("filtering")
     g.add_argument("--score-thresh", type=float, default=0.5, help="minimum score, 0..1 (default: 0.5)")
     g.add_argument("--classes", default=None, help="comma-separated class names to keep, e.g. person,car")
+    g.add_argument("--max-detections", type=int, default=None, help="keep at most this many objects per image (default: the model's, 100)")
     g = p.add_argument_group("output")
     g.add_argument("--viz", default="instance", help="overlay style, or 'none' (default: instance)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -51,6 +52,11 @@ def add_parser(sub) -> None:
         default=None,
         help="skip images whose outputs already exist (default: on when DIR/run.json has the same settings)",
     )
+    g = p.add_argument_group("cluster (Ray; pip install \"masklab[ray]\")")
+    g.add_argument("--engine", choices=("local", "ray"), default="local", help="local: this process (default); ray: a Ray Data actor pool, local or on a cluster")
+    g.add_argument("--ray-address", default=None, metavar="ADDR", help="join this Ray cluster (e.g. auto, HEAD:6379); default: start a private local Ray")
+    g.add_argument("--num-workers", type=int, default=None, metavar="N", help="model actors (default: one per GPU, else one per 4 CPUs)")
+    g.add_argument("--no-json", dest="json", action="store_false", help="ray: no per-image JSON files (the Parquet tables DIR/instances, DIR/images hold the records)")
     g = p.add_argument_group("video")
     g.add_argument("--source", default=None, metavar="VIDEO|INDEX", help="a video file, or a camera index such as 0")
     g.add_argument("--every", type=int, default=1, metavar="N", help="process every N-th frame (default: 1)")
@@ -69,6 +75,7 @@ def _check_args(args) -> None:
         ("--every", args.every, 1),
         ("--workers", args.workers, 1),
         ("--max-pixels", args.max_pixels, 1),
+        ("--max-detections", args.max_detections, 1),
     ):
         if value is not None and value < low:
             raise UsageError(f"{flag} must be >= {low}, found {value}")
@@ -85,13 +92,24 @@ def run(args) -> int:
     from masklab.models.zoo import DEFAULT_MODEL
 
     _check_args(args)
+    from masklab.engine.distributed.command import check_ray_args
+
+    check_ray_args(args)
     videos: list[str | int] = []
     if args.source is not None:
         videos.append(int(args.source) if args.source.isdigit() else args.source)
     image_args = []
     for raw in args.inputs:
         (videos if raw != "-" and is_video_path(raw) else image_args).append(raw)
-    items = expand_inputs(image_args, recursive=args.recursive, allow_urls=args.allow_urls) if image_args else []
+    if args.engine == "ray":  # also lists storage URIs (s3://, gs://, file://...) through pyarrow.fs
+        from masklab.engine.distributed import expand_sources
+        from masklab.errors import UsageError
+
+        if videos:
+            raise UsageError(f"videos run on the local engine; drop --engine ray for {videos[0]}")
+        items = expand_sources(image_args, recursive=args.recursive, allow_urls=args.allow_urls) if image_args else []
+    else:
+        items = expand_inputs(image_args, recursive=args.recursive, allow_urls=args.allow_urls) if image_args else []
     if not items and not videos:
         print("masklab: no images found in the inputs", file=sys.stderr)
         return 2
@@ -104,27 +122,35 @@ def run(args) -> int:
     seg = Segmenter(
         args.model or DEFAULT_MODEL,
         weights=args.weights,
-        device=args.device,
+        device="cpu" if args.engine == "ray" else args.device,  # ray: the model here only checks the flags
         score_thresh=args.score_thresh,
         classes=classes,
         min_size=args.min_size,
         max_size=args.max_size,
+        max_detections=args.max_detections,
     )
     progress = False if args.no_progress else None
     code = 0
     if items:
-        summary = run_segment(
-            items,
-            args.out,
-            seg,
-            viz=viz,
-            progress=progress,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            skip_existing=args.skip_existing,
-            max_pixels=args.max_pixels,
-            url_limits=UrlLimits(max_bytes=int(args.url_max_mb * 2**20), timeout_s=args.url_timeout),
-        )
+        if args.engine == "ray":
+            from masklab.engine.distributed.command import segment_on_ray
+
+            writer_kwargs = {"viz": [viz] if viz else []}
+            settings = {**seg.settings(), "viz": viz}  # what the local engine records
+            summary = segment_on_ray(args, items, seg, writer_kwargs=writer_kwargs, settings=settings, progress=progress)
+        else:
+            summary = run_segment(
+                items,
+                args.out,
+                seg,
+                viz=viz,
+                progress=progress,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                skip_existing=args.skip_existing,
+                max_pixels=args.max_pixels,
+                url_limits=UrlLimits(max_bytes=int(args.url_max_mb * 2**20), timeout_s=args.url_timeout),
+            )
         rate = summary.images_per_s
         done = f"segmented {summary.processed}/{len(items)} images in {summary.seconds:.1f} s"
         done += f" ({rate:.2f} images/s)" if rate else ""
