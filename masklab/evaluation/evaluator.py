@@ -277,7 +277,7 @@ def instances_to_results(gt: CocoGroundTruth, predictions: Mapping[int, Instance
         notes.append(f"model classes with no dataset category (their predictions are dropped): {', '.join(extra)}")
     absent = [n for cid, n in gt.categories.items() if cid not in set(mapping.values())]
     if absent and labels:
-        notes.append(f"dataset categories the model cannot predict (AP 0): {', '.join(absent)}")
+        notes.append(f"dataset categories no model class matches (never predicted): {', '.join(absent)}")
     missing = [i for i in gt.images if i not in predictions]
     if missing:
         notes.append(f"{len(missing)} images had no predictions entry (scored as no detections)")

@@ -65,7 +65,7 @@ def pr_figure(curves: dict[tuple[str, float], np.ndarray], recall: np.ndarray, *
         ax.set_title("masks" if iou_type == "segm" else "boxes", fontsize=10)
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="lower left", fontsize=8)
+            ax.legend(loc="best", fontsize=8)
         else:
             ax.text(0.5, 0.5, "no ground truth", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title, fontsize=11)
