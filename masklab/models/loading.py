@@ -175,6 +175,11 @@ def resolve(model: str | os.PathLike, *, weights: str | os.PathLike | None, opts
             if weights is not None:
                 raise UsageError("give either a weights file as the model or --weights, not both")
             return resolve_matterport(get_spec("matterport_r101_coco"), weights=path, opts=opts, seed=seed)
+    card_path = _card_path(path)
+    if card_path is not None:
+        if weights is not None:
+            raise UsageError(f"{path} is a trained model with its own weights; do not pass --weights")
+        return _resolve_card(card_path, opts)
     if path.is_file() and path.suffix in STATE_DICT_SUFFIXES:
         if weights is not None:
             raise UsageError("give either a weights file as the model or --weights, not both")
@@ -221,3 +226,53 @@ def _resolve_exported(path: Path, fmt: str, *, weights, opts: ModelOptions) -> L
     )
     return LoadedModel(spec, None, str(path), export_format=fmt)
 
+
+
+def _card_path(path: Path) -> Path | None:
+    """The model card of a trained model: ``RUN_DIR/model.json`` (a ``masklab train`` run directory) or
+    ``NAME.json`` next to ``NAME.safetensors`` (a packaged model). None when ``path`` is neither."""
+    if path.is_dir():
+        if (path / "model.json").is_file():
+            return path / "model.json"
+        if (path / "settings.json").is_file():
+            raise UsageError(f"{path} is a training run without a model yet (no model.json: no epoch has finished)")
+        return None
+    if path.is_file() and path.suffix == ".safetensors" and path.with_suffix(".json").is_file():
+        return path.with_suffix(".json")
+    return None
+
+
+def _resolve_card(card_path: Path, opts: ModelOptions) -> LoadedModel:
+    """Build the model a card describes (classes, preprocessing, architecture) and load its weights:
+    the weights describe themselves, nothing is guessed from tensor shapes."""
+    import dataclasses
+    import json
+
+    from masklab.models.weights import load_state_dict
+
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        arch, categories, wname = card["arch"], tuple(card["categories"]), card["weights"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UsageError(f"{card_path}: not a masklab model card (needs arch, categories, weights): {e}") from None
+    base = next((s for s in MODELS.values() if s.arch == arch), None)
+    if base is None:
+        raise UsageError(f"{card_path}: unknown architecture {arch!r}")
+    spec = dataclasses.replace(
+        base,
+        name=str(card.get("name") or card_path.parent.name),
+        categories=categories,
+        weights=None,
+        min_size=int(card.get("min_size", base.min_size)),
+        max_size=int(card.get("max_size", base.max_size)),
+        published=dict(card.get("score") or {}),
+        tags=("custom",),
+        description=str(card.get("description", "")),
+        license=str(card.get("license", "")),
+        mrcnn_class_names=None,
+    )
+    wpath = card_path.parent / wname
+    state = load_state_dict(wpath)  # fp16-stored tensors are copied into the fp32 module by load_state_dict
+    module = build_module(spec, opts)
+    _load_weights_into(module, state, str(wpath))
+    return LoadedModel(spec, module, str(wpath))
