@@ -384,6 +384,7 @@ def test_cli_model_run_and_rescore(tmp_path, small_weights, capsys):
         Image.fromarray(make_scene(96, 128, seed=i)).save(tmp_path / "val" / f"im{i}.png")
         images.append({"id": i, "file_name": f"im{i}.png", "width": 128, "height": 96})
         anns.append({"id": i, "image_id": i, "category_id": 10 + i, "segmentation": [[10, 10, 50, 10, 50, 40, 10, 40]]})
+    images.append({"id": 3, "file_name": "missing.png", "width": 128, "height": 96})  # no such file
     data = {"images": images, "annotations": anns, "categories": [{"id": 11, "name": "a"}, {"id": 12, "name": "c"}, {"id": 13, "name": "zebra"}]}
     (tmp_path / "val.json").write_text(json.dumps(data))
     out = tmp_path / "ev"
@@ -395,16 +396,26 @@ def test_cli_model_run_and_rescore(tmp_path, small_weights, capsys):
     assert "class_1" in capsys.readouterr().err
     data["categories"] = [{"id": 11, "name": "class_1"}, {"id": 12, "name": "class_3"}, {"id": 13, "name": "zebra"}]
     (tmp_path / "val.json").write_text(json.dumps(data))
-    assert main(args) == 0
+    assert main(args) == 1  # one image could not be read; the others were scored
+    assert "missing.png" in capsys.readouterr().err
     rep = json.loads((out / "eval.json").read_text())
+    assert [f["image_id"] for f in rep["failures"]] == [3]
     preds = json.loads((out / "predictions.json").read_text())
-    assert rep["predictions"] == len(preds)
+    assert rep["predictions"] == len(preds) and {p["image_id"] for p in preds} <= {1, 2}
     assert {p["category_id"] for p in preds} <= {11, 12}  # class_2 has no dataset category: dropped
     assert any("zebra" in n for n in rep["notes"])
     for t in ("bbox", "segm"):
         assert all(v is None or 0.0 <= v <= 1.0 for v in rep[t].values())
+    # The files agree with each other: counts = confusion row/column sums = predictions over the threshold.
+    cm = np.array(json.loads((out / "confusion.json").read_text())["matrix"])
+    for k, name in enumerate(["class_1", "class_3", "zebra"]):
+        c = rep["counts"]["per_class"][name]
+        cid = 11 + k
+        assert c["pred_total"] == cm[:, k].sum() == sum(p["score"] >= 0.5 and p["category_id"] == cid for p in preds)
+        assert c["gt_total"] == cm[k].sum() == sum(a["category_id"] == cid for a in anns)
+        assert (out / "pr" / f"{cid}_{name}.png").is_file()
     # The saved predictions score the same through --predictions.
     assert main(["eval", "--data", str(tmp_path / "val.json"), "--predictions", str(out / "predictions.json"),
-                 "--out", str(tmp_path / "ev2"), "--no-plots"]) == 0
+                 "--out", str(tmp_path / "ev2"), "--no-plots"]) == 0  # images are not read: no failure
     rep2 = json.loads((tmp_path / "ev2" / "eval.json").read_text())
     assert rep2["segm"] == rep["segm"] and rep2["bbox"] == rep["bbox"] and rep2["counts"] == rep["counts"]

@@ -203,14 +203,8 @@ class CocoGroundTruth:
             raise KeyError(f"image id {image_id!r} is not in {self.source_name}")
         anns = self._anns_by_image[image_id]
         h, w = img.height, img.width
-        if not anns:
-            inst = Instances.empty((h, w))
-            return Instances(
-                boxes=inst.boxes, masks=inst.masks, scores=inst.scores, class_ids=inst.class_ids, labels=(),
-                image_size=(h, w), extra={"iscrowd": np.zeros(0, bool), "annotation_id": np.zeros(0, np.int64)},
-            )
         rles = [annotation_to_rle(a["segmentation"], h, w, where=f"annotation {a['id']}") for a in anns]
-        masks = mask_utils.decode(rles).transpose(2, 0, 1).astype(bool)
+        masks = mask_utils.decode(rles).transpose(2, 0, 1).astype(bool) if anns else np.zeros((0, h, w), bool)
         xywh = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         return Instances(

@@ -184,12 +184,7 @@ def check_results(gt: CocoGroundTruth, results: Any) -> list[dict]:
     with_masks = sum("segmentation" in e for e in out)
     if 0 < with_masks < len(out):
         raise DatasetError(f"predictions: {with_masks} of {len(out)} entries have a 'segmentation'; give masks for all or none")
-    if with_masks == 0:
-        # A box-only result still needs a box for every entry.
-        for e in out:
-            if "bbox" not in e:  # pragma: no cover - excluded by the checks above
-                raise DatasetError("predictions: an entry has neither bbox nor segmentation")
-    else:
+    if with_masks:
         from pycocotools import mask as mask_utils
 
         for e in out:
