@@ -1,0 +1,85 @@
+"""The exportable *tensor core* of a torchvision Mask R-CNN: everything but mask pasting.
+
+torchvision's own ``paste_masks_in_image`` loops over detections; exported, that loop becomes an ONNX
+``Loop`` that OpenVINO cannot convert and that ONNX Runtime runs slowly. So the core stops at the 28x28
+mask probabilities, and :func:`masklab.structures.masks.paste_masks` pastes them outside, in the same way
+for every backend. Export code lives here, never in the model code.
+
+Core contract (one image per call; any H, W; N may be 0):
+
+- input ``image``: float32 (3, H, W), RGB in [0, 1] (uint8 / 255);
+- ``boxes``: float32 (N, 4) xyxy in pixels of the *input* image;
+- ``scores``: float32 (N,) in [0, 1], descending;
+- ``labels``: int64 (N,), the model's class ids;
+- ``mask_probs``: float32 (N, 1, 28, 28), probabilities in [0, 1] inside each box.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["CoreOutputs", "TensorCore", "core_to_detections", "CORE_OUTPUT_NAMES"]
+
+CORE_OUTPUT_NAMES = ("boxes", "scores", "labels", "mask_probs")
+
+
+@dataclass(frozen=True)
+class CoreOutputs:
+    """The core's four outputs for one image, as numpy (see the module docstring for shapes)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    mask_probs: np.ndarray
+
+
+def _tensor_core_class():
+    import torch
+    from torchvision.models.detection.transform import resize_boxes
+
+    class _TensorCore(torch.nn.Module):
+        """``image (3, H, W)`` -> ``(boxes, scores, labels, mask_probs)``; wraps a torchvision MaskRCNN."""
+
+        def __init__(self, model) -> None:
+            super().__init__()
+            self.transform = model.transform
+            self.backbone = model.backbone
+            self.rpn = model.rpn
+            self.roi_heads = model.roi_heads
+
+        def forward(self, image):
+            original_size = (image.shape[-2], image.shape[-1])
+            batch, _ = self.transform([image])
+            features = self.backbone(batch.tensors)
+            proposals, _ = self.rpn(batch, features)
+            detections, _ = self.roi_heads(features, proposals, batch.image_sizes)
+            det = detections[0]
+            boxes = resize_boxes(det["boxes"], batch.image_sizes[0], original_size)
+            return boxes, det["scores"], det["labels"], det["masks"]
+
+    return _TensorCore
+
+
+def TensorCore(model):  # noqa: N802 - a factory that reads like the class it builds (torch imported lazily)
+    """Wrap a torchvision ``MaskRCNN`` (eval mode) as the exportable core (see the module docstring)."""
+    return _tensor_core_class()(model.eval())
+
+
+def core_to_detections(out: CoreOutputs, size_hw: tuple[int, int], *, mask_threshold: float = 0.5):
+    """Paste the core's 28x28 masks into the image and return :class:`~masklab.models.backend.Detections`."""
+    import torch
+
+    from masklab.models.backend import Detections
+    from masklab.structures.masks import paste_masks
+
+    boxes = np.asarray(out.boxes, np.float32).reshape(-1, 4)
+    probs = np.asarray(out.mask_probs, np.float32).reshape(-1, 1, *np.shape(out.mask_probs)[-2:] or (28, 28))
+    masks = paste_masks(torch.from_numpy(probs), torch.from_numpy(boxes), size_hw, threshold=mask_threshold)
+    return Detections(
+        boxes=boxes,
+        scores=np.asarray(out.scores, np.float32).reshape(-1),
+        class_ids=np.asarray(out.labels).astype(np.int64).reshape(-1),
+        masks=masks,
+    )

@@ -1,0 +1,138 @@
+"""Backends that run the exported tensor core (:mod:`masklab.export.core`) in another runtime.
+
+Each runs the core once per image (any size) and pastes the 28x28 masks with the shared
+:func:`~masklab.export.core.core_to_detections`. Precision per runtime:
+
+- OpenVINO: ``fp32`` sets ``INFERENCE_PRECISION_HINT=f32`` (exact; the CPU plugin would otherwise pick
+  bf16 by itself on CPUs that have it), ``bf16`` sets ``bf16`` explicitly, ``fp16`` sets ``f16``.
+- ONNX Runtime and TorchScript: ``fp32`` only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from masklab.errors import UsageError
+from masklab.export import require
+from masklab.export.core import CoreOutputs, core_to_detections
+from masklab.models.backend import Detections
+
+__all__ = ["OpenVINOBackend", "OnnxRuntimeBackend", "TorchScriptBackend", "OV_PRECISION"]
+
+OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+def _image_input(image: np.ndarray) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1], the core's input (same as ``to_tensor``)."""
+    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / np.float32(255)
+
+
+class _CoreBackend:
+    """Common part: run the core per image, drop scores below ``score_thresh``, paste masks."""
+
+    name = "core"
+
+    def __init__(self, *, score_thresh: float | None, mask_threshold: float) -> None:
+        self.score_thresh = score_thresh
+        self.mask_threshold = mask_threshold
+
+    def run_core(self, x: np.ndarray) -> CoreOutputs:  # pragma: no cover - each runtime overrides
+        raise NotImplementedError
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        out = []
+        for im in images:
+            core = self.run_core(_image_input(im))
+            if self.score_thresh is not None:
+                keep = np.asarray(core.scores) >= self.score_thresh  # before pasting: no work on dropped ones
+                core = CoreOutputs(core.boxes[keep], core.scores[keep], core.labels[keep], core.mask_probs[keep])
+            out.append(core_to_detections(core, im.shape[:2], mask_threshold=self.mask_threshold))
+        return out
+
+
+class OpenVINOBackend(_CoreBackend):
+    """OpenVINO CPU runtime on an IR file (``.xml``) or an in-memory ``ov.Model``.
+
+    Args:
+        model: path to ``.xml`` (its ``.bin`` next to it) or an ``openvino.Model``.
+        precision: ``fp32`` (exact), ``bf16`` or ``fp16`` (see the module docstring).
+        threads: CPU threads for inference (default: every CPU this process may use).
+        score_thresh: extra score filter applied after the model (None: the baked threshold only).
+    """
+
+    def __init__(self, model, *, precision: str = "fp32", threads: int | None = None,
+                 score_thresh: float | None = None, mask_threshold: float = 0.5, device: str = "CPU") -> None:
+        super().__init__(score_thresh=score_thresh, mask_threshold=mask_threshold)
+        ov = require("openvino")
+        if precision not in OV_PRECISION:
+            raise UsageError(f"openvino precision must be one of {list(OV_PRECISION)}, found {precision!r}")
+        core = ov.Core()
+        if isinstance(model, (str, os.PathLike)):
+            model = core.read_model(str(model))
+        config = {
+            "INFERENCE_PRECISION_HINT": OV_PRECISION[precision],
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = core.compile_model(model, device, config)
+        self.request = self.compiled.create_infer_request()
+        self.precision = precision
+        self.name = "openvino" + ("" if precision == "fp32" else f"-{precision}")
+
+    def run_core(self, x: np.ndarray) -> CoreOutputs:
+        res = self.request.infer([x])
+        boxes, scores, labels, probs = (np.array(res[o]) for o in self.compiled.outputs)
+        return CoreOutputs(boxes, scores, labels, probs)
+
+
+class OnnxRuntimeBackend(_CoreBackend):
+    """ONNX Runtime (CPU, or CUDA when ``device`` is cuda and onnxruntime-gpu is installed) on a ``.onnx``."""
+
+    def __init__(self, path: str | os.PathLike, *, precision: str = "fp32", threads: int | None = None,
+                 score_thresh: float | None = None, mask_threshold: float = 0.5, device: str = "cpu") -> None:
+        super().__init__(score_thresh=score_thresh, mask_threshold=mask_threshold)
+        ort = require("onnxruntime")
+        if precision != "fp32":
+            raise UsageError(f"the onnx backend runs fp32 only, found precision {precision!r} (try --backend openvino)")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # otherwise every call prints VerifyOutputSizes warnings for dynamic N
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        providers = ["CPUExecutionProvider"]
+        if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(Path(path)), sess_options=opts, providers=providers)
+        self.precision = precision
+        self.name = "onnxruntime"
+
+    def run_core(self, x: np.ndarray) -> CoreOutputs:
+        boxes, scores, labels, probs = self.session.run(None, {"image": x})
+        return CoreOutputs(boxes, scores, labels, probs)
+
+
+class TorchScriptBackend(_CoreBackend):
+    """A TorchScript export (``torch.jit.load``: the archive holds code, not pickled objects)."""
+
+    def __init__(self, path: str | os.PathLike, *, precision: str = "fp32", device: str = "cpu",
+                 score_thresh: float | None = None, mask_threshold: float = 0.5) -> None:
+        import torch
+
+        super().__init__(score_thresh=score_thresh, mask_threshold=mask_threshold)
+        if precision != "fp32":
+            raise UsageError(f"the torchscript backend runs fp32 only, found precision {precision!r}")
+        self.device = torch.device(device)
+        self.module = torch.jit.load(str(path), map_location=self.device).eval()
+        self.precision = precision
+        self.name = "torchscript"
+
+    def run_core(self, x: np.ndarray) -> CoreOutputs:
+        import torch
+
+        with torch.inference_mode():
+            outs = self.module(torch.from_numpy(x).to(self.device))
+        return CoreOutputs(*(o.cpu().numpy() for o in outs))
