@@ -255,12 +255,18 @@ class CocoGroundTruth:
         return loaded
 
     def coco_api(self):
-        """A ``pycocotools.coco.COCO`` over :attr:`dataset` (built once, without pycocotools' prints)."""
+        """A ``pycocotools.coco.COCO`` over a copy of :attr:`dataset` (built once, without pycocotools' prints).
+
+        A copy, because ``COCOeval`` rewrites the ground truth it is given (polygons become RLE, an
+        ``ignore`` key appears); :attr:`dataset` stays as read.
+        """
         if self._coco is None:
+            import copy
+
             from pycocotools.coco import COCO
 
             coco = COCO()
-            coco.dataset = self.dataset
+            coco.dataset = copy.deepcopy(self.dataset)
             with contextlib.redirect_stdout(io.StringIO()):
                 coco.createIndex()
             self._coco = coco
