@@ -371,6 +371,18 @@ def test_cli_predictions(gt_file, tmp_path, capsys):
     assert set(rep) >= {"bbox", "segm", "per_class", "counts"}
     stdout = capsys.readouterr().out
     assert "mask" in stdout and "0.500" in stdout
+    # Without --out: a new folder under runs/ each time, never overwriting an earlier one.
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        for _ in range(2):
+            assert main(["eval", "--data", str(gt_file), "--predictions", "results.json", "--no-plots"]) == 0
+    finally:
+        os.chdir(cwd)
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all((r / "eval.json").is_file() for r in runs)
     bad = [dict(results[0], image_id=1234)]
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     assert main(["eval", "--data", str(gt_file), "--predictions", str(tmp_path / "bad.json"), "--out", str(out)]) == 2

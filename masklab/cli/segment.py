@@ -36,7 +36,22 @@ def add_parser(sub) -> None:
     g.add_argument("--classes", default=None, help="comma-separated class names to keep, e.g. person,car")
     g.add_argument("--max-detections", type=int, default=None, help="keep at most this many objects per image (default: the model's, 100)")
     g = p.add_argument_group("output")
-    g.add_argument("--viz", default="instance", help="overlay style, or 'none' (default: instance)")
+    g.add_argument(
+        "--viz",
+        default="instance",
+        help="overlay style(s): instance, semantic, splash, blur, outline; several, e.g. instance,semantic, "
+        "give one side-by-side picture; 'none' for no overlay (default: instance)",
+    )
+    g.add_argument(
+        "--save",
+        default="json",
+        metavar="FORMATS",
+        help="comma-separated: json (always written), coco (run's coco_results.json), png-masks (id + class label "
+        "maps), labelme, yolo (YOLO-seg + classes.txt), csv (measurements.csv) (default: json)",
+    )
+    g.add_argument("--px-per-unit", type=float, default=None, metavar="PX", help="calibration for measurements.csv: pixels per unit of length (adds area_<unit>2, perimeter_<unit>)")
+    g.add_argument("--unit", default="mm", help="unit name for --px-per-unit (default: mm)")
+    g.add_argument("--polygon-tolerance", type=float, default=1.0, metavar="PX", help="polygon simplification for labelme/yolo, in pixels; 0 = exact contours (default: 1.0)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("inputs and limits")
     g.add_argument("--allow-urls", action="store_true", help="accept http(s):// inputs (downloaded with the limits below)")
@@ -114,11 +129,21 @@ def run(args) -> int:
         print("masklab: no images found in the inputs", file=sys.stderr)
         return 2
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-    viz = None if args.viz in ("none", "") else args.viz
-    if viz is not None:
-        from masklab.visualize import get_visualizer
+    from masklab.io.formats.writer import FORMATS, OutputWriter, parse_list
+    from masklab.visualize import STYLES
 
-        get_visualizer(viz)  # fail on a bad style before the model loads
+    # fail on a bad style or format before the model loads
+    viz = parse_list(args.viz, known=STYLES, what="visualisation style") or None
+    writer_kwargs = {
+        "viz": list(viz or ()),
+        "formats": list(parse_list(args.save, known=FORMATS, what="output format")),
+        "px_per_unit": args.px_per_unit,
+        "unit": args.unit,
+        "polygon_tolerance": args.polygon_tolerance,
+    }
+    from masklab.io.formats.measurements import check_unit
+
+    check_unit(args.px_per_unit, args.unit)
     seg = Segmenter(
         args.model or DEFAULT_MODEL,
         weights=args.weights,
@@ -129,13 +154,13 @@ def run(args) -> int:
         max_size=args.max_size,
         max_detections=args.max_detections,
     )
+    writer_kwargs["categories"] = seg.spec.categories  # the class list of yolo, the categories of coco
     progress = False if args.no_progress else None
     code = 0
     if items:
         if args.engine == "ray":
             from masklab.engine.distributed.command import segment_on_ray
 
-            writer_kwargs = {"viz": [viz] if viz else []}
             settings = {**seg.settings(), "viz": viz}  # what the local engine records
             summary = segment_on_ray(args, items, seg, writer_kwargs=writer_kwargs, settings=settings, progress=progress)
         else:
@@ -144,6 +169,8 @@ def run(args) -> int:
                 args.out,
                 seg,
                 viz=viz,
+                writer=OutputWriter(args.out, model_name=seg.spec.name, **writer_kwargs),
+                extra_settings={k: v for k, v in writer_kwargs.items() if k != "categories"},
                 progress=progress,
                 batch_size=args.batch_size,
                 workers=args.workers,
