@@ -258,3 +258,33 @@ def test_writer_option_errors(tmp_path):
         OutputWriter(tmp_path, model_name="t", formats="csv", px_per_unit=2, unit="mm; rm")
     w = OutputWriter(tmp_path, model_name="t", viz="none", formats="csv")
     assert w.formats == ("json", "csv") and w.viz == ()
+
+
+def test_cli_save_flags_end_to_end(tmp_path, small_weights, capsys):
+    """`masklab segment --save ... --viz instance,semantic --px-per-unit` writes every format."""
+    from masklab.cli import main
+
+    Image.fromarray(make_scene(H, W, seed=3)).save(tmp_path / "p.png")
+    out = tmp_path / "out"
+    args = ["segment", str(tmp_path / "p.png"), "--out", str(out), "--model", str(small_weights), "--device", "cpu"]
+    args += ["--score-thresh", "0", "--max-detections", "5", "--min-size", "128", "--max-size", "192"]
+    args += ["--save", "json,coco,png-masks,labelme,yolo,csv", "--viz", "instance,semantic", "--px-per-unit", "4", "--unit", "um"]
+    assert main(args) == 0
+    doc = json.loads((out / "p.json").read_text())
+    n = len(doc["instances"])
+    assert n > 0
+    assert np.asarray(Image.open(out / "p.png")).shape[1] == 2 * W + 4
+    assert np.asarray(Image.open(out / "masks" / "p.instances.png")).max() <= n
+    assert len(read_labelme(out / "labelme" / "p.json").instances) >= 1
+    classes = read_yolo_classes(out / "yolo" / "classes.txt")
+    assert classes == ("class_1", "class_2", "class_3")
+    got = read_yolo(out / "yolo" / "p.txt", class_names=classes, image_size=(H, W))
+    assert set(got.instances.labels) <= set(classes)
+    with open(out / "measurements.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n and float(rows[0]["area_um2"]) == pytest.approx(int(rows[0]["area_px"]) / 16)
+    assert json.loads((out / "coco_results.json").read_text())[0]["image_id"] == 1
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["formats"] == ["json", "coco", "png-masks", "labelme", "yolo", "csv"]
+    assert main(args[:-8] + ["--save", "json,shapefile"]) == 2
+    assert "shapefile" in capsys.readouterr().err
