@@ -260,6 +260,9 @@ def test_box_only_results_have_no_mask_metrics(gt_file):
         (lambda r: r.pop("score"), "missing ['score']"),
         (lambda r: r.__setitem__("segmentation", {"size": [10, 10], "counts": "PP0"}), "does not match"),
         (lambda r: r.__setitem__("score", float("nan")), "finite"),
+        (lambda r: r.__setitem__("score", "high"), "score must be a finite number, found 'high'"),
+        (lambda r: r.__setitem__("bbox", [1, 2, "x", 4]), "bbox must be a finite number"),
+        (lambda r: r.__setitem__("image_id", "1"), "image_id must be an integer"),
     ],
 )
 def test_bad_predictions_are_refused_clearly(gt_file, change, message):

@@ -127,6 +127,16 @@ def match_categories(model_names: Sequence[str], gt: CocoGroundTruth) -> dict[st
     return mapping
 
 
+def _number(value: Any, what: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not np.isfinite(v) or isinstance(value, bool):
+        raise DatasetError(f"{what} must be a finite number, found {value!r}")
+    return v
+
+
 def check_results(gt: CocoGroundTruth, results: Any) -> list[dict]:
     """Validate COCO results against ``gt`` and normalise them (a new list; the input is untouched).
 
@@ -149,15 +159,16 @@ def check_results(gt: CocoGroundTruth, results: Any) -> list[dict]:
         missing = [k for k in ("image_id", "category_id", "score") if k not in r]
         if missing or ("bbox" not in r and "segmentation" not in r):
             raise DatasetError(f"predictions[{i}]: needs image_id, category_id, score and bbox or segmentation; missing {missing or ['bbox/segmentation']}")
+        for key in ("image_id", "category_id"):
+            if not isinstance(r[key], (int, np.integer)) or isinstance(r[key], bool):
+                raise DatasetError(f"predictions[{i}]: {key} must be an integer, found {r[key]!r}")
         if r["image_id"] not in gt.images:
             unknown_images.append(r["image_id"])
             continue
         if r["category_id"] not in gt.categories:
             unknown_cats.append(r["category_id"])
             continue
-        score = float(r["score"])
-        if not np.isfinite(score):
-            raise DatasetError(f"predictions[{i}]: score must be a finite number, found {r['score']!r}")
+        score = _number(r["score"], f"predictions[{i}]: score")
         e = {"image_id": r["image_id"], "category_id": r["category_id"], "score": score}
         img = gt.images[r["image_id"]]
         if "segmentation" in r:
@@ -167,7 +178,7 @@ def check_results(gt: CocoGroundTruth, results: Any) -> list[dict]:
             b = r["bbox"]
             if not (isinstance(b, (list, tuple)) and len(b) == 4):
                 raise DatasetError(f"predictions[{i}]: bbox must be [x, y, width, height], found {b!r}")
-            e["bbox"] = [float(v) for v in b]
+            e["bbox"] = [_number(v, f"predictions[{i}]: bbox") for v in b]
         out.append(e)
     if unknown_images:
         shown = sorted(set(unknown_images), key=str)[:5]
