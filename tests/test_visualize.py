@@ -121,3 +121,16 @@ def test_every_style_handles_no_instances_and_side_by_side():
 def test_unknown_style_is_a_usage_error():
     with pytest.raises(UsageError, match="sparkles"):
         get_visualizer("sparkles")
+
+
+def test_plot_shows_the_overlay_inline():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img = make_scene(120, 160)
+    inst = _scene_instances()
+    ax = inst.plot(img, style="semantic")
+    assert (ax.get_images()[0].get_array() == get_visualizer("semantic").annotate(img, inst)).all()
+    plt.close("all")
