@@ -96,6 +96,8 @@ def annotation_to_rle(segmentation: Any, height: int, width: int, *, where: str 
 class CocoGroundTruth:
     """A COCO ground-truth set, validated and completed (every annotation has id, bbox, area, iscrowd).
 
+    Build it with :meth:`load` (a file) or :meth:`from_dict` (an in-memory dict), not the constructor.
+
     Attributes:
         dataset: the completed COCO dict (``images``, ``annotations``, ``categories``); what pycocotools reads.
         images: ``{image id: CocoImage}`` in file order.
