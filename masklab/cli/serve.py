@@ -46,6 +46,7 @@ def run(args) -> int:
         raise MissingDependencyError(f"masklab serve needs the serve extra ({e.name} is missing): pip install 'masklab[serve]'") from None
     from masklab.models.zoo import DEFAULT_MODEL
 
+    _check_model(args.model or DEFAULT_MODEL, args.weights)
     settings = ServeSettings(
         model=args.model or DEFAULT_MODEL,
         weights=args.weights,
@@ -74,3 +75,24 @@ def run(args) -> int:
         server_header=False,
     )
     return 0
+
+
+def _check_model(model: str, weights: str | None) -> None:
+    """Fail before the server starts on what the background load would only report via /readyz: an
+    unknown model, a missing weights file, published weights that are neither cached nor downloadable
+    (downloaded here, with a progress bar, when allowed)."""
+    from pathlib import Path
+
+    from masklab.errors import UsageError
+    from masklab.models.weights import ensure_weights
+    from masklab.models.zoo import MODELS, get_spec
+
+    if weights is not None and weights != "random" and not Path(weights).is_file():
+        raise UsageError(f"--weights {weights}: no such file")
+    if model not in MODELS:
+        if not Path(model).is_file():
+            raise UsageError(f"--model {model!r} is neither a model name ({', '.join(MODELS)}) nor a weights file")
+        return
+    spec = get_spec(model)
+    if weights is None and spec.weights is not None:
+        ensure_weights(spec.weights)
