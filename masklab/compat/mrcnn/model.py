@@ -4,11 +4,11 @@
     model.load_weights(COCO_MODEL_PATH, by_name=True)
     r = model.detect([image], verbose=1)[0]     # rois, masks, class_ids, scores
 
-``load_weights`` recognises what the file holds from its content (torchvision Mask R-CNN v1 or v2
-state dicts, ``.pth``/``.pt``/``.safetensors``) through :func:`masklab.models.loading.resolve`, and builds
-that model; matterport's Keras ``.h5`` works as soon as ``resolve`` accepts it (until then the error
-says so). The result dicts are matterport's: ``rois`` int32 (N, 4) ``y1, x1, y2, x2``; ``masks`` bool
-(H, W, N); ``class_ids`` int32 (N,) indexing the tutorial's ``class_names``; ``scores`` float32 (N,).
+``load_weights`` recognises what the file holds from its content through
+:func:`masklab.models.loading.resolve` (torchvision Mask R-CNN v1/v2 or small state dicts,
+``.pth``/``.pt``/``.safetensors``; matterport's Keras ``mask_rcnn_coco.h5``) and builds that model.
+The result dicts are matterport's: ``rois`` int32 (N, 4) ``y1, x1, y2, x2``; ``masks`` bool (H, W, N);
+``class_ids`` int32 (N,) indexing the tutorial's ``class_names``; ``scores`` float32 (N,).
 """
 
 from __future__ import annotations
@@ -76,10 +76,11 @@ class MaskRCNN:
             )
         except UsageError as e:
             if path.suffix.lower() == ".h5":
+                # resolve() takes matterport's mask_rcnn_coco.h5 by content; any other .h5 ends up here
                 raise UsageError(
-                    f"{path}: this masklab cannot read matterport's Keras .h5 weights yet ({e}).\n"
-                    "  Use a torchvision Mask R-CNN state dict (.pth/.safetensors) instead, e.g. the file "
-                    "`masklab models` lists for maskrcnn_resnet50_fpn_v2."
+                    f"{path}: not weights masklab can read ({e}).\n"
+                    "  load_weights takes matterport's mask_rcnn_coco.h5 (Keras, ResNet-101 COCO) or a torchvision "
+                    "Mask R-CNN state dict (.pth/.safetensors)"
                 ) from None
             raise
 

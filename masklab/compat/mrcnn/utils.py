@@ -57,20 +57,25 @@ def extract_bboxes(mask: np.ndarray) -> np.ndarray:
 
 
 def download_trained_weights(coco_model_path: str | os.PathLike, verbose: int = 1) -> None:
-    """Put matterport's COCO weights at ``coco_model_path``: from masklab's verified cache (downloaded
-    once, sha256-checked) when the model table lists ``mask_rcnn_coco.h5``; otherwise a clear error."""
+    """Put matterport's ``mask_rcnn_coco.h5`` at ``coco_model_path``, copied from masklab's weights cache.
+
+    masklab does not download this file itself (matterport publishes no checksum to verify it against):
+    when it is not in the cache, the error says where to get it and where to put it.
+    """
     from masklab.errors import WeightsUnavailableError
-    from masklab.models.weights import ensure_weights
+    from masklab.models.weights import weights_path
     from masklab.models.zoo import MODELS
 
     spec = next((m.weights for m in MODELS.values() if m.weights is not None and m.weights.filename == "mask_rcnn_coco.h5"), None)
-    if spec is None:
+    cached = weights_path(spec) if spec is not None else None
+    if cached is None or not cached.is_file():
         raise WeightsUnavailableError(
-            f"masklab does not know matterport's mask_rcnn_coco.h5 yet; download it from {COCO_MODEL_URL} "
-            f"to {coco_model_path}, or point the tutorial at a torchvision .pth file"
+            f"mask_rcnn_coco.h5 is not downloaded automatically (matterport publishes no checksum to verify it).\n"
+            f"  Download it from {COCO_MODEL_URL} to {coco_model_path}"
+            + (f"\n  or save it as {cached} (masklab's weights cache)" if cached is not None else "")
         )
     if verbose:
-        print(f"Downloading pretrained model to {coco_model_path} ...")
-    shutil.copyfile(ensure_weights(spec), Path(coco_model_path))
+        print(f"Copying pretrained model from {cached} to {coco_model_path} ...")
+    shutil.copyfile(cached, Path(coco_model_path))
     if verbose:
-        print("... done downloading pretrained model!")
+        print("... done copying pretrained model!")
