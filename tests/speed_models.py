@@ -8,6 +8,9 @@ ResNet-18 FPN at ~160-256 px keeps a forward pass, a trace and an export to a fe
 from __future__ import annotations
 
 import dataclasses
+import functools
+import tempfile
+from pathlib import Path
 
 from masklab.models.loading import LoadedModel
 from masklab.models.zoo import get_spec
@@ -36,3 +39,29 @@ def r18_loaded(*, score_thresh: float = 0.0, max_detections: int = 8, seed: int 
         get_spec("small"), name="test_r18", arch="test_resnet18_fpn", categories=CATEGORIES, **SIZES
     )
     return LoadedModel(spec, module, f"random(seed={seed})")
+
+
+_EXPORT_DIR: list = []
+
+
+@functools.cache
+def r18_exports(score_thresh: float = 0.0) -> dict[str, Path]:
+    """The r18 test model exported to every format whose runtime is installed, from one trace, once per
+    test session (exports cost seconds each; test_export and test_backends share them)."""
+    import importlib.util
+
+    from masklab.export import export_loaded, trace_core
+
+    if not _EXPORT_DIR:
+        _EXPORT_DIR.append(tempfile.TemporaryDirectory(prefix="masklab-r18-exports-"))
+    out = Path(_EXPORT_DIR[0].name) / f"thresh{score_thresh}"
+    loaded = r18_loaded(score_thresh=score_thresh)
+    traced = trace_core(loaded.module)
+    paths = {"torchscript": out / "r18.pt"}
+    if importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxruntime"):
+        paths["onnx"] = out / "r18.onnx"
+    if importlib.util.find_spec("openvino"):
+        paths["openvino"] = out / "r18.xml"
+    for fmt, path in paths.items():
+        export_loaded(loaded, fmt=fmt, out=path, traced=traced)
+    return paths

@@ -29,6 +29,19 @@ def add_parser(sub) -> None:
     g.add_argument("--model", "-m", default=None, help="model name (see `masklab models`) or weights file; default: maskrcnn_resnet50_fpn_v2")
     g.add_argument("--weights", "-w", default=None, metavar="PATH", help="local weights file (.pth/.pt/.safetensors)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    g.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "torch", "torch-fast", "openvino", "onnx", "torchscript"),
+        help="runtime (default: auto = fastest exact fp32 path without conversion; see README 'Speed')",
+    )
+    g.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16", "int8"),
+        help="fp32 is exact; bf16/fp16 are faster and change outputs slightly (default: fp32)",
+    )
+    g.add_argument("--proposals", type=int, default=None, help="proposals kept before the box head (speed knob; default: 1000)")
     g.add_argument("--min-size", type=int, default=None, help="resize the shorter side to this many pixels (default: the model's, 800)")
     g.add_argument("--max-size", type=int, default=None, help="cap the longer side at this many pixels (default: the model's, 1333)")
     g = p.add_argument_group("filtering")
@@ -153,6 +166,9 @@ def run(args) -> int:
         min_size=args.min_size,
         max_size=args.max_size,
         max_detections=args.max_detections,
+        backend=args.backend,
+        precision=args.precision,
+        rpn_post_nms_top_n=args.proposals,
     )
     writer_kwargs["categories"] = seg.spec.categories  # the class list of yolo, the categories of coco
     progress = False if args.no_progress else None
@@ -161,7 +177,8 @@ def run(args) -> int:
         if args.engine == "ray":
             from masklab.engine.distributed.command import segment_on_ray
 
-            settings = {**seg.settings(), "viz": viz}  # what the local engine records
+            # what the local engine records: the segmenter's, the overlay style(s), the writer's options
+            settings = {**seg.settings(), "viz": viz, **{k: v for k, v in writer_kwargs.items() if k != "categories"}}
             summary = segment_on_ray(args, items, seg, writer_kwargs=writer_kwargs, settings=settings, progress=progress)
         else:
             summary = run_segment(

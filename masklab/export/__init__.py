@@ -186,9 +186,13 @@ def _export_openvino(traced, out: Path, card: dict) -> None:
 
 
 def _export_torchscript(traced, out: Path, card: dict) -> None:
+    import warnings
+
     import torch
 
-    atomic_write(out, lambda f: torch.jit.save(traced, f, _extra_files={_TS_CARD_FILE: json.dumps(card)}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still the portable format
+        atomic_write(out, lambda f: torch.jit.save(traced, f, _extra_files={_TS_CARD_FILE: json.dumps(card)}))
 
 
 def export_loaded(

@@ -11,6 +11,7 @@ Each runs the core once per image (any size) and pastes the 28x28 masks with the
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -126,7 +127,9 @@ class TorchScriptBackend(_CoreBackend):
         if precision != "fp32":
             raise UsageError(f"the torchscript backend runs fp32 only, found precision {precision!r}")
         self.device = torch.device(device)
-        self.module = torch.jit.load(str(path), map_location=self.device).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated": still supported
+            self.module = torch.jit.load(str(path), map_location=self.device).eval()
         self.precision = precision
         self.name = "torchscript"
 

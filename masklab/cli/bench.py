@@ -1,0 +1,84 @@
+"""``masklab bench``: compare backends, precisions and speed knobs in one process; prints a table."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time backends/precisions/knobs side by side (latency, GFLOP/s, memory, agreement)",
+        description="Run each case on the same images in one process and print a table: median/p90 latency, "
+        "images/s, speed-up over the first case, GFLOP and achieved GFLOP/s against the measured machine peak, "
+        "agreement with the first case (share of its instances matched at mask IoU >= 0.9, same class; box and "
+        "score deltas), cold start and peak memory of a fresh one-image process. The CPU may be shared: "
+        "compare ratios within one run.",
+    )
+    p.add_argument("inputs", nargs="*", metavar="IMAGE", help="images to time on (default: generated ones)")
+    p.add_argument(
+        "--case",
+        "-c",
+        action="append",
+        default=None,
+        metavar="BACKEND[:PRECISION[:KNOB=V,...]]",
+        help="a case, repeatable; the first is the reference. Backends: torchvision (baseline), torch, torch-fast, "
+        "openvino, onnx, torchscript; knobs: min_size, max_size, proposals, max_detections, score_thresh. "
+        "Default: torchvision, torch, torch-fast, openvino, onnx (fp32), torch-fast and openvino bf16, and "
+        "openvino:bf16:min_size=480,max_size=640,proposals=300",
+    )
+    g = p.add_argument_group("model and images")
+    g.add_argument("--model", "-m", default=None, help="model name or weights file (default: maskrcnn_resnet50_fpn_v2)")
+    g.add_argument("--weights", "-w", default=None, metavar="PATH",
+                   help="weights file, 'default' for the published weights, or 'random' "
+                   "(default: random for a model name, none for a weights or exported file)")
+    g.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: cpu)")
+    g.add_argument("--images", type=int, default=1, help="generated images when none are given (default: 1)")
+    g.add_argument("--size", default="480x640", help="generated image size HxW (default: 480x640)")
+    g = p.add_argument_group("measurement")
+    g.add_argument("--repeat", type=int, default=5, help="timed runs per image and case (default: 5)")
+    g.add_argument("--no-cold", action="store_true", help="skip the fresh-process cold start / peak memory runs")
+    g.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
+    g.add_argument("--no-peak", action="store_true", help="skip the machine peak microbenchmark")
+    g.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from masklab.engine.bench import default_cases, format_table, generated_images, parse_case, run_bench
+    from masklab.errors import UsageError
+    from masklab.io.images import load_image
+    from masklab.models.zoo import DEFAULT_MODEL
+
+    try:
+        h, w = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--size must be HxW, e.g. 480x640, found {args.size!r}") from None
+    cases = [parse_case(c) for c in args.case] if args.case else default_cases()
+    if args.inputs:
+        images = [load_image(p).array for p in args.inputs]
+    else:
+        images = generated_images(args.images, size_hw=(h, w))
+    from masklab.models.zoo import MODELS
+
+    model = args.model or DEFAULT_MODEL
+    weights = args.weights or ("random" if model in MODELS else None)
+    weights = None if weights == "default" else weights
+    report = run_bench(
+        cases,
+        images=images,
+        model=model,
+        weights=weights,
+        device=args.device,
+        repeat=args.repeat,
+        cold=not args.no_cold,
+        flops=not args.no_flops,
+        peaks=not args.no_peak,
+        log=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True),
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(format_table(report))
+    return 1 if any(r.error for r in report.rows) else 0
