@@ -1,0 +1,149 @@
+"""Folder throughput of the batch pipeline vs one image at a time, same process, same model, same files.
+
+    .venv/bin/python benchmarks/throughput.py                       # small arch, seeded random weights
+    .venv/bin/python benchmarks/throughput.py --model maskrcnn_resnet50_fpn_v2 --weights w.pth --n 40
+
+"One at a time" is the naive loop a user writes: ``load_image`` -> ``Segmenter.predict`` ->
+``OutputWriter.write``, each finishing before the next starts. "Pipeline" is ``run_segment`` over the
+same files (decode pool, inference in the main thread, writer pool). Both write the same outputs
+(per-image JSON with RLE + overlay PNG). Rounds alternate (sequential, pipeline, sequential, ...) so
+drift in machine load hits both; the medians are reported. Random weights give fake detections:
+``--score-thresh 0`` with ``--max-detections`` sets how much post-processing (RLE, overlays) each
+image costs, as real detections would. Prints one JSON line at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _scene(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = (rng.random((h, w, 3)) * 60 + 90).astype(np.uint8)
+    for _ in range(6):
+        y, x = rng.integers(0, h - h // 4), rng.integers(0, w - w // 4)
+        img[y : y + rng.integers(h // 10, h // 4), x : x + rng.integers(w // 10, w // 4)] = rng.integers(0, 255, 3)
+    return img
+
+
+def _random_weights(model: str, folder: Path) -> Path:
+    import torch
+
+    from masklab.models.loading import ModelOptions, build_module
+    from masklab.models.zoo import get_spec
+
+    torch.manual_seed(0)
+    path = folder / f"{model}_random.pth"
+    torch.save(build_module(get_spec(model), ModelOptions()).state_dict(), path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="small")
+    p.add_argument("--weights", default=None, help="weights file (default: seeded random weights)")
+    p.add_argument("--n", type=int, default=32, help="images per round")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--height", type=int, default=360)
+    p.add_argument("--width", type=int, default=480)
+    p.add_argument("--min-size", type=int, default=320)
+    p.add_argument("--max-size", type=int, default=480)
+    p.add_argument("--score-thresh", type=float, default=0.0)
+    p.add_argument("--max-detections", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+
+    from PIL import Image
+
+    from masklab import Segmenter
+    from masklab.engine.batch import run_segment
+    from masklab.io.formats.writer import OutputWriter
+    from masklab.io.images import load_image
+    from masklab.io.inputs import expand_inputs
+
+    with tempfile.TemporaryDirectory(prefix="masklab-bench-") as tmp:
+        tmp = Path(tmp)
+        src = tmp / "in"
+        src.mkdir()
+        for i in range(args.n):
+            Image.fromarray(_scene(args.height, args.width, i)).save(src / f"img{i:03d}.jpg", quality=90)
+        weights = args.weights or _random_weights(args.model, tmp)
+        seg = Segmenter(
+            args.model,
+            weights=weights,
+            device=args.device,
+            score_thresh=args.score_thresh,
+            max_detections=args.max_detections,
+            min_size=args.min_size,
+            max_size=args.max_size,
+        )
+        items = expand_inputs([str(src)])
+        seg.predict([load_image(items[0].path)])  # warm-up (allocator, lazy init)
+
+        def sequential(out: Path) -> tuple[float, list[float]]:
+            writer = OutputWriter(out, model_name=seg.spec.name, viz=["instance"])
+            lat = []
+            t_all = time.perf_counter()
+            for it in items:
+                t0 = time.perf_counter()
+                im = load_image(it.path)
+                inst = seg.predict([im])[0]
+                writer.write(stem=it.stem, image_name=str(it.path), image=im.array, instances=inst)
+                lat.append(time.perf_counter() - t0)
+            return len(items) / (time.perf_counter() - t_all), lat
+
+        seq_rates, pipe_rates, latencies = [], [], []
+        for r in range(args.rounds):
+            rate, lat = sequential(tmp / f"seq{r}")
+            seq_rates.append(rate)
+            latencies.extend(lat)
+            s = run_segment(
+                items,
+                tmp / f"pipe{r}",
+                seg,
+                viz="instance",
+                progress=False,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                skip_existing=False,
+            )
+            assert not s.failures, s.failures
+            pipe_rates.append(s.images_per_s)
+            print(f"round {r}: one-at-a-time {rate:.2f} img/s, pipeline {s.images_per_s:.2f} img/s", file=sys.stderr)
+
+    seq, pipe = statistics.median(seq_rates), statistics.median(pipe_rates)
+    result = {
+        "model": seg.spec.name,
+        "device": seg.device,
+        "torch_threads": seg.num_threads,
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
+        "images": args.n,
+        "rounds": args.rounds,
+        "image_hw": [args.height, args.width],
+        "min_size": args.min_size,
+        "max_size": args.max_size,
+        "max_detections": args.max_detections,
+        "batch_size": args.batch_size,
+        "one_at_a_time_latency_s_median": round(statistics.median(latencies), 4),
+        "one_at_a_time_images_per_s": round(seq, 3),
+        "pipeline_images_per_s": round(pipe, 3),
+        "ratio_pipeline_over_one_at_a_time": round(pipe / seq, 3),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
