@@ -246,3 +246,46 @@ def test_rerun_skips_finished_images_and_redoes_a_lost_part(runs, folder, tmp_pa
     late = json.loads((ray_out / "late.json").read_text())
     assert late == image_record(uri, runs["seg"](str(extra / "late.png")), runs["seg"].spec.name)
     assert os.path.exists(ray_out / "late.png")
+
+
+# -- the CLI's plumbing (the engine itself is tested above) ---------------------------------------
+
+
+def test_cli_passes_its_flags_to_the_ray_engine(tmp_path, small_weights, monkeypatch, capsys):
+    """``masklab segment --engine ray`` hands the engine what every actor needs (absolute paths: workers
+    do not share the driver's cwd) and reports its summary like the local engine's."""
+    from masklab.cli import main
+    from masklab.engine.batch import ImageResult, RunSummary
+    from masklab.engine.distributed import ray_engine
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(make_scene(seed=3)).save(tmp_path / "in" / "x.png")
+    seen = {}
+
+    def fake_run(items, out, **kw):
+        seen.update(kw, items=items, out=out)
+        return RunSummary(results=[ImageResult(items[0], error="x.png: broken on purpose")], seconds=1.0)
+
+    monkeypatch.setattr(ray_engine, "run_segment_ray", fake_run)
+    monkeypatch.chdir(tmp_path)
+    argv = ["segment", "in", "--out", "o", "--engine", "ray", "--ray-address", "auto", "--num-workers", "3", "--no-json"]
+    argv += ["--model", small_weights.name, "--score-thresh", "0.25", "--min-size", "128", "--max-size", "192", "--viz", "none"]
+    (tmp_path / small_weights.name).write_bytes(small_weights.read_bytes())
+    assert main(argv) == 1
+    assert "failed: x.png: broken on purpose" in capsys.readouterr().err
+    assert [it.source for it in seen["items"]] == [os.path.join("in", "x.png")] and seen["out"] == "o"
+    assert seen["segmenter_kwargs"]["model"] == str(tmp_path / small_weights.name)
+    assert seen["segmenter_kwargs"]["score_thresh"] == 0.25 and seen["segmenter_kwargs"]["min_size"] == 128
+    assert seen["segmenter_kwargs"]["device"] == "auto"  # the actors choose GPU or CPU on the cluster
+    assert (seen["address"], seen["num_workers"], seen["save_json"]) == ("auto", 3, False)
+    assert seen["writer_kwargs"]["viz"] == [] and seen["writer_kwargs"]["formats"] == ["json"]
+    assert seen["settings"]["viz"] == [] and seen["settings"]["score_thresh"] == 0.25
+
+
+def test_cli_refuses_ray_flags_without_the_ray_engine(tmp_path, capsys):
+    from masklab.cli import main
+
+    Image.fromarray(make_scene()).save(tmp_path / "x.png")
+    assert main(["segment", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--num-workers", "2"]) == 2
+    assert "--num-workers" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -180,6 +180,7 @@ class _SegmentWorker:
         segmenter_kwargs: dict[str, Any],
         writer_kwargs: dict[str, Any],
         out: str,
+        save_json: bool,
         threads: int,
         model_batch: int,
         max_pixels: int | None,
@@ -194,10 +195,13 @@ class _SegmentWorker:
         self.store = Store(out)
         self.model_batch = model_batch
         self.max_pixels = max_pixels
-        # Per-image files go straight into a local output folder; for a storage URI the same writer
-        # writes them into a local scratch folder and they are copied to the store.
-        self.scratch = None if self.store.local_dir else Path(tempfile.mkdtemp(prefix="masklab-ray-"))
-        self.writer = OutputWriter(self.store.local_dir or self.scratch, model_name=self.model_name, **writer_kwargs)
+        self.save_json = save_json
+        # Per-image files go straight into a local output folder. For a storage URI, or when the
+        # per-image JSON is not kept, the same writer writes into a local scratch folder and the files
+        # are then copied to the store (all but the JSON when it is not kept).
+        direct = self.store.local_dir if save_json else None
+        self.scratch = None if direct else Path(tempfile.mkdtemp(prefix="masklab-ray-"))
+        self.writer = OutputWriter(direct or self.scratch, model_name=self.model_name, **writer_kwargs)
 
     def _load(self, item: InputItem, location: str):
         """A ``_Prepared``: the decoded image or a one-line reason, worded as the local engine words it
@@ -221,8 +225,12 @@ class _SegmentWorker:
         return _Prepared(t0, image=image)
 
     def _upload(self, stem: str) -> None:
-        for p in sorted(self.scratch.glob(f"{stem}.*")) if self.scratch else []:
-            self.store.write_bytes(p.name, p.read_bytes())
+        """Move one image's files from the scratch folder (it holds only that image's) to the store."""
+        if self.scratch is None:
+            return
+        for p in sorted(q for q in self.scratch.rglob("*") if q.is_file()):
+            if self.save_json or p != self.writer.json_path(stem):
+                self.store.write_bytes(p.relative_to(self.scratch).as_posix(), p.read_bytes())
             p.unlink()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
@@ -317,6 +325,7 @@ def run_segment_ray(
     settings: dict[str, Any],
     model_card: dict[str, Any] | None = None,
     writer_kwargs: dict[str, Any] | None = None,
+    save_json: bool = True,
     address: str | None = None,
     num_workers: int | None = None,
     num_cpus: int | None = None,
@@ -336,6 +345,8 @@ def run_segment_ray(
             (``Segmenter.settings()`` plus output options, as the local engine records them).
         writer_kwargs: :class:`~masklab.io.formats.writer.OutputWriter` arguments besides the folder and
             model name (e.g. ``viz=["instance"]``), the same as the local engine's writer.
+        save_json: keep the per-image ``<stem>.json`` files; the Parquet tables hold the same records
+            and are written either way.
         address: a Ray cluster to join; None starts a local Ray with ``num_cpus`` CPUs (default: all).
         num_workers: model actors (default: one per GPU, else one per 4 CPUs).
         batch_size: images per forward pass on an actor.
@@ -352,7 +363,7 @@ def run_segment_ray(
     t_run = time.perf_counter()
     out = str(out) if is_storage_uri(out) else os.path.abspath(out)
     store = Store(out)
-    settings = {**settings, "engine": "ray"}
+    settings = {**settings, "engine": "ray", "per_image_json": save_json}
     fingerprint = settings_fingerprint(settings)
     previous = _previous_run(store)
     same = previous is not None and previous.get("fingerprint") == fingerprint
@@ -378,6 +389,7 @@ def run_segment_ray(
             location = item.url or os.path.abspath(item.path)  # workers do not share the driver's cwd
             todo.append({"index": i, "path": str(item.path), "location": location, "stem": item.stem, "url": item.url or ""})
     plan = None
+    arrivals: list[float] = []  # when each result reached the driver (startup vs steady rate in run.json)
     if todo:
         show = (len(todo) > 1) if progress is None else progress
         with ray_session(address=address, num_cpus=num_cpus) as ray:
@@ -395,6 +407,7 @@ def run_segment_ray(
                     "segmenter_kwargs": {**segmenter_kwargs, "device": plan.device},
                     "writer_kwargs": writer_kwargs or {},
                     "out": out,
+                    "save_json": save_json,
                     "threads": plan.threads,
                     "model_batch": batch_size,
                     "max_pixels": max_pixels,
@@ -408,6 +421,7 @@ def run_segment_ray(
                     error = str(row["error"]) or None
                     counts = json.loads(row["counts"])
                     results[i] = ImageResult(items[i], error=error, seconds=float(row["seconds"]), counts=counts, n_instances=int(row["instances"]))
+                    arrivals.append(time.perf_counter() - t_run)
                     bar.update(1)
     summary = RunSummary(fingerprint=fingerprint, resumed=skip)
     summary.results = [r or ImageResult(items[i], error=f"{items[i].source}: no result came back from the Ray job") for i, r in enumerate(results)]
@@ -424,31 +438,71 @@ def run_segment_ray(
             "gpus_each": None if plan is None else plan.gpus,
             "threads_each": None if plan is None else plan.threads,
             "device": None if plan is None else plan.device,
+            **_arrival_timings(arrivals),
         },
         "tables": {"instances": store.path(INSTANCES_DIR), "images": store.path(IMAGES_DIR)},
     }
-    _finish(store, summary, settings=settings, model_card=model_card, extra=extra, writer_kwargs=writer_kwargs or {})
+    _finish(store, summary, settings=settings, model_card=model_card, extra=extra, writer_kwargs=writer_kwargs or {}, save_json=save_json)
     return summary
+
+
+def _arrival_timings(arrivals: list[float]) -> dict[str, float | None]:
+    """``first_result_s``: seconds from the start of the run to the first result (Ray start, actor start,
+    model load, first image); ``steady_images_per_s``: the rate after that, over the remaining results."""
+    if not arrivals:
+        return {"first_result_s": None, "steady_images_per_s": None}
+    span = arrivals[-1] - arrivals[0]
+    steady = (len(arrivals) - 1) / span if len(arrivals) > 1 and span > 0 else None
+    return {"first_result_s": round(arrivals[0], 3), "steady_images_per_s": None if steady is None else round(steady, 4)}
 
 
 def _json_bytes(doc: dict[str, Any]) -> bytes:
     return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def _finish(store: Store, summary: RunSummary, *, settings, model_card, extra, writer_kwargs) -> None:
-    """The run-level files, as the local engine writes them: the writer's own (``finish``, from the
-    per-image JSONs, local folders only), ``summary.csv`` and the final ``run.json``."""
-    local = store.local_dir
-    if local is not None:
-        from masklab.io.formats.writer import OutputWriter
+def _finish(store: Store, summary: RunSummary, *, settings, model_card, extra, writer_kwargs, save_json) -> None:
+    """The run-level files, as the local engine writes them: the writer's own (``OutputWriter.finish``:
+    COCO, measurements CSV...), ``summary.csv`` and the final ``run.json``."""
+    from masklab.io.formats.writer import OutputWriter
 
-        writer = OutputWriter(local, model_name=settings.get("model", ""), **writer_kwargs)
-        writer.finish([r.item.stem for r in summary.results if r.ok])
+    stems = [r.item.stem for r in summary.results if r.ok]
+    model = settings.get("model", "")
+    local = store.local_dir
+    if local is not None and save_json:
+        OutputWriter(local, model_name=model, **writer_kwargs).finish(stems)
         write_run_files(local, summary.results, settings, seconds=summary.seconds, model_card=model_card, extra=extra)
         return
     with tempfile.TemporaryDirectory(prefix="masklab-ray-") as tmp:
-        for path in write_run_files(tmp, summary.results, settings, seconds=summary.seconds, model_card=model_card, extra=extra):
-            store.write_bytes(Path(path).name, Path(path).read_bytes())
+        # The writer builds run-level files from per-image JSONs: give it those records, rebuilt from
+        # the Parquet tables, in a local folder, and copy what it writes to the store.
+        writer = OutputWriter(tmp, model_name=model, **writer_kwargs)
+        written: list[Path] = []
+        if set(writer.formats) != {"json"}:
+            from masklab.io.atomic import atomic_write_json
+
+            for stem, record in _records_from_tables(store, set(stems), model=model).items():
+                atomic_write_json(writer.json_path(stem), record)
+            written += writer.finish(stems)
+        written += write_run_files(tmp, summary.results, settings, seconds=summary.seconds, model_card=model_card, extra=extra)
+        for path in written:
+            store.write_bytes(Path(path).relative_to(tmp).as_posix(), Path(path).read_bytes())
+
+
+def _records_from_tables(store: Store, stems: set[str], *, model: str) -> dict[str, dict[str, Any]]:
+    """The per-image JSON records of ``stems``, rebuilt from the Parquet tables."""
+    from masklab.engine.distributed.tables import record_from_rows
+
+    images = store.read_parquet([f"{IMAGES_DIR}/{p}" for p in store.list_files(IMAGES_DIR, ".parquet")])
+    instances = store.read_parquet([f"{INSTANCES_DIR}/{p}" for p in store.list_files(INSTANCES_DIR, ".parquet")])
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for r in [] if instances is None else instances.to_pylist():
+        if r["stem"] in stems:
+            rows.setdefault(r["stem"], []).append(r)
+    return {
+        img["stem"]: record_from_rows(img, rows.get(img["stem"], []), model=model)
+        for img in ([] if images is None else images.to_pylist())
+        if img["stem"] in stems
+    }
 
 
 def _installed_ray_version() -> str:
