@@ -381,17 +381,24 @@ def test_roi_align_and_heads_match_reference(reference_run):
     # Raw box deltas reach |7.6| and come out of a 12544-term float32 dot product: 1e-4 absolute plus
     # 2e-5 relative (measured: 6.3e-5 at most).
     assert np.allclose(h.box_deltas[:50].numpy(), z["mrcnn_bbox_deltas"], atol=1e-4, rtol=2e-5)
-    argmax = h.class_probs.numpy().argmax(1)
-    maxprob = h.class_probs.numpy().max(1)
-    diff = np.nonzero(argmax != z["mrcnn_class_argmax_all"])[0]
-    # Two pairs of proposals have exactly tied RPN scores in TF (README "fragile spots"); a 1-ulp
-    # difference in our logits may order such a pair the other way round. Anything else must match.
-    assert len(diff) <= 4
-    for i in diff:
-        j = i + 1 if i + 1 < len(argmax) and argmax[i + 1] == z["mrcnn_class_argmax_all"][i] else i - 1
-        assert argmax[j] == z["mrcnn_class_argmax_all"][i] and abs(maxprob[j] - z["mrcnn_class_maxprob_all"][i]) <= 1e-4
-    same = argmax == z["mrcnn_class_argmax_all"]
-    assert np.abs(maxprob[same] - z["mrcnn_class_maxprob_all"][same]).max() <= 1e-4
+    argmax, maxprob = h.class_probs.numpy().argmax(1), h.class_probs.numpy().max(1)
+    ref_arg, ref_max = z["mrcnn_class_argmax_all"], z["mrcnn_class_maxprob_all"]
+    bad = np.nonzero((argmax != ref_arg) | (np.abs(maxprob - ref_max) > 1e-4))[0]
+    # Proposals whose RPN scores tie to within float32 rounding (the README's "fragile spots": TF has
+    # exact ties) may come out in the other order: each such pair of neighbours has traded places.
+    # Anything else must match.
+    scores = h.proposal_scores.numpy()
+    assert len(bad) <= 20, f"{len(bad)} of 1000 ROIs differ"
+    for i in bad:
+        partners = [
+            j
+            for j in (i - 1, i + 1)
+            if j in bad
+            and argmax[j] == ref_arg[i]
+            and abs(maxprob[j] - ref_max[i]) <= 1e-4
+            and abs(scores[j] - scores[i]) <= 5e-7  # a few float32 ulps at ~0.98
+        ]
+        assert partners, f"ROI {i}: class {argmax[i]} ({maxprob[i]:.6f}), reference {ref_arg[i]} ({ref_max[i]:.6f})"
 
 
 @pytest.mark.slow
@@ -450,14 +457,23 @@ def small_backend(reference_run):
     return MatterportBackend(module.eval())
 
 
+@pytest.fixture(scope="module")
+def second_run(small_backend):
+    """The second input through the 256 network at DETECTION_MIN_CONFIDENCE 0 (run once)."""
+    b = small_backend
+    return b.run(_second_image(), config=dataclasses.replace(b.module.config, DETECTION_MIN_CONFIDENCE=0.0))
+
+
+def _at(backend, run, threshold):
+    return backend.redetect(run, config=dataclasses.replace(backend.module.config, DETECTION_MIN_CONFIDENCE=threshold))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("threshold", [0.3, 0.5])
-def test_second_input_threshold_gives_a_prefix_and_consistent_masks(small_backend, threshold):
+def test_second_input_threshold_gives_a_prefix_and_consistent_masks(small_backend, second_run, threshold):
     image = _second_image()
-    b = small_backend
-    run0 = b.run(image, config=dataclasses.replace(b.module.config, DETECTION_MIN_CONFIDENCE=0.0))
-    run_t = b.redetect(run0, config=dataclasses.replace(b.module.config, DETECTION_MIN_CONFIDENCE=threshold))
-    r0, rt = run0.result, run_t.result
+    b, run0 = small_backend, second_run
+    r0, rt = run0.result, _at(b, run0, threshold).result
     assert len(r0.rois) > 0
     # Filtering before NMS only removes boxes ranked below every kept one: the thresholded results are
     # exactly the unthresholded ones with score >= threshold, in the same order.
@@ -472,53 +488,35 @@ def test_second_input_threshold_gives_a_prefix_and_consistent_masks(small_backen
     for box, mask in zip(r0.rois, r0.masks):  # every mask pixel lies inside its box
         y1, x1, y2, x2 = box
         assert mask.sum() == mask[y1:y2, x1:x2].sum()
-    # unmolding inverts molding: a detection's pixel box maps back into the molded window
+    # detections live inside the molded window (normalized: pixel p -> p / (S - 1), y2/x2 exclusive)
     y1, x1, y2, x2 = run0.molded.window
     det = run0.detections[: len(r0.rois)]
-    S = b.module.config.IMAGE_MAX_DIM - 1
-    assert (det[:, 0] * S >= y1 - 1e-3).all() and (det[:, 2] * S <= y2 - 1 + 1e-3).all()
-    assert (det[:, 1] * S >= x1 - 1e-3).all() and (det[:, 3] * S <= x2 - 1 + 1e-3).all()
+    s = b.module.config.IMAGE_MAX_DIM - 1
+    assert (det[:, 0] * s >= y1 - 1e-3).all() and (det[:, 2] * s <= y2 - 1 + 1e-3).all()
+    assert (det[:, 1] * s >= x1 - 1e-3).all() and (det[:, 3] * s <= x2 - 1 + 1e-3).all()
 
 
 @pytest.mark.slow
-def test_segmenter_and_cli_run_the_h5_by_content_and_by_name(rule_h5, small_backend, tmp_path, capsys):
-    from masklab import Segmenter
+def test_cli_runs_the_h5_by_model_name(rule_h5, small_backend, second_run, tmp_path):
+    """``masklab segment --model matterport_r101_coco --weights x.h5`` gives the backend's results."""
     from masklab.cli import main
 
-    image = _second_image()
-    expected = small_backend.run(
-        image, config=dataclasses.replace(small_backend.module.config, DETECTION_MIN_CONFIDENCE=0.3)
-    ).result
-    seg = Segmenter("matterport_r101_coco", weights=rule_h5, device="cpu", score_thresh=0.3, min_size=200, max_size=256)
-    r = seg.detect([image])[0]
-    assert (r["rois"] == expected.rois).all() and (r["class_ids"] == expected.class_ids).all()
-    assert np.allclose(r["scores"], expected.scores) and (r["masks"] == expected.masks.transpose(1, 2, 0)).all()
-    Image.fromarray(image).save(tmp_path / "second.png")
+    expected = _at(small_backend, second_run, 0.3).result
+    assert len(expected.rois) > 0
+    Image.fromarray(_second_image()).save(tmp_path / "second.png")
     out = tmp_path / "out"
+    args = ["--score-thresh", "0.3", "--min-size", "200", "--max-size", "256", "--device", "cpu", "--out", str(out)]
     code = main(
-        [
-            "segment",
-            str(tmp_path / "second.png"),
-            "--model",
-            "matterport_r101_coco",
-            "--weights",
-            str(rule_h5),
-            "--score-thresh",
-            "0.3",
-            "--min-size",
-            "200",
-            "--max-size",
-            "256",
-            "--device",
-            "cpu",
-            "--out",
-            str(out),
-        ]
+        ["segment", str(tmp_path / "second.png"), "--model", "matterport_r101_coco", "--weights", str(rule_h5), *args]
     )
     assert code == 0
     data = json.loads((out / "second.json").read_text())
-    assert len(data["instances"]) == len(expected.rois)
-    assert sorted(i["class_id"] for i in data["instances"]) == sorted(expected.class_ids.tolist())
+    got = sorted((i["class_id"], *[round(v) for v in i["bbox_xyxy"]], i["area_px"]) for i in data["instances"])
+    want = sorted(
+        (int(c), x1, y1, x2, y2, int(m.sum()))
+        for c, (y1, x1, y2, x2), m in zip(expected.class_ids, expected.rois, expected.masks)
+    )
+    assert got == want
 
 
 @pytest.mark.slow
@@ -538,15 +536,16 @@ def test_tutorial_notebook_runs_with_rule_h5(rule_h5, monkeypatch):
     monkeypatch.setenv("MASKLAB_TUTORIAL_WEIGHTS", str(rule_h5))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("MASKLAB_NUM_THREADS", os.environ.get("MASKLAB_NUM_THREADS", "2"))
-    NotebookClient(
+    client = NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "examples")}}
-    ).execute()
+    )
+    client.execute()
 
     def text(cell):
         return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
 
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "Processing 1 images" in text(code[5])
-    assert any("image/png" in o.get("data", {}) for o in code[5].outputs)
+    assert any("image/png" in o.get("data", {}) for o in code[5].outputs)  # display_instances drew
     n = int(text(code[6]).split("objects found:")[1].split()[0])
     assert n > 0

@@ -202,7 +202,8 @@ class HeadOutputs:
     """Everything one image's forward pass produces (one image; normalized boxes).
 
     ``features``: [P2..P6] (1, 256, H/s, W/s); ``rpn_probs`` (A,) fg probability; ``rpn_deltas`` (A, 4)
-    raw; ``proposals`` (R, 4) zero-padded; ``class_probs`` (R, K); ``box_deltas`` (R, K, 4) raw.
+    raw; ``proposals`` (R, 4) zero-padded and ``proposal_scores`` (R,) their fg probabilities;
+    ``class_probs`` (R, K); ``box_deltas`` (R, K, 4) raw.
     """
 
     features: list[torch.Tensor]
@@ -210,6 +211,7 @@ class HeadOutputs:
     rpn_probs: torch.Tensor
     rpn_deltas: torch.Tensor
     proposals: torch.Tensor
+    proposal_scores: torch.Tensor
     class_probs: torch.Tensor
     box_deltas: torch.Tensor
 
@@ -249,10 +251,12 @@ class MatterportMaskRCNN(nn.Module):
         c = self.backbone(image)
         p = self.fpn(c)
         rpn_probs, rpn_deltas = self.rpn(p)
-        proposals = ops.proposal_layer(rpn_probs[0], rpn_deltas[0], self.anchors(image.device), self.config)
+        proposals, proposal_scores = ops.proposal_layer(
+            rpn_probs[0], rpn_deltas[0], self.anchors(image.device), self.config
+        )
         pooled = ops.pyramid_roi_align(p[:4], proposals, self.config.POOL_SIZE, image_hw=self.config.image_shape)
         probs, deltas = self.classifier(pooled)
-        return HeadOutputs(p, c, rpn_probs[0], rpn_deltas[0], proposals, probs, deltas)
+        return HeadOutputs(p, c, rpn_probs[0], rpn_deltas[0], proposals, proposal_scores, probs, deltas)
 
     def normalized_window(self, window_px) -> torch.Tensor:
         """Pixel window ``(y1, x1, y2, x2)`` -> normalized float32 (4,), as ``norm_boxes_graph``."""

@@ -180,10 +180,11 @@ def pyramid_roi_align(features: list[torch.Tensor], boxes: torch.Tensor, size: i
 
 def proposal_layer(
     fg_probs: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tensor, config: MatterportConfig
-) -> torch.Tensor:
-    """matterport's ``ProposalLayer`` for one image: float32 (POST_NMS_ROIS_INFERENCE, 4), zero-padded.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """matterport's ``ProposalLayer`` for one image.
 
-    ``fg_probs`` (A,), ``deltas`` (A, 4) raw, ``anchors`` (A, 4) normalized.
+    ``fg_probs`` (A,), ``deltas`` (A, 4) raw, ``anchors`` (A, 4) normalized. Returns (boxes float32
+    (POST_NMS_ROIS_INFERENCE, 4) zero-padded, their fg probabilities (same length, 0 for padding)).
     """
     k = min(config.PRE_NMS_LIMIT, anchors.shape[0])
     ix = torch.sort(fg_probs, descending=True, stable=True).indices[:k]  # tf.nn.top_k: ties -> lower index
@@ -195,7 +196,9 @@ def proposal_layer(
     keep = tf_nms(boxes, scores, iou_threshold=config.RPN_NMS_THRESHOLD, max_output=config.POST_NMS_ROIS_INFERENCE)
     out = boxes.new_zeros((config.POST_NMS_ROIS_INFERENCE, 4))
     out[: keep.numel()] = boxes[keep]
-    return out
+    out_scores = scores.new_zeros((config.POST_NMS_ROIS_INFERENCE,))
+    out_scores[: keep.numel()] = scores[keep]
+    return out, out_scores
 
 
 def detection_layer(
