@@ -70,18 +70,20 @@ def test_semantic_gives_one_class_one_colour_and_a_legend():
 
 
 def test_captions_stay_inside_the_image():
-    img = np.zeros((60, 80, 3), np.uint8)
-    m = np.zeros((1, 60, 80), bool)
-    m[0, 50:60, 70:80] = True  # bottom-right corner object: its caption must be pulled inside
-    inst = Instances.from_masks(m, class_ids=[1], labels=["person"], scores=[0.5])
-    out = get_visualizer("instance", boxes=False, alpha=0.0).annotate(img, inst)
-    assert out.shape == img.shape
-    # white caption text was drawn and every pixel lies in the image (it is an array of that shape);
-    # the text sits left of the object, i.e. it was moved to fit rather than cut off
-    text = (out > 200).all(-1)
-    assert text.sum() > 20
-    cols = np.nonzero(text.any(0))[0]
-    assert cols.min() < 70
+    def caption_pixels(y0, x0):
+        img = np.zeros((60, 200, 3), np.uint8)
+        m = np.zeros((1, 60, 200), bool)
+        m[0, y0 : y0 + 10, x0 : x0 + 10] = True
+        inst = Instances.from_masks(m, class_ids=[1], labels=["person"], scores=[0.5])
+        out = get_visualizer("instance", boxes=False, alpha=0.0).annotate(img, inst)
+        return (out > 200).all(-1)  # white caption text (nothing else is white here)
+
+    middle = caption_pixels(25, 60)
+    assert middle.sum() > 20
+    for y0, x0 in ((50, 190), (0, 0), (0, 190), (50, 0)):  # objects in each corner
+        text = caption_pixels(y0, x0)
+        # the whole caption is drawn: as many text pixels as in the middle, none cut off at an edge
+        assert text.sum() == middle.sum()
 
 
 def test_blur_changes_the_background_only():
