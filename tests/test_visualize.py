@@ -95,6 +95,9 @@ def test_blur_changes_the_background_only():
     assert np.abs(out[~fg].astype(int) - img[~fg].astype(int)).mean() > 5
     # the blurred background is smoother: smaller neighbour differences
     assert np.abs(np.diff(out[~fg].astype(int), axis=0)).mean() < np.abs(np.diff(img[~fg].astype(int), axis=0)).mean()
+    dogs_only = get_visualizer("blur", classes=["dog"]).annotate(img, inst)
+    assert (dogs_only[inst.masks[2]] == img[inst.masks[2]]).all()
+    assert (dogs_only[inst.masks[0]] != img[inst.masks[0]]).any()  # the cats are background now
 
 
 def test_outline_draws_contours_only():
