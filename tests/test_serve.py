@@ -403,3 +403,53 @@ def test_metrics_count_requests_by_status_and_latency(client, scene_png):
     assert 'masklab_requests_total{path="other",status="404"}' in text  # unknown paths folded into one label
     assert 'masklab_request_duration_seconds_bucket{le="+Inf",path="/v1/segment"}' in text
     assert "masklab_queue_depth 0.0" in text
+
+
+def test_slow_upload_hits_the_deadline():
+    """A client trickling its body cannot hold a slot: the deadline covers the upload too."""
+    import anyio
+
+    open_gate = threading.Event()
+    open_gate.set()  # the model answers at once here; only the upload is slow
+    seg = _GatedSegmenter(open_gate)
+    app = create_app(ServeSettings(request_timeout_s=1.0, queue_size=0), segmenter_factory=lambda: seg)
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/v1/segment", "raw_path": b"/v1/segment", "root_path": "", "query_string": b"",
+        "headers": [(b"host", b"testserver"), (b"content-type", b"image/png")],
+        "client": ("127.0.0.1", 5000), "server": ("testserver", 80),
+    }  # fmt: skip
+
+    async def trickle():
+        sent = []
+
+        async def receive():
+            await anyio.sleep(0.2)
+            return {"type": "http.request", "body": b"\x89PNG", "more_body": True}
+
+        async def send(message):
+            sent.append(message)
+
+        await app(dict(scope), receive, send)
+        return sent
+
+    with TestClient(app) as c:
+        _wait_ready(c)
+        sent = c.portal.call(trickle)
+        assert sent[0]["status"] == 504 and b"receiving the upload" in sent[1]["body"]
+        # The slot is free again: with one worker and no queue, a normal request is admitted.
+        assert c.post("/v1/segment", content=_png(make_scene(64, 64)), headers={"content-type": "image/png"}).status_code == 200
+    assert seg.calls == 2  # warm-up + the normal request; the trickled body never reached the model
+
+
+def test_page_needs_nothing_from_the_internet():
+    from importlib import resources
+
+    static = resources.files("masklab.serve") / "static"
+    for name in ("index.html", "app.js", "style.css"):
+        text = (static / name).read_text(encoding="utf-8")
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text, name
+    html = (static / "index.html").read_text(encoding="utf-8")
+    # Every form control has a label (accessibility).
+    for control in ("file", "score", "style"):
+        assert f'for="{control}"' in html
