@@ -24,9 +24,10 @@ def add_parser(sub) -> None:
     g.add_argument("--min-score", type=float, default=0.05, help="lowest score the model keeps, 0..1; requests can only raise it (default: 0.05)")
     g.add_argument("--min-size", type=int, default=None, help="resize the shorter side to this many pixels (default: the model's)")
     g.add_argument("--max-size", type=int, default=None, help="cap the longer side at this many pixels (default: the model's)")
+    g.add_argument("--max-detections", type=int, default=None, help="most objects per image (default: the model's, 100); bounds the masks' memory")
     g = p.add_argument_group("limits")
     g.add_argument("--max-body-bytes", type=int, default=20 * 1024 * 1024, help="largest request body, counted as it streams in; larger gets 413 (default: 20 MiB)")
-    g.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height; larger gets 413 (default: 40 MP)")
+    g.add_argument("--max-pixels", type=int, default=24_000_000, help="largest image, width x height; larger gets 413 (default: 24 MP)")
     g.add_argument("--workers", type=int, default=1, help="images processed at once, each in its own thread (default: 1; on CPU the model already uses every core)")
     g.add_argument("--queue-size", type=int, default=4, help="requests that may wait for a worker; more get 503 with Retry-After (default: 4)")
     g.add_argument("--request-timeout", type=float, default=60.0, help="seconds from arrival to answer, upload included; later gets 504 (default: 60)")
@@ -54,6 +55,7 @@ def run(args) -> int:
         min_score=args.min_score,
         min_size=args.min_size,
         max_size=args.max_size,
+        max_detections=args.max_detections,
         max_body_bytes=args.max_body_bytes,
         max_pixels=args.max_pixels,
         workers=args.workers,

@@ -259,6 +259,7 @@ def create_app(settings: ServeSettings | None = None, *, segmenter_factory: Call
                 score_thresh=settings.min_score,
                 min_size=settings.min_size,
                 max_size=settings.max_size,
+                max_detections=settings.max_detections,
             )
 
     svc = _Service(settings, segmenter_factory)
