@@ -1,0 +1,210 @@
+"""Training: losses fall, checkpoints survive a crash mid-save, --resume continues exactly, a run dir is a model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from masklab.data.shapes import write_shapes
+from masklab.engine.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
+from masklab.engine.train import TrainConfig, parse_duration, parse_freeze, read_metrics, train
+from masklab.errors import UsageError
+
+# 64-px images, 2 of them, one batch per epoch: each "epoch" is one optimizer step (CPU-cheap).
+TINY = {"model": "small", "init": "scratch", "min_size": 64, "max_size": 64, "batch_size": 2, "warmup_steps": 1,
+        "device": "cpu", "patience": None}
+
+
+@pytest.fixture(scope="module")
+def tiny_shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    write_shapes(root / "train", n=2, size=64, seed=3)
+    write_shapes(root / "val", n=2, size=64, seed=4)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    # One thread: the same arithmetic order in both runs of the resume test, and kinder to a shared CPU.
+    monkeypatch.setenv("MASKLAB_NUM_THREADS", "1")
+
+
+def test_parse_duration_and_freeze():
+    assert parse_duration("20m") == 1200
+    assert parse_duration("1h30m") == 5400
+    assert parse_duration("90") == 90
+    with pytest.raises(UsageError, match="duration"):
+        parse_duration("twenty minutes")
+    assert parse_freeze("backbone:2,none") == [("backbone", 2), ("none", None)]
+    with pytest.raises(UsageError, match="needs :EPOCHS"):
+        parse_freeze("backbone,none")
+    with pytest.raises(UsageError, match="expected one of"):
+        parse_freeze("layers")
+
+
+@pytest.mark.slow
+def test_losses_fall_and_run_dir_is_a_model(tiny_shapes, tmp_path):
+    from masklab import Segmenter
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(data=str(tiny_shapes / "train"), val=str(tiny_shapes / "val"), out=str(run), epochs=6,
+                      augment=False, lr=3e-3, **TINY)
+    result = train(cfg, progress=False)
+    rows = read_metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert result.step == 6
+    losses = [r["loss"] for r in rows]
+    assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), losses
+    assert all(r["mask_ap"] is not None for r in rows)  # evaluated every epoch with the COCO evaluator
+    card = json.loads((run / "model.json").read_text())
+    assert card["categories"] == ["__background__", "square", "circle", "triangle"]
+    assert (card["min_size"], card["max_size"]) == (64, 64)
+    assert (run / card["weights"]).is_file()
+    png = (run / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    # A run directory is a model: the card gives classes and preprocessing, the weights load.
+    seg = Segmenter(str(run), device="cpu", score_thresh=0.0)
+    assert seg.spec.categories == tuple(card["categories"])
+    assert seg.loaded.module.transform.min_size == (64,)
+    best, _ = load_checkpoint(run, "best")
+    for k, v in seg.loaded.module.state_dict().items():
+        assert torch.equal(v, best[k]), k
+    # ... and an existing run is never overwritten by a fresh start.
+    with pytest.raises(UsageError, match="--resume"):
+        train(cfg, progress=False)
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tiny_shapes, tmp_path, monkeypatch):
+    import masklab.engine.train as tr
+
+    base = {"data": str(tiny_shapes / "train"), "val": None, "epochs": 4, **TINY}
+    straight = train(TrainConfig(out=str(tmp_path / "a"), **base), progress=False)
+    assert straight.step == 4
+    # The same run, killed when its third epoch starts (after the epoch-2 checkpoint) ...
+    real = tr._epoch_batches
+
+    def killed_at_epoch_2(n, *, epoch, **kw):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(n, epoch=epoch, **kw)
+
+    cfg_b = TrainConfig(out=str(tmp_path / "b"), **base)
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(tr, "_epoch_batches", killed_at_epoch_2)
+        train(cfg_b, progress=False)
+    _, state2 = load_checkpoint(tmp_path / "b")
+    assert (state2["step"], state2["epoch"]) == (2, 2)
+    # ... and resumed: it must end exactly where the uninterrupted run ended.
+    resumed = train(cfg_b, resume=True, progress=False)
+    assert resumed.step == 4 and resumed.epoch == 4
+    wa, sa = load_checkpoint(tmp_path / "a")
+    wb, sb = load_checkpoint(tmp_path / "b")
+    assert sa["step"] == sb["step"] == 4
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=1e-5, msg=k)
+    oa, ob = sa["optimizer"], sb["optimizer"]
+    assert oa["param_groups"] == ob["param_groups"]
+    for i in oa["state"]:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(ob["state"][i][name], oa["state"][i][name], rtol=0, atol=1e-5)
+    assert [r["step"] for r in read_metrics(tmp_path / "b")] == [1, 2, 3, 4]
+
+
+def test_resume_errors(tiny_shapes, tmp_path):
+    cfg = TrainConfig(data=str(tiny_shapes / "train"), out=str(tmp_path / "nothing"), epochs=1, **TINY)
+    with pytest.raises(UsageError, match="no checkpoint"):
+        train(cfg, resume=True, progress=False)
+    from masklab.engine.train import load_settings
+
+    with pytest.raises(UsageError, match="no such run directory"):
+        load_settings(tmp_path / "missing")
+
+
+def _fake_state(value: float):
+    return {"w": torch.full((3, 4), value), "n": torch.tensor(7, dtype=torch.int64)}
+
+
+def test_checkpoint_crash_mid_save_keeps_previous(tmp_path, monkeypatch):
+    import masklab.engine.checkpoint as ck
+
+    save_checkpoint(tmp_path, model_state=_fake_state(1.0), state={"optimizer": {"lr": 0.1}, "epoch": 1}, step=10, which=("last", "best"))
+
+    def torn_save(obj, f, *a, **k):
+        f.write(b"PK\x03\x04 half a checkpoint")  # partial bytes reach the temp file, then the "crash"
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m, pytest.raises(OSError, match="disk full"):
+        m.setattr(torch, "save", torn_save)
+        save_checkpoint(tmp_path, model_state=_fake_state(2.0), state={"optimizer": {"lr": 0.2}, "epoch": 2}, step=20)
+    weights, state = load_checkpoint(tmp_path, "last")
+    assert state["step"] == 10 and state["optimizer"] == {"lr": 0.1}
+    assert torch.equal(weights["w"], torch.full((3, 4), 1.0))
+    assert checkpoint_paths(tmp_path, "last").step == 10
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))  # the torn temp file was removed
+    # The next save works and the pointer moves; unreferenced files are collected.
+    save_checkpoint(tmp_path, model_state=_fake_state(3.0), state={"epoch": 3}, step=30)
+    assert checkpoint_paths(tmp_path, "last").step == 30 and checkpoint_paths(tmp_path, "best").step == 10
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
+    assert names == ["step-0000010.safetensors", "step-0000010.state.pt", "step-0000030.safetensors", "step-0000030.state.pt"]
+    assert ck.load_checkpoint(tmp_path, "best")[1]["step"] == 10
+
+
+def test_checkpoint_crash_between_files_keeps_pair(tmp_path, monkeypatch):
+    import masklab.engine.checkpoint as ck
+
+    save_checkpoint(tmp_path, model_state=_fake_state(1.0), state={"epoch": 1}, step=1)
+
+    def crash(path, obj):
+        raise KeyboardInterrupt  # killed after the weights file, before the state file
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(ck, "_write_torch", crash)
+        save_checkpoint(tmp_path, model_state=_fake_state(2.0), state={"epoch": 2}, step=2)
+    weights, state = load_checkpoint(tmp_path)
+    assert state["step"] == 1 and torch.equal(weights["w"], torch.full((3, 4), 1.0))
+
+
+def test_rng_state_round_trip():
+    import random
+
+    from masklab.engine.checkpoint import rng_state, set_rng_state
+
+    s = rng_state()
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    buf = __import__("io").BytesIO()
+    torch.save(s, buf)
+    buf.seek(0)
+    set_rng_state(torch.load(buf, weights_only=True))  # plain types and tensors only
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_coco_init_needs_published_weights(tiny_shapes, tmp_path):
+    cfg = TrainConfig(data=str(tiny_shapes / "train"), out=str(tmp_path / "r"), epochs=1, **{**TINY, "init": "coco"})
+    with pytest.raises(UsageError, match="no published COCO weights"):
+        train(cfg, progress=False)
+
+
+def test_coco_init_replaces_class_heads(monkeypatch, tmp_path, v2_weights):
+    """--init coco keeps every COCO tensor except the class-specific predictors (fake 'published' file)."""
+    import dataclasses
+
+    import masklab.models.weights as mw
+    from masklab.engine.train import _build, _init_weights, _spec_for
+
+    monkeypatch.setattr(mw, "ensure_weights", lambda spec, **k: v2_weights)
+    cfg = TrainConfig(data="x", out=str(tmp_path / "r"), epochs=1, init="coco", model="maskrcnn_resnet50_fpn_v2")
+    spec = dataclasses.replace(_spec_for(cfg, ("a", "b")), min_size=64, max_size=64)
+    module = _build(spec)
+    note = _init_weights(module, cfg, spec)
+    assert "heads replaced" in note
+    coco = torch.load(v2_weights, weights_only=True)
+    sd = module.state_dict()
+    assert torch.equal(sd["backbone.body.layer1.0.conv1.weight"], coco["backbone.body.layer1.0.conv1.weight"])
+    assert torch.equal(sd["roi_heads.mask_head.0.0.weight"], coco["roi_heads.mask_head.0.0.weight"])
+    assert sd["roi_heads.box_predictor.cls_score.weight"].shape[0] == 3  # background + a + b
+    assert sd["roi_heads.mask_predictor.mask_fcn_logits.weight"].shape[0] == 3
