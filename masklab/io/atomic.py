@@ -12,14 +12,39 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_image"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_save_image",
+    "temp_file_beside",
+]
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; done once at import, before any worker threads exist.
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def temp_file_beside(path: Path, *, suffix: str = ".tmp") -> tuple[int, str]:
+    """A new temp file in ``path``'s folder (fd, name), with the permissions a plain ``open`` would give
+    (mkstemp alone makes 0600 files that other users and web servers could not read)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.fchmod(fd, _FILE_MODE)
+    return fd, tmp
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, mode: str = "wb") -> Path:
     """Call ``write(file_object)`` on a temp file next to ``path``, then move it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, mode) as f:
             write(f)

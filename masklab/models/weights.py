@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from masklab.errors import WeightsMismatchError, WeightsUnavailableError
+from masklab.io.atomic import atomic_write_text, temp_file_beside
 from masklab.models.zoo import WeightsSpec
 
 __all__ = ["cache_dir", "weights_path", "is_cached", "ensure_weights", "load_state_dict", "check_state_dict", "sha256_file"]
@@ -62,18 +62,7 @@ def _verify_cached(path: Path, spec: WeightsSpec) -> None:
             f"cached weights {path} are corrupt: sha256 {digest[:16]}..., expected {spec.sha256[:16]}...\n"
             f"delete the file and run again, or download {spec.url} by hand"
         )
-    _atomic_write_text(marker, stamp)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(marker, stamp)
 
 
 def is_cached(spec: WeightsSpec) -> bool:
@@ -112,7 +101,7 @@ def _download(spec: WeightsSpec, target: Path, *, progress: bool, timeout: float
 
     from tqdm.auto import tqdm
 
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    fd, tmp = temp_file_beside(target, suffix=".part")
     h = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=timeout) as resp:
@@ -131,7 +120,7 @@ def _download(spec: WeightsSpec, target: Path, *, progress: bool, timeout: float
             )
         os.replace(tmp, target)
         st = target.stat()
-        _atomic_write_text(_verified_marker(target), f"{st.st_size} {st.st_mtime_ns} {spec.sha256}")
+        atomic_write_text(_verified_marker(target), f"{st.st_size} {st.st_mtime_ns} {spec.sha256}")
     finally:
         Path(tmp).unlink(missing_ok=True)
 
