@@ -7,6 +7,7 @@ A backend takes RGB uint8 images and returns :class:`Detections` in original-ima
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -44,7 +45,11 @@ def to_tensor_chw(image: np.ndarray):
     """RGB uint8 (H, W, 3) -> float32 tensor (3, H, W) in [0, 1], exactly as torchvision's ``to_tensor``."""
     import torch
 
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    arr = np.ascontiguousarray(image)
+    with warnings.catch_warnings():
+        # Loaded images are read-only arrays; the uint8 view is only read (.to() makes a new tensor).
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        t = torch.from_numpy(arr).permute(2, 0, 1)
     return t.to(torch.float32).div_(255)
 
 
