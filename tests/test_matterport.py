@@ -245,6 +245,8 @@ def test_h5_subset_round_trip_and_clear_refusals(tmp_path):
         resolve("matterport_r101_coco", weights=not_h5, opts=ModelOptions())
     with pytest.raises(UsageError, match="cannot use"):
         resolve(not_h5, weights=None, opts=ModelOptions())
+    with pytest.raises(WeightsMismatchError, match="HDF5 file but not matterport's"):
+        resolve(path, weights=None, opts=ModelOptions())
 
 
 def test_unknown_weights_without_a_published_hash_are_not_downloaded(monkeypatch):

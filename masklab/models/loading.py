@@ -169,12 +169,17 @@ def resolve(model: str | os.PathLike, *, weights: str | os.PathLike | None, opts
         if fmt is not None:
             return _resolve_exported(path, fmt, weights=weights, opts=opts)
     if path.is_file() and path.suffix.lower() not in STATE_DICT_SUFFIXES:
-        from masklab.models.matterport.entry import is_matterport_h5, resolve_matterport
+        from masklab.models.matterport.entry import is_matterport_h5, looks_like_h5, resolve_matterport
 
         if is_matterport_h5(path):
             if weights is not None:
                 raise UsageError("give either a weights file as the model or --weights, not both")
             return resolve_matterport(get_spec("matterport_r101_coco"), weights=path, opts=opts, seed=seed)
+        if looks_like_h5(path):
+            raise WeightsMismatchError(
+                f"{path} is an HDF5 file but not matterport's Mask R-CNN weights (mask_rcnn_coco.h5 layout: "
+                "layers conv1, res2a_branch2a, fpn_c5p5, mrcnn_mask...)"
+            )
     card_path = _card_path(path)
     if card_path is not None:
         if weights is not None:
