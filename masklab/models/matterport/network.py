@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from masklab.errors import UsageError
 from masklab.models.matterport import ops
 from masklab.models.matterport.config import MatterportConfig
 
@@ -201,7 +202,7 @@ class MaskHead(nn.Module):
 class HeadOutputs:
     """Everything one image's forward pass produces (one image; normalized boxes).
 
-    ``features``: [P2..P6] (1, 256, H/s, W/s); ``rpn_probs`` (A,) fg probability; ``rpn_deltas`` (A, 4)
+    ``features``: [P2..P6] (1, 256, S/s, S/s) for strides 4..64; ``backbone``: [C2..C5]; ``rpn_probs`` (A,) fg probability; ``rpn_deltas`` (A, 4)
     raw; ``proposals`` (R, 4) zero-padded and ``proposal_scores`` (R,) their fg probabilities;
     ``class_probs`` (R, K); ``box_deltas`` (R, K, 4) raw.
     """
@@ -244,7 +245,7 @@ class MatterportMaskRCNN(nn.Module):
     def forward_heads(self, image: torch.Tensor) -> HeadOutputs:
         """``image``: float32 (1, 3, S, S), the molded input (RGB minus ``MEAN_PIXEL``)."""
         if image.ndim != 4 or image.shape[0] != 1 or tuple(image.shape[-2:]) != self.config.image_shape:
-            raise ValueError(
+            raise UsageError(
                 f"expected a (1, 3, {self.config.IMAGE_MAX_DIM}, {self.config.IMAGE_MAX_DIM}) "
                 f"molded image, found {tuple(image.shape)}"
             )
