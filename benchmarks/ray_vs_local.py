@@ -103,9 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
 
         seg(str(items[0].path))  # warm-up (first-call allocations), as a Ray actor's first image is
-        local = run_segment(items, tmp / "local", seg, viz="instance", progress=False)
-        rows.append({"engine": "local", "workers": 1, "threads_each": seg.num_threads, "seconds": round(local.seconds, 2), "images_per_s": round(local.processed / local.seconds, 3), "steady_images_per_s": None, "first_result_s": None})
-        print(f"local: {rows[-1]['images_per_s']} images/s", file=sys.stderr)
+
+        def run_local(name: str) -> None:
+            # Run before and after the Ray runs: on a shared machine the load moves between runs.
+            local = run_segment(items, tmp / name, seg, viz="instance", progress=False)
+            rate = round(local.processed / local.seconds, 3)
+            rows.append({"engine": name, "workers": 1, "threads_each": seg.num_threads, "seconds": round(local.seconds, 2), "images_per_s": rate, "steady_images_per_s": None, "first_result_s": None})
+            print(f"{name}: {rate} images/s", file=sys.stderr)
+
+        run_local("local")
 
         t0 = time.perf_counter()
         with ray_session(num_cpus=cpus):
@@ -135,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
                 print(f"ray w{n}: {rows[-1]['images_per_s']} images/s end to end, {info['steady_images_per_s']} steady", file=sys.stderr)
+        run_local("local-2")
 
     print(f"\n{'engine':<8}{'workers':>8}{'threads':>8}{'seconds':>9}{'img/s':>8}{'steady':>8}{'1st (s)':>9}")
     for r in rows:

@@ -25,6 +25,8 @@ from masklab.engine.distributed.tables import IMAGES_DIR, INSTANCES_DIR, record_
 from masklab.errors import UsageError
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray's own settings
+# Ray reads this when it is first imported (by any test below): a private Ray on the loopback interface.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 # Few instances per image keep RLE/overlay work small; score 0 so the random heads give some.
 SEG = {"score_thresh": 0.0, "min_size": 128, "max_size": 192, "max_detections": 8, "device": "cpu"}
@@ -41,7 +43,7 @@ STEMS = ["a0", "a1", "a2", "a3"]
         ({"CPU": 2.0}, "auto", 2, (2, 1.0, 0, 1, "cpu")),
         ({"CPU": 2.0}, "cpu", 4, (4, 0.5, 0, 1, "cpu")),  # more actors than CPUs: fractional shares
         ({"CPU": 64.0}, "auto", None, (16, 4.0, 0, 4, "cpu")),
-        ({"CPU": 32.0, "GPU": 4.0}, "auto", None, (4, 1, 1, 8, "cuda")),  # one actor per GPU
+        ({"CPU": 32.0, "GPU": 4.0}, "auto", None, (4, 1, 1, 1, "cuda")),  # one actor per GPU
         ({"CPU": 32.0, "GPU": 4.0}, "cpu", 2, (2, 16.0, 0, 16, "cpu")),  # GPUs ignored when asked
     ],
 )
@@ -289,3 +291,71 @@ def test_cli_refuses_ray_flags_without_the_ray_engine(tmp_path, capsys):
     assert main(["segment", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--num-workers", "2"]) == 2
     assert "--num-workers" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_worker_without_json_and_run_files_from_parquet(tmp_path, small_weights):
+    """The actor class run in this process (no Ray): with ``save_json=False`` the writer's files go
+    through a scratch folder to the store (all but the JSON), the Parquet parts hold the records, and the
+    run-level formats (COCO here) are rebuilt from them."""
+    pytest.importorskip("pyarrow")
+    from masklab.engine.batch import ImageResult, RunSummary
+    from masklab.engine.distributed.ray_engine import _finish, _records_from_tables, _SegmentWorker
+    from masklab.engine.segmenter import Segmenter
+    from masklab.io.formats.writer import image_record
+    from masklab.io.inputs import InputItem
+
+    for i in range(2):
+        Image.fromarray(make_scene(90, 120, seed=20 + i)).save(tmp_path / f"p{i}.png")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    kwargs = {"model": str(small_weights), **SEG}
+    cats = Segmenter(**kwargs).spec.categories
+    writer_kwargs = {"viz": ["instance"], "formats": ["json", "png-masks", "coco"], "categories": cats}
+    store_uri = (tmp_path / "out").as_uri()
+    worker = _SegmentWorker(
+        segmenter_kwargs=kwargs, writer_kwargs=writer_kwargs, out=store_uri, save_json=False, threads=1, model_batch=2, max_pixels=None
+    )
+    names = ["p0.png", "bad.png", "p1.png"]
+    batch = {
+        "index": np.arange(3),
+        "path": np.array(names, dtype=object),
+        "location": np.array([str(tmp_path / n) for n in names], dtype=object),
+        "stem": np.array(["p0", "bad", "p1"], dtype=object),
+        "url": np.array(["", "", ""], dtype=object),
+    }
+    back = worker(batch)
+    assert back["index"] == [1, 0, 2]  # the load failure is reported first, then the segmented images
+    assert "bad.png" in back["error"][0] and back["error"][1:] == ["", ""]
+    out = tmp_path / "out"
+    assert not list(out.glob("*.json"))  # no per-image JSON
+    assert {p.name for p in out.glob("*.png")} == {"p0.png", "p1.png"}
+    assert {p.name for p in (out / "masks").iterdir()} == {f"p{i}.{k}.png" for i in range(2) for k in ("instances", "semantic")}
+    assert not list(worker.scratch.rglob("*.*"))  # everything moved out of the scratch folder
+
+    store = Store(store_uri)
+    records = _records_from_tables(store, {"p0", "p1"}, model=worker.model_name)
+    expected = image_record("p0.png", worker.segmenter(str(tmp_path / "p0.png")), worker.model_name)
+    assert records["p0"] == expected
+    items = [InputItem(Path(n), s) for n, s in zip(names, ["p0", "bad", "p1"])]
+    results = [ImageResult(items[0], n_instances=back["instances"][1]), ImageResult(items[1], error=back["error"][0])]
+    results.append(ImageResult(items[2], n_instances=back["instances"][2]))
+    summary = RunSummary(results=results, seconds=1.0)
+    _finish(store, summary, settings={"model": worker.model_name}, model_card=None, extra={}, writer_kwargs=writer_kwargs, save_json=False)
+    coco = json.loads((out / "coco_results.json").read_text())
+    rles = sorted(d["segmentation"]["counts"] for d in coco)
+    assert rles == sorted(d["rle"]["counts"] for r in records.values() for d in r["instances"]) and rles
+    assert [r["status"] for r in csv.DictReader((out / "summary.csv").read_text().splitlines())] == ["ok", "failed", "ok"]
+    assert {p.name for p in out.glob("*.json")} == {"coco_results.json", "coco_images.json", "run.json"}
+
+
+def test_core_imports_no_ray_and_a_missing_ray_says_how_to_install(monkeypatch):
+    import subprocess
+    import sys
+
+    code = "import sys, masklab, masklab.cli, masklab.engine.distributed; print('ray' in sys.modules, 'pyarrow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["False", "False"]
+    from masklab.engine.distributed.ray_engine import require_ray
+    from masklab.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an install without the extra looks like to import
+    with pytest.raises(MissingDependencyError, match=r'pip install "masklab\[ray\]"'):
+        require_ray()

@@ -1,13 +1,15 @@
 """Batch segmentation on a Ray cluster with Ray Data: the local engine's outputs, spread over workers.
 
-The pipeline: the input list becomes a Ray dataset of ``(name, location, stem)`` rows; ``map_batches``
-sends batches of rows to a fixed pool of actors (:class:`_SegmentWorker`), each holding one
-:class:`~masklab.engine.segmenter.Segmenter` built once (one per GPU on a GPU cluster, else CPU actors
-with a share of the cores). Each actor reads its images (local path or ``pyarrow.fs`` URI), segments them,
-writes the per-image files through the same :class:`~masklab.io.formats.writer.OutputWriter` as the
-local engine, and writes one Parquet part per batch: ``instances/part-<id>.parquet`` first, then
-``images/part-<id>.parquet`` (the ledger a rerun reads: a stem listed there is done). Failures travel
-back to the driver as rows, never as exceptions; the driver writes ``summary.csv`` and ``run.json``.
+The pipeline: the input list becomes a Ray dataset of rows (input name, where a worker opens it, output
+stem); ``map_batches`` sends batches of rows to a fixed pool of actors (:class:`_SegmentWorker`), each
+holding one :class:`~masklab.engine.segmenter.Segmenter` built once (one per GPU on a GPU cluster, else
+CPU actors with a share of the cores). Each actor reads its images (local path, http(s) URL or
+``pyarrow.fs`` URI), segments them, writes the per-image files through the same
+:class:`~masklab.io.formats.writer.OutputWriter` as the local engine (with the local engine's inference
+and writing steps, so failures read the same), and writes one Parquet part per batch:
+``instances/part-<id>.parquet`` first, then ``images/part-<id>.parquet`` (the ledger a rerun reads: a
+stem listed there is done). Failures travel back to the driver as rows, never as exceptions; the driver
+writes ``summary.csv`` and ``run.json``.
 
 Why the actors write (and not a Ray Data ``write_parquet`` sink): a part is complete or absent, and its
 ledger names exactly the images it covers, so a killed job resumes without losing or duplicating rows.
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from masklab.engine.batch import ImageResult, RunSummary, one_line, settings_fingerprint, write_run_files
-from masklab.engine.distributed.storage import Store, is_storage_uri, read_bytes
+from masklab.engine.distributed.storage import Store, is_storage_uri, is_uri, read_bytes
 from masklab.engine.distributed.tables import IMAGES_DIR, INSTANCES_DIR, image_table, instance_table
 from masklab.errors import ImageLoadError, MissingDependencyError, UsageError
 from masklab.io.inputs import InputItem
@@ -159,7 +161,9 @@ def plan_workers(*, resources: dict[str, float], device: str = "auto", num_worke
         raise UsageError("device 'cuda' was asked for but the Ray cluster has no GPUs (use --device cpu or auto)")
     if gpus > 0 and device != "cpu":
         n = num_workers or gpus
-        return WorkerPlan(workers=n, cpus=1, gpus=1, threads=max(1, cpus // n), device="cuda")
+        # One CPU reserved and one torch thread: the GPU does the work, and a larger reservation could
+        # leave a GPU node unable to place all its actors.
+        return WorkerPlan(workers=n, cpus=1, gpus=1, threads=1, device="cuda")
     n = num_workers or max(1, cpus // 4)
     share = cpus / n
     # Whole CPUs when they divide out, else a fraction so that every actor of the pool can be placed.
@@ -239,11 +243,13 @@ class _SegmentWorker:
 
         columns = ("index", "path", "location", "stem", "url")
         rows = list(zip(*(batch[c].tolist() for c in columns)))
-        out: dict[str, list] = {k: [] for k in ("index", "error", "instances", "counts", "seconds")}
+        out: dict[str, list] = {k: [] for k in ("index", "error", "instances", "counts", "seconds", "done_at")}
         finished: list[tuple[str, dict, float]] = []
 
         def report(index: int, r: ImageResult) -> None:
-            for k, v in zip(out, (index, r.error or "", r.n_instances, json.dumps(r.counts), r.seconds)):
+            # done_at: wall-clock time the image finished on this worker (the driver receives results
+            # in bursts, so its own arrival times would not show the processing rate)
+            for k, v in zip(out, (index, r.error or "", r.n_instances, json.dumps(r.counts), r.seconds, time.time())):
                 out[k].append(v)
 
         for start in range(0, len(rows), self.model_batch):
@@ -360,6 +366,8 @@ def run_segment_ray(
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, found {batch_size}")
+    if is_uri(out) and not is_storage_uri(out):
+        raise UsageError(f"--out must be a folder or a storage URI (s3://, gs://, file://...), found {out}")
     t_run = time.perf_counter()
     out = str(out) if is_storage_uri(out) else os.path.abspath(out)
     store = Store(out)
@@ -389,7 +397,8 @@ def run_segment_ray(
             location = item.url or os.path.abspath(item.path)  # workers do not share the driver's cwd
             todo.append({"index": i, "path": str(item.path), "location": location, "stem": item.stem, "url": item.url or ""})
     plan = None
-    arrivals: list[float] = []  # when each result reached the driver (startup vs steady rate in run.json)
+    finished_at: list[float] = []  # when each image finished, from the start (startup vs steady rate in run.json)
+    wall_start = time.time()
     if todo:
         show = (len(todo) > 1) if progress is None else progress
         with ray_session(address=address, num_cpus=num_cpus) as ray:
@@ -421,7 +430,7 @@ def run_segment_ray(
                     error = str(row["error"]) or None
                     counts = json.loads(row["counts"])
                     results[i] = ImageResult(items[i], error=error, seconds=float(row["seconds"]), counts=counts, n_instances=int(row["instances"]))
-                    arrivals.append(time.perf_counter() - t_run)
+                    finished_at.append(float(row["done_at"]) - wall_start)
                     bar.update(1)
     summary = RunSummary(fingerprint=fingerprint, resumed=skip)
     summary.results = [r or ImageResult(items[i], error=f"{items[i].source}: no result came back from the Ray job") for i, r in enumerate(results)]
@@ -438,7 +447,7 @@ def run_segment_ray(
             "gpus_each": None if plan is None else plan.gpus,
             "threads_each": None if plan is None else plan.threads,
             "device": None if plan is None else plan.device,
-            **_arrival_timings(arrivals),
+            **_rate_timings(finished_at),
         },
         "tables": {"instances": store.path(INSTANCES_DIR), "images": store.path(IMAGES_DIR)},
     }
@@ -446,14 +455,16 @@ def run_segment_ray(
     return summary
 
 
-def _arrival_timings(arrivals: list[float]) -> dict[str, float | None]:
-    """``first_result_s``: seconds from the start of the run to the first result (Ray start, actor start,
-    model load, first image); ``steady_images_per_s``: the rate after that, over the remaining results."""
-    if not arrivals:
+def _rate_timings(finished_at: list[float]) -> dict[str, float | None]:
+    """``first_result_s``: seconds from the start of the run to the first finished image (Ray start,
+    actor start, model load, first image); ``steady_images_per_s``: images finished after that, per
+    second after that (what a long job converges to)."""
+    if not finished_at:
         return {"first_result_s": None, "steady_images_per_s": None}
-    span = arrivals[-1] - arrivals[0]
-    steady = (len(arrivals) - 1) / span if len(arrivals) > 1 and span > 0 else None
-    return {"first_result_s": round(arrivals[0], 3), "steady_images_per_s": None if steady is None else round(steady, 4)}
+    ts = sorted(finished_at)
+    span = ts[-1] - ts[0]
+    steady = (len(ts) - 1) / span if len(ts) > 1 and span > 0 else None
+    return {"first_result_s": round(ts[0], 3), "steady_images_per_s": None if steady is None else round(steady, 4)}
 
 
 def _json_bytes(doc: dict[str, Any]) -> bytes:
