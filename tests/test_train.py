@@ -72,6 +72,17 @@ def test_losses_fall_and_run_dir_is_a_model(tiny_shapes, tmp_path):
     best, _ = load_checkpoint(run, "best")
     for k, v in seg.loaded.module.state_dict().items():
         assert torch.equal(v, best[k]), k
+    # A packaged copy (fp16 storage + card next to it) loads back into an fp32 module.
+    from masklab.engine.train import package_model
+
+    packed = package_model(run, tmp_path / "pack" / "tiny.safetensors")
+    assert json.loads(packed.with_suffix(".json").read_text())["storage"] == "float16"
+    seg16 = Segmenter(str(packed), device="cpu")
+    assert seg16.spec.categories == tuple(card["categories"])
+    for k, v in seg16.loaded.module.state_dict().items():
+        if v.is_floating_point():
+            assert v.dtype == torch.float32
+            torch.testing.assert_close(v, best[k].half().float(), rtol=0, atol=0, msg=k)
     # ... and an existing run is never overwritten by a fresh start.
     with pytest.raises(UsageError, match="--resume"):
         train(cfg, progress=False)
@@ -208,3 +219,30 @@ def test_coco_init_replaces_class_heads(monkeypatch, tmp_path, v2_weights):
     assert torch.equal(sd["roi_heads.mask_head.0.0.weight"], coco["roi_heads.mask_head.0.0.weight"])
     assert sd["roi_heads.box_predictor.cls_score.weight"].shape[0] == 3  # background + a + b
     assert sd["roi_heads.mask_predictor.mask_fcn_logits.weight"].shape[0] == 3
+
+
+@pytest.mark.slow
+def test_demo_falls_back_to_the_shipped_shapes_model(tmp_path, capsys):
+    """`make demo` offline with an empty cache (conftest): the shipped demo model runs end to end."""
+    from masklab.data.shapes import SHAPE_CLASSES
+    from masklab.demo import DEMO_MODEL, main
+
+    card = json.loads(DEMO_MODEL.with_suffix(".json").read_text())
+    assert DEMO_MODEL.stat().st_size <= 8 * 1024 * 1024
+    assert card["arch"] == "maskrcnn_mobilenet_v3_fpn" and "masklab train" in card["trained"]["command"]
+    out = tmp_path / "demo"
+    assert main(["--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "COCO weights unavailable" in err and "offline demo model" in err
+    records = sorted(out.glob("shapes_*.json"))
+    assert len(records) == 3 and len(list(out.glob("shapes_*.png"))) == 3
+    found = [i for r in records for i in json.loads(r.read_text())["instances"]]
+    assert found and {i["label"] for i in found} <= set(SHAPE_CLASSES)
+    # each overlay differs from its scene exactly when something was found in it
+    from PIL import Image
+
+    for r in records:
+        scene = np.asarray(Image.open(out / "scenes" / r.with_suffix(".png").name).convert("RGB"))
+        overlay = np.asarray(Image.open(r.with_suffix(".png")).convert("RGB"))
+        assert overlay.shape == scene.shape
+        assert (overlay != scene).any() == bool(json.loads(r.read_text())["instances"])

@@ -83,7 +83,9 @@ def run(args) -> int:
                 f"--resume {args.resume} continues that run with its own settings; these differ: "
                 + ", ".join(f"--{k.replace('_', '-')} {v!r} (run has {getattr(cfg, k)!r})" for k, v in clash.items())
             )
-        cfg = replace(cfg, out=args.resume, **{k: v for k, v in given.items() if k in _OVERRIDABLE})
+        # The card's command then reproduces the run: the first command, then each resume.
+        cfg = replace(cfg, out=args.resume, command=f"{cfg.command} && {command}".strip(" &"),
+                      **{k: v for k, v in given.items() if k in _OVERRIDABLE})
         return _report(train(cfg, resume=True, progress=False if args.no_progress else None))
     missing = [f"--{k}" for k in ("data", "out") if k not in given]
     if missing:

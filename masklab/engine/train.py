@@ -612,8 +612,10 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, *, resume: bool, pro
                 "torch": torch.__version__,
             },
         }
-        if not resume:
-            atomic_write_json(_settings_path(run_dir), settings, indent=2)
+        if resume:  # keep what only the first start knew; record the changed budget and the command
+            old = json.loads(_settings_path(run_dir).read_text(encoding="utf-8"))
+            settings["resolved"]["init"] = old.get("resolved", {}).get("init", init_note)
+        atomic_write_json(_settings_path(run_dir), settings, indent=2)
     steps_per_epoch = math.ceil(math.ceil(len(train_ds) / info.world_size) / cfg.batch_size) // cfg.accumulate or 1
     total_steps = None if cfg.epochs is None else cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
