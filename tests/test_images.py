@@ -285,7 +285,7 @@ def test_pixel_cap_argument_and_environment(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "head, expected",
     [
-        (b"\xff\xd8\xff\xe0", ("JPEG", "MPO")),
+        (b"\xff\xd8\xff\xe0", ("JPEG",)),
         (b"\x89PNG\r\n\x1a\n", ("PNG",)),
         (b"RIFF\x00\x00\x00\x00WEBPVP8 ", ("WEBP",)),
         (b"RIFF\x00\x00\x00\x00WAVEfmt ", None),

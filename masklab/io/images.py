@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +51,10 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")
 DEFAULT_MAX_PIXELS = 100_000_000
 _NEUTRAL_GREY = (128, 128, 128)
 
-# Magic numbers -> Pillow format name(s). Phones write JPEGs with multi-picture data, which Pillow
-# opens as "MPO" (a JPEG with extra frames); it is the same decoder, so it is allowed with JPEG.
+# Magic numbers -> Pillow format name(s). Phones' multi-picture JPEGs (MPO) open through the JPEG
+# opener too (Pillow returns an MPO image from it), first frame = the main picture.
 _MAGIC: tuple[tuple[bytes, tuple[str, ...]], ...] = (
-    (b"\xff\xd8\xff", ("JPEG", "MPO")),
+    (b"\xff\xd8\xff", ("JPEG",)),
     (b"\x89PNG\r\n\x1a\n", ("PNG",)),
     (b"GIF87a", ("GIF",)),
     (b"GIF89a", ("GIF",)),
@@ -235,7 +236,11 @@ def _open_bytes(data: bytes | None, path: Path | None, name: str, cap: int) -> L
         raise ImageLoadError(f"{name}: corrupt {formats[0]} (its header could not be parsed)") from None
     except Image.DecompressionBombError as e:
         # Pillow's own limit fired while reading the header (nothing decoded): same meaning as our cap.
-        raise ImageLoadError(f"{name}: refused as a decompression bomb, over the pixel cap ({e})") from None
+        declared = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"declares {int(declared.group(1)):,} pixels" if declared else "declares too many pixels"
+        raise ImageLoadError(
+            f"{name}: refused as a decompression bomb: {size}, over the pixel cap (Pillow's own limit)"
+        ) from None
     except MemoryError:
         raise ImageLoadError(f"{name}: out of memory while decoding") from None
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError, struct.error) as e:
