@@ -1,0 +1,103 @@
+"""masklab bench: case parsing, the instance-matching rule, and a tiny end-to-end run of the CLI table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from masklab.engine.bench import BenchCase, generated_images, match_instances, parse_case, postprocess_cost
+from masklab.errors import UsageError
+from masklab.structures.instances import Instances
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "error"),
+    [
+        ("torch", BenchCase("torch", "fp32"), None),
+        ("openvino:bf16", BenchCase("openvino", "bf16"), None),
+        ("torch-fast:bf16:min_size=480,proposals=300", BenchCase("torch-fast", "bf16", min_size=480, proposals=300), None),
+        ("torch::score_thresh=0.3", BenchCase("torch", "fp32", score_thresh=0.3), None),
+        ("torch:fp32:speed=9", None, "unknown knob"),
+        ("torch:fp32:proposals=many", None, "needs a int"),
+        (":fp32", None, "backend\\[:precision"),
+        ("a:b:c:d", None, "backend\\[:precision"),
+    ],
+)
+def test_parse_case(text, expected, error):
+    if error:
+        with pytest.raises(UsageError, match=error):
+            parse_case(text)
+    else:
+        assert parse_case(text) == expected
+
+
+def _inst(boxes, class_ids, scores, masks):
+    return Instances(boxes=np.array(boxes, np.float32), masks=masks, scores=scores, class_ids=class_ids,
+                     labels=[str(c) for c in class_ids], image_size=masks.shape[1:])
+
+
+def test_match_instances_rule():
+    m = np.zeros((2, 40, 40), bool)
+    m[0, 5:15, 5:15] = True
+    m[1, 20:35, 20:30] = True
+    ref = _inst([[5, 5, 15, 15], [20, 20, 30, 35]], [1, 2], [0.9, 0.8], m)
+    same = match_instances(ref, ref)
+    assert same == {"matched": 2, "n_ref": 2, "max_box_delta": 0.0, "max_score_delta": 0.0}
+
+    shifted = m.copy()
+    shifted[1] = np.roll(m[1], 3, axis=1)  # IoU 70/130 = 0.54 < 0.9: not a match
+    cand = _inst([[5, 5, 15, 15.5], [23, 20, 33, 35]], [1, 2], [0.85, 0.8], shifted)
+    s = match_instances(ref, cand)
+    assert s["matched"] == 1 and s["max_box_delta"] == pytest.approx(0.5) and s["max_score_delta"] == pytest.approx(0.05)
+
+    other_class = _inst([[5, 5, 15, 15], [20, 20, 30, 35]], [3, 2], [0.9, 0.8], m)
+    assert match_instances(ref, other_class)["matched"] == 1  # same mask, wrong class: not matched
+    empty = Instances.empty((40, 40))
+    assert match_instances(ref, empty)["matched"] == 0 and match_instances(empty, ref)["n_ref"] == 0
+
+
+def test_generated_images_and_postprocess_cost():
+    a, b = generated_images(2, size_hw=(60, 80), seed=1)
+    assert a.shape == (60, 80, 3) and a.dtype == np.uint8 and not np.array_equal(a, b)
+    assert np.array_equal(a, generated_images(1, size_hw=(60, 80), seed=1)[0])  # seeded
+    assert 0 < postprocess_cost(size_hw=(60, 80), n=5, repeat=1) < 60
+
+
+@pytest.mark.slow
+def test_bench_cli_prints_the_table(small_weights, capsys):
+    from masklab.cli import main
+
+    args = ["bench", "--model", str(small_weights), "--size", "96x128", "--repeat", "2",
+            "--case", "torchvision::score_thresh=0", "--case", "torch::score_thresh=0"]
+    # peak microbenchmark and the fresh-process cold start are the slow parts: run them once, here
+    assert main(args + ["--no-flops"]) == 0
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("| ")]
+    assert lines[0].startswith("| case | median s | p90 s | img/s")
+    cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines[1:]]
+    rows = {c[0]: c for c in cells}
+    ref, ours = rows["torchvision:fp32:score_thresh=0.0"], rows["torch:fp32:score_thresh=0.0"]
+    assert set(rows) == {ref[0], ours[0]}
+    assert ref[8] == "ref"
+    assert ours[8] == "100.0%"  # our eager path = torchvision's, instance for instance (100 of them)
+    assert float(ours[1]) > 0  # median s
+    assert float(ours[11]) > 0 and float(ours[12]) > 100  # cold start s, RSS MB
+    assert "measured peak: fp32" in out and "post-processing (paste + RLE" in out
+
+
+@pytest.mark.slow
+def test_bench_json(small_weights, capsys):
+    from masklab.cli import main
+
+    assert main(["bench", "--model", str(small_weights), "--size", "96x128", "--repeat", "1", "--json",
+                 "--case", "torch::score_thresh=0", "--case", "torch-fast::score_thresh=0",
+                 "--case", "torch::score_thresh=0,max_detections=3", "--no-cold", "--no-peak"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    ref, fast, knob = report["rows"]
+    assert ref["instances"] == 100  # this random model's scores all sit near 0.5: threshold 0 keeps 100
+    assert ref["case"] == "torch:fp32:score_thresh=0.0" and ref["gflop"] > 0 and ref["median_s"] > 0
+    assert fast["matched"] is not None and 0 <= fast["matched"] <= 1
+    assert knob["instances"] == 3 and knob["matched"] == pytest.approx(3 / ref["instances"])
+    assert report["settings"]["image_sizes"] == ["96x128"]
