@@ -246,3 +246,29 @@ def test_demo_falls_back_to_the_shipped_shapes_model(tmp_path, capsys):
         overlay = np.asarray(Image.open(r.with_suffix(".png")).convert("RGB"))
         assert overlay.shape == scene.shape
         assert (overlay != scene).any() == bool(json.loads(r.read_text())["instances"])
+
+
+@pytest.mark.parametrize(
+    "mode, trains, frozen",
+    [
+        ("none", ["backbone.body.0.0.weight", "roi_heads.box_head.fc6.weight"], []),
+        ("backbone", ["backbone.fpn.inner_blocks.0.0.weight", "rpn.head.conv.0.0.weight", "roi_heads.mask_head.0.0.weight"],
+         ["backbone.body.0.0.weight", "backbone.body.13.block.0.0.weight"]),
+        ("heads", ["roi_heads.box_predictor.cls_score.weight", "roi_heads.mask_predictor.mask_fcn_logits.weight"],
+         ["backbone.body.0.0.weight", "backbone.fpn.inner_blocks.0.0.weight", "roi_heads.box_head.fc6.weight"]),
+    ],
+)
+def test_freeze_modes(mode, trains, frozen):
+    import dataclasses
+
+    from masklab.engine.train import _apply_freeze, _build
+    from masklab.models.zoo import get_spec
+
+    module = _build(dataclasses.replace(get_spec("small"), categories=("__background__", "a")))
+    module.train()
+    _apply_freeze(module, mode)
+    params = dict(module.named_parameters())
+    assert all(params[k].requires_grad for k in trains)
+    assert not any(params[k].requires_grad for k in frozen)
+    bn = module.backbone.body["0"][1]  # the stem's BatchNorm: statistics frozen with the trunk
+    assert bn.training == (mode == "none")
