@@ -100,10 +100,10 @@ def test_corpus_one_cli_run(tmp_path, small_weights):
             assert "\n" not in reason and word.lower() in reason.lower(), (name, reason)
         assert f"failed: {folder / name}" in stderr
     assert status["timings"]["images_per_s"] > 0
-    # Peak RSS of the whole CLI run: a decoded bomb alone would add > 676 MB (1.2 GB with its RGB copy).
-    # 1 GB: well above this run's ~0.5 GB (small model, 160-px inputs), well below a decoded bomb.
+    # Peak RSS of the whole CLI run. Measured on the dev machine: 0.9 GB as it is; 7.3 GB with the cap
+    # raised so that the bomb is decoded (MASKLAB_MAX_PIXELS=200000000). 2 GB separates the two.
     peak_mb = rusage.ru_maxrss / 1024
-    assert peak_mb < 1024, f"peak RSS {peak_mb:.0f} MB"
+    assert peak_mb < 2048, f"peak RSS {peak_mb:.0f} MB"
 
 
 def test_exif_masks_equal_upright(tmp_path, small_weights):
