@@ -124,6 +124,8 @@ class BenchRow:
     speedup: float | None = None
     setup_s: float | None = None
     cold_start_s: float | None = None
+    cold_import_s: float | None = None
+    cold_load_s: float | None = None
     peak_rss_mb: float | None = None
     gflop: float | None = None
     gflops: float | None = None
@@ -464,6 +466,7 @@ def run_bench(
                 if cold:
                     c = cold_start(case, model=model, weights=weights, device=device, image_path=image_path)
                     row.cold_start_s = c["total_s"]
+                    row.cold_import_s, row.cold_load_s = c["import_s"], c["load_s"]
                     row.peak_rss_mb = c["peak_rss_mb"]
             except Exception as e:  # noqa: BLE001 - one failing case is reported in its row; the others go on
                 row.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
