@@ -274,11 +274,16 @@ def rule_h5(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference_run(rule_h5):
+def reference_run(rule_h5, tmp_path_factory):
     """Load through the public loader (content-recognised .h5) and run the reference input once."""
     from masklab import Segmenter
 
-    seg = Segmenter(rule_h5, device="cpu", score_thresh=0.0)
+    # Module-scoped fixtures run before conftest's per-test environment: give this one the same
+    # temporary cache folder (the safetensors conversion lands there) and no downloads.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MASKLAB_HOME", str(tmp_path_factory.getbasetemp() / "masklab-home"))
+        mp.setenv("MASKLAB_OFFLINE", "1")
+        seg = Segmenter(rule_h5, device="cpu", score_thresh=0.0)
     assert isinstance(seg.backend, MatterportBackend) and seg.spec.name == "matterport_r101_coco"
     assert seg.backend.module.config.DETECTION_MIN_CONFIDENCE == 0.0  # score_thresh sets it
     return seg, seg.backend.run(_input_image())
@@ -331,6 +336,24 @@ def test_h5_weights_land_in_torch_layout(reference_run):
     )
     assert torch.equal(sd["backbone.bn5c_branch2c.running_var"], v("bn5c_branch2c/moving_variance:0", (2048,)))
     assert torch.equal(sd["fpn.fpn_p5.bias"], v("fpn_p5/bias:0", (256,)))
+
+
+@pytest.mark.slow
+def test_second_load_comes_from_the_safetensors_cache(rule_h5, reference_run, monkeypatch):
+    from masklab.models.loading import ModelOptions, resolve
+    from masklab.models.matterport import entry
+
+    seg, _ = reference_run
+    assert entry.converted_path(rule_h5).is_file()
+
+    def no_h5(*args, **kwargs):
+        raise AssertionError("the .h5 was parsed again")
+
+    monkeypatch.setattr(entry, "load_h5_weights", no_h5)
+    again = resolve(rule_h5, weights=None, opts=ModelOptions(score_thresh=0.0)).module.state_dict()
+    first = seg.backend.module.state_dict()
+    assert again.keys() == first.keys()
+    assert all(torch.equal(again[k], first[k]) for k in first if not k.endswith("num_batches_tracked"))
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from masklab.models.matterport.config import MatterportConfig
 from masklab.models.matterport.h5 import HDF5_MAGIC, is_matterport_h5, load_h5_weights
 from masklab.models.matterport.network import MatterportMaskRCNN
 
-__all__ = ["build_module", "resolve_matterport", "looks_like_h5", "is_matterport_h5"]
+__all__ = ["build_module", "resolve_matterport", "looks_like_h5", "is_matterport_h5", "converted_path"]
 
 # torchvision keyword (what ModelOptions produce) -> matterport config name
 _KW_TO_CONFIG = {
@@ -68,6 +68,40 @@ def _default_weights(spec) -> Path:
     )
 
 
+def converted_path(path: Path) -> Path:
+    """Where the safetensors conversion of the ``.h5`` at ``path`` is cached: keyed by the file's absolute
+    path, size and modification time, so a replaced file is converted again."""
+    import hashlib
+
+    from masklab.models.weights import cache_dir
+
+    st = path.stat()
+    where = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    return cache_dir() / "converted" / f"{path.stem}-{where}-{st.st_size}-{st.st_mtime_ns}.safetensors"
+
+
+def _load_with_cache(module: MatterportMaskRCNN, path: Path) -> None:
+    """Load the ``.h5`` (converted once to a safetensors file in the cache: later loads skip the h5
+    parsing and layout conversion). A cache that cannot be written is skipped silently."""
+    from safetensors.torch import load_file, save
+
+    from masklab.io.atomic import atomic_write_bytes
+
+    cached = converted_path(path)
+    expected = {k: v.shape for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
+    if cached.is_file():
+        state = load_file(cached)
+        if {k: v.shape for k, v in state.items()} == expected:  # else: stale or foreign, convert again
+            module.load_state_dict(state, strict=False)
+            return
+    load_h5_weights(module, path)
+    state = {k: v for k, v in module.state_dict().items() if k in expected}
+    try:
+        atomic_write_bytes(cached, save(state, metadata={"source": path.name, "format": "pt"}))
+    except OSError:
+        pass
+
+
 def resolve_matterport(spec, *, weights: str | os.PathLike | None, opts, seed: int = 0):
     """Build ``spec`` (the matterport entry) with ``opts`` and load a matterport ``.h5`` (or ``"random"``).
 
@@ -95,7 +129,7 @@ def resolve_matterport(spec, *, weights: str | os.PathLike | None, opts, seed: i
         for name, buf in module.named_buffers():
             if name.endswith("num_batches_tracked"):  # not in Keras files; unused in eval mode
                 buf.zero_()
-        load_h5_weights(module, path)
+        _load_with_cache(module, path)
         source = str(path)
 
     def factory(*, device: str = "cpu") -> MatterportBackend:
