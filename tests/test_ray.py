@@ -92,6 +92,20 @@ def test_store_and_uri_inputs(tmp_path):
     assert not [p for p in (tmp_path / "out" / "d").iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+def test_joining_a_cluster_that_refuses_says_what_to_check(monkeypatch):
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("a Ray session is already running in this process")  # this test runs before the module's
+
+    def refuse(**kwargs):
+        raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.9:6379")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(UsageError, match="ray start --head.*RAY_AUTH_MODE=token"):
+        with ray_session(address="10.0.0.9:6379"):
+            pass
+
+
 # -- on a local Ray -------------------------------------------------------------------------------
 
 
@@ -359,3 +373,4 @@ def test_core_imports_no_ray_and_a_missing_ray_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # what an install without the extra looks like to import
     with pytest.raises(MissingDependencyError, match=r'pip install "masklab\[ray\]"'):
         require_ray()
+

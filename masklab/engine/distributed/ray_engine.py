@@ -125,7 +125,14 @@ def ray_session(*, address: str | None = None, num_cpus: int | None = None, prog
         return
     common = {"include_dashboard": False, "log_to_driver": progress, "logging_level": logging.WARNING}
     if address:
-        ray.init(address=address, **common)
+        try:
+            ray.init(address=address, **common)
+        except ConnectionError as e:
+            raise UsageError(
+                f"cannot join the Ray cluster at {address} ({one_line(e)}): is `ray start --head` running there? "
+                "A cluster with token authentication (Ray's default for `ray start`) also needs RAY_AUTH_MODE=token "
+                "here, with its token in ~/.ray/auth_token or RAY_AUTH_TOKEN"
+            ) from None
     else:
         ray.init(address="local", num_cpus=num_cpus, **common)
     try:
