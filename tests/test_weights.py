@@ -75,7 +75,7 @@ def test_download_verifies_and_is_atomic(server, monkeypatch):
     assert not [p for p in path.parent.iterdir() if p.suffix in (".part", ".tmp")]
     path.unlink()
     # Wrong hash: an error, and no file that a later run could take as complete.
-    with pytest.raises(WeightsUnavailableError, match="does not match"):
+    with pytest.raises(WeightsUnavailableError, match="sha256 .* does not match"):
         W.ensure_weights(_spec(server, payload, sha="0" * 64), progress=False)
     assert not path.exists()
     # Connection cut half way: an error, nothing left behind.
@@ -164,3 +164,14 @@ def test_safetensors_and_model_as_path(v2_weights, tmp_path):
     save_file({k: v.contiguous() for k, v in state.items()}, str(st))
     seg = Segmenter(st, device="cpu")  # architecture and classes recognised from the keys
     assert seg.spec.arch == "torchvision_maskrcnn_v2" and seg.spec.num_classes == 91
+
+
+def test_entry_without_published_hash_is_checked_by_size(server, monkeypatch):
+    monkeypatch.delenv("MASKLAB_OFFLINE")
+    payload = b"h5" * 50_000
+    spec = dataclasses.replace(_spec(server, payload), sha256="", size_bytes=len(payload))
+    assert W.ensure_weights(spec, progress=False).read_bytes() == payload
+    W.weights_path(spec).unlink()
+    with pytest.raises(WeightsUnavailableError, match="size 100000 bytes does not match the published 99999"):
+        W.ensure_weights(dataclasses.replace(spec, size_bytes=len(payload) - 1), progress=False)
+    assert not W.weights_path(spec).exists()

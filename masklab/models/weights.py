@@ -45,6 +45,21 @@ def _hash_ok(digest: str, expected: str) -> bool:
     return digest.lower().startswith(expected.lower()) and len(expected) >= 8
 
 
+def _integrity_problem(path: Path, spec: WeightsSpec, digest: str | None) -> str | None:
+    """Why ``path`` is not ``spec``'s file, or None. Checks the sha256 where the entry publishes one;
+    an entry with no published hash (matterport's release) is checked by its exact byte size only."""
+    if spec.sha256:
+        if not _hash_ok(digest or sha256_file(path), spec.sha256):
+            return f"sha256 {(digest or sha256_file(path))[:16]}... does not match {spec.sha256[:16]}..."
+        return None
+    size = path.stat().st_size
+    if spec.size_bytes is None:
+        return "the model entry publishes neither a sha256 nor a size, so the file cannot be checked"
+    if size != spec.size_bytes:
+        return f"size {size} bytes does not match the published {spec.size_bytes}"
+    return None
+
+
 def _verified_marker(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
@@ -56,10 +71,10 @@ def _verify_cached(path: Path, spec: WeightsSpec) -> None:
     marker = _verified_marker(path)
     if marker.exists() and marker.read_text() == stamp:
         return
-    digest = sha256_file(path)
-    if not _hash_ok(digest, spec.sha256):
+    problem = _integrity_problem(path, spec, None)
+    if problem:
         raise WeightsUnavailableError(
-            f"cached weights {path} are corrupt: sha256 {digest[:16]}..., expected {spec.sha256[:16]}...\n"
+            f"cached weights {path} are corrupt: {problem}\n"
             f"delete the file and run again, or download {spec.url} by hand"
         )
     atomic_write_text(marker, stamp)
@@ -73,7 +88,7 @@ def _unavailable(spec: WeightsSpec, target: Path, reason: str) -> WeightsUnavail
     return WeightsUnavailableError(
         f"model weights {spec.filename} are not cached and could not be downloaded ({reason}).\n"
         f"  URL:    {spec.url}\n"
-        f"  sha256: {spec.sha256}\n"
+        f"  sha256: {spec.sha256 or f'not published; checked by size ({spec.size_bytes} bytes)'}\n"
         f"Download it on a machine with network and copy it to {target}, or pass --weights PATH."
     )
 
@@ -113,11 +128,9 @@ def _download(spec: WeightsSpec, target: Path, *, progress: bool, timeout: float
                     bar.update(len(chunk))
             out.flush()
             os.fsync(out.fileno())
-        digest = h.hexdigest()
-        if not _hash_ok(digest, spec.sha256):
-            raise WeightsUnavailableError(
-                f"downloaded {spec.url} but its sha256 {digest} does not match {spec.sha256}; nothing was saved"
-            )
+        problem = _integrity_problem(Path(tmp), spec, h.hexdigest())
+        if problem:
+            raise WeightsUnavailableError(f"downloaded {spec.url} but its {problem}; nothing was saved")
         os.replace(tmp, target)
         st = target.stat()
         atomic_write_text(_verified_marker(target), f"{st.st_size} {st.st_mtime_ns} {spec.sha256}")
