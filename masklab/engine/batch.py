@@ -223,7 +223,10 @@ def write_run_files(
 
 
 @dataclass
-class _Prepared:
+class Prepared:
+    """One input after the decode step: ``image`` on success, ``error`` (one line) on failure, or ``done``
+    (instance counts read back from an earlier run's JSON) when resume skips it."""
+
     t0: float
     image: LoadedImage | None = None
     error: str | None = None
@@ -239,14 +242,14 @@ def _counts_from_record(rec: dict[str, Any]) -> dict[str, int]:
 
 def _prepare(
     item: InputItem, writer: OutputWriter, skip: bool, max_pixels: int | None, url_limits: UrlLimits
-) -> _Prepared:
+) -> Prepared:
     """Runs in the decode pool: either "already done" (with counts), a decoded image, or a reason."""
     t0 = time.perf_counter()
     if skip and all(p.is_file() for p in writer.outputs_for(item.stem)):
         try:
             rec = writer.read_record(item.stem)
             if rec.get("image") == item.source:
-                return _Prepared(t0, done=_counts_from_record(rec))
+                return Prepared(t0, done=_counts_from_record(rec))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass  # unreadable or foreign: segment it again
     try:
@@ -255,13 +258,13 @@ def _prepare(
         else:
             image = load_image(item.path, name=str(item.path), max_pixels=max_pixels)
     except ImageLoadError as e:
-        return _Prepared(t0, error=one_line(e))
+        return Prepared(t0, error=one_line(e))
     except Exception as e:  # a batch never dies on one bad item
-        return _Prepared(t0, error=f"{item.source}: unexpected error while loading ({one_line(e)})")
-    return _Prepared(t0, image=image)
+        return Prepared(t0, error=f"{item.source}: unexpected error while loading ({one_line(e)})")
+    return Prepared(t0, image=image)
 
 
-def _write(
+def write_result(
     writer: OutputWriter, item: InputItem, image: LoadedImage, inst: Instances, t0: float, keep: bool
 ) -> ImageResult:
     """Runs in the writer pool: RLE, measurements, overlays and the atomic writes for one image."""
@@ -293,7 +296,7 @@ def _ordered_prefetch(
         yield x0, f.result()
 
 
-def _predict(segmenter, images: list[LoadedImage]) -> list[Instances | str]:
+def predict_batch(segmenter, images: list[LoadedImage]) -> list[Instances | str]:
     """Inference for one batch; on failure each image is retried alone so one bad item fails alone."""
     try:
         return list(segmenter.predict(images))
@@ -302,7 +305,7 @@ def _predict(segmenter, images: list[LoadedImage]) -> list[Instances | str]:
             return [f"{images[0].name}: inference failed ({one_line(e)})"]
     out: list[Instances | str] = []
     for im in images:
-        out.extend(_predict(segmenter, [im]))
+        out.extend(predict_batch(segmenter, [im]))
     return out
 
 
@@ -385,14 +388,14 @@ def run_segment(
             i, f = pending.popleft()
             record(i, f.result())
 
-    def flush(batch: list[tuple[int, InputItem, _Prepared]]) -> None:
-        outs = _predict(segmenter, [p.image for _, _, p in batch])  # type: ignore[misc]
+    def flush(batch: list[tuple[int, InputItem, Prepared]]) -> None:
+        outs = predict_batch(segmenter, [p.image for _, _, p in batch])  # type: ignore[misc]
         for (i, item, prep), inst in zip(batch, outs):
             if isinstance(inst, str):
                 record(i, ImageResult(item, error=inst))
                 continue
             harvest(max_pending - 1)
-            pending.append((i, write_pool.submit(_write, writer, item, prep.image, inst, prep.t0, keep_instances)))
+            pending.append((i, write_pool.submit(write_result, writer, item, prep.image, inst, prep.t0, keep_instances)))
         harvest(max_pending)
 
     with (
@@ -400,7 +403,7 @@ def run_segment(
         ThreadPoolExecutor(workers, thread_name_prefix="masklab-write") as write_pool,
     ):
         try:
-            batch: list[tuple[int, InputItem, _Prepared]] = []
+            batch: list[tuple[int, InputItem, Prepared]] = []
             prep_fn = lambda ix: _prepare(ix[1], writer, skip, max_pixels, limits)  # noqa: E731
             for (i, item), prep in _ordered_prefetch(decode_pool, prep_fn, enumerate(items), ahead):
                 if prep.error is not None:

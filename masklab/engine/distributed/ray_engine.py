@@ -215,9 +215,9 @@ class _SegmentWorker:
         self.writer = OutputWriter(direct or self.scratch, model_name=self.model_name, **writer_kwargs)
 
     def _load(self, item: InputItem, location: str):
-        """A ``_Prepared``: the decoded image or a one-line reason, worded as the local engine words it
+        """A ``Prepared``: the decoded image or a one-line reason, worded as the local engine words it
         (``location``: where this worker opens a local item, its absolute path)."""
-        from masklab.engine.batch import _Prepared
+        from masklab.engine.batch import Prepared
         from masklab.io.images import load_image
         from masklab.io.inputs import UrlLimits, fetch_url
 
@@ -230,10 +230,10 @@ class _SegmentWorker:
             else:
                 image = load_image(fetch_url(item.url, limits=UrlLimits()), name=item.url, max_pixels=self.max_pixels)
         except ImageLoadError as e:
-            return _Prepared(t0, error=one_line(e))
+            return Prepared(t0, error=one_line(e))
         except Exception as e:  # storage errors (permissions, network) are this image's, not the job's
-            return _Prepared(t0, error=f"{item.source}: unexpected error while loading ({one_line(e)})")
-        return _Prepared(t0, image=image)
+            return Prepared(t0, error=f"{item.source}: unexpected error while loading ({one_line(e)})")
+        return Prepared(t0, image=image)
 
     def _upload(self, stem: str) -> None:
         """Move one image's files from the scratch folder (it holds only that image's) to the store."""
@@ -245,7 +245,7 @@ class _SegmentWorker:
             p.unlink()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        from masklab.engine.batch import _predict, _write
+        from masklab.engine.batch import predict_batch, write_result
         from masklab.io.formats.writer import image_record
 
         columns = ("index", "path", "location", "stem", "url")
@@ -270,11 +270,11 @@ class _SegmentWorker:
                     loaded.append((index, item, prep))
             if not loaded:
                 continue
-            for (index, item, prep), inst in zip(loaded, _predict(self.segmenter, [p.image for *_, p in loaded])):
+            for (index, item, prep), inst in zip(loaded, predict_batch(self.segmenter, [p.image for *_, p in loaded])):
                 if isinstance(inst, str):
                     report(index, ImageResult(item, error=inst))
                     continue
-                result = _write(self.writer, item, prep.image, inst, prep.t0, False)
+                result = write_result(self.writer, item, prep.image, inst, prep.t0, False)
                 if result.ok:
                     try:
                         self._upload(item.stem)
