@@ -33,7 +33,8 @@ def add_parser(sub) -> None:
         "--backend",
         default="auto",
         choices=("auto", "torch", "torch-fast", "openvino", "onnx", "torchscript"),
-        help="runtime (default: auto = fastest exact fp32 path without conversion; see README 'Speed')",
+        help="runtime (default: auto = eager torch on the CPU, torch-fast on CUDA; openvino is the fastest exact "
+        "CPU path; see README 'Speed')",
     )
     g.add_argument(
         "--precision",

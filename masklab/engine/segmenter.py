@@ -68,7 +68,7 @@ class Segmenter:
         score_thresh: keep detections with score >= this, in [0, 1].
         classes: keep only these class names (e.g. ``["person", "car"]``); None keeps all.
         nms_thresh, max_detections, min_size, max_size: see :class:`~masklab.models.loading.ModelOptions`.
-        backend: ``"auto"`` (fastest exact path without conversion), ``"torch"`` (eager reference),
+        backend: ``"auto"`` (eager on the CPU, bit-for-bit torchvision; torch-fast on CUDA), ``"torch"``,
             ``"torch-fast"``, ``"openvino"``, ``"onnx"``, ``"torchscript"``; see :mod:`masklab.models.backends`.
             ``model`` may also be an exported file (``masklab export``), run by its own runtime.
         precision: ``"fp32"`` (exact, default), ``"bf16"``, ``"fp16"`` (reduced: only when asked for).
@@ -116,7 +116,7 @@ class Segmenter:
         else:
             from masklab.models.backends import make_backend
 
-            # auto = the fastest exact (fp32) path that needs no conversion; reduced precision only when asked.
+            # auto: exact (fp32) and no conversion; reduced precision only when asked for.
             self.backend = make_backend(
                 self.loaded,
                 backend=backend,

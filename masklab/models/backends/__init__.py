@@ -10,13 +10,16 @@ backend         what runs                                        precisions     
 ``onnx``        ONNX Runtime on the tensor core (.onnx, or       fp32                         yes
                 exported once and cached)
 ``torchscript`` a TorchScript export (.pt)                       fp32                         yes
-``auto``        an exported file: its runtime; CUDA: torch-fast; a ResNet model on the CPU: torch-fast
-                fp32 (channels-last, measured 1.15x); other models: torch
+``auto``        an exported file: its runtime; CUDA: torch-fast; the CPU: torch (eager)
 =============== ========================================================================================
 
-``auto`` never converts a model to another runtime by itself (that costs 30-120 s once); the fastest
-exact path on this project's CPU is OpenVINO fp32: ``masklab export --format openvino`` once, then run
-the ``.xml`` (see ``benchmarks/RESULTS.md``). Reduced precision is only ever used when asked for.
+Why ``auto`` stays eager on the CPU: it is the only path whose results are bit-for-bit torchvision's
+(the project's golden tests hold it to scores within 1e-5 and identical masks); channels-last and
+OpenVINO give the same instances but sum in another order (scores move by ~1e-5). ``auto`` also never
+converts a model to another runtime by itself (30-120 s once). The fastest exact path on this
+project's CPU is OpenVINO fp32 (``backend="openvino"``, or ``masklab export --format openvino`` once and
+run the ``.xml``); ``torch-fast`` needs no conversion (see ``benchmarks/RESULTS.md``). Reduced precision
+is only ever used when asked for.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ __all__ = ["BACKENDS", "PRECISIONS", "make_backend", "converted_path"]
 BACKENDS = ("auto", "torch", "torch-fast", "openvino", "onnx", "torchscript")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 _FILE_BACKEND = {"onnx": "onnx", "openvino": "openvino", "torchscript": "torchscript"}
-_CHANNELS_LAST_ARCHS = ("torchvision_maskrcnn_v1", "torchvision_maskrcnn_v2")
 
 
 def _check_choice(backend: str, precision: str) -> None:
@@ -116,9 +118,8 @@ def make_backend(
         return _file_backend(fmt, loaded.weights_source, precision=precision, device=device, threads=threads,
                              score_thresh=score_thresh)
 
-    if backend == "auto":
-        on_gpu = device.startswith("cuda")
-        backend = "torch-fast" if on_gpu or loaded.spec.arch in _CHANNELS_LAST_ARCHS or precision != "fp32" else "torch"
+    if backend == "auto":  # see the module docstring: eager on the CPU, fast on CUDA, never a conversion
+        backend = "torch-fast" if device.startswith("cuda") or precision != "fp32" else "torch"
     if backend == "torch":
         if precision == "fp32":
             return TorchBackend(loaded.module, device=device)

@@ -34,7 +34,8 @@ class TorchFastBackend:
         module: a torchvision ``MaskRCNN``.
         device: ``"cpu"`` or ``"cuda[:N]"``.
         precision: ``"fp32"`` (exact), ``"bf16"`` or ``"fp16"`` (fp16: CUDA only).
-        channels_last: default True on the CPU for ResNet trunks (measured faster), True on CUDA.
+        channels_last: default True (measured 1.15-1.24x on the ResNet-50 models on this CPU; the
+            usual layout for tensor cores on CUDA).
         mask_threshold: mask probability above which a pixel is inside, in [0, 1].
     """
 
