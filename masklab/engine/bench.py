@@ -6,7 +6,9 @@ image in, :class:`~masklab.structures.instances.Instances` out, masks pasted), e
 
 Per case, the table reports:
 
-- median and p90 latency over ``repeat`` timed runs per image (after one warm-up run), images/s;
+- median and p90 latency over ``repeat`` timed runs per image (after one warm-up run), images/s; the
+  timed runs are interleaved (round r runs every case), so load changes on a shared machine hit all
+  cases alike;
 - ``GFLOP``: arithmetic per image (2 x multiply-adds, counted with ``torch.utils.flop_counter`` on the
   eager torch model with the case's options), achieved GFLOP/s, and that as a share of the measured
   machine peak (matmul/conv microbenchmark) for the case's precision;
@@ -395,7 +397,8 @@ def run_bench(
     log=None,
 ) -> BenchReport:
     """Run every case on every image (see the module docstring). The first case is the reference for
-    agreement and speed-up; a case that fails gets its error in the row and the run goes on."""
+    agreement and speed-up; a case that fails gets its error in the row and the run goes on. Every case's
+    model stays loaded during the timed rounds (memory: the sum of the cases)."""
     from masklab.engine.segmenter import resolve_device
 
     if not cases:
@@ -420,30 +423,55 @@ def run_bench(
     from PIL import Image
 
     Image.fromarray(images[0]).save(image_path)
-    reference: list | None = None
     flop_cache: dict[tuple, float] = {}
+    live: dict[int, Any] = {}  # case index -> Segmenter, for cases that have not failed
+    times: dict[int, list[float]] = {}
+    outputs: dict[int, list] = {}
+
+    def fail(i: int, e: Exception) -> None:
+        report.rows[i].error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+        say(f"  {report.rows[i].case} failed: {report.rows[i].error}")
+        live.pop(i, None)
+
     try:
-        for case in cases:
-            row = BenchRow(case=case.label, backend=case.backend, precision=case.precision)
-            report.rows.append(row)
-            say(f"case {case.label}")
+        for i, case in enumerate(cases):  # 1. build and warm up every case
+            report.rows.append(BenchRow(case=case.label, backend=case.backend, precision=case.precision))
+            say(f"setting up {case.label}")
             try:
                 t0 = time.perf_counter()
-                seg = _segmenter(case, model=model, weights=weights, device=device)
-                row.setup_s = time.perf_counter() - t0
-                seg.predict(images[:1])  # warm-up (allocators, OpenVINO/oneDNN kernel selection)
-                times, outputs = [], []
-                for im in images:
-                    for r in range(repeat):
+                live[i] = _segmenter(case, model=model, weights=weights, device=device)
+                report.rows[i].setup_s = time.perf_counter() - t0
+                live[i].predict(images[:1])  # warm-up (allocators, OpenVINO/oneDNN kernel selection)
+                times[i], outputs[i] = [], []
+            except Exception as e:  # noqa: BLE001 - one failing case is reported in its row; the others go on
+                fail(i, e)
+        # 2. timed runs, interleaved: round r runs every case once per image, so a change in the load of a
+        #    shared machine hits every case alike instead of whichever case happened to be running.
+        for r in range(repeat):
+            say(f"round {r + 1}/{repeat}")
+            for im in images:
+                for i in list(live):
+                    try:
                         t0 = time.perf_counter()
-                        out = seg.predict([im])[0]
-                        times.append(time.perf_counter() - t0)
-                        if r == 0:
-                            outputs.append(out)
-                row.median_s = statistics.median(times)
-                row.p90_s = float(np.percentile(times, 90))
-                row.images_per_s = 1.0 / row.median_s
-                row.instances = float(np.mean([len(o) for o in outputs]))
+                        out = live[i].predict([im])[0]
+                        times[i].append(time.perf_counter() - t0)
+                    except Exception as e:  # noqa: BLE001
+                        fail(i, e)
+                        continue
+                    if r == 0:
+                        outputs[i].append(out)
+        # 3. statistics, FLOPs, agreement with the first case; then the fresh-process cold start
+        reference = outputs.get(0) if 0 in live else None
+        for i, case in enumerate(cases):
+            row = report.rows[i]
+            if i not in live:
+                continue
+            seg = live.pop(i)
+            row.median_s = statistics.median(times[i])
+            row.p90_s = float(np.percentile(times[i], 90))
+            row.images_per_s = 1.0 / row.median_s
+            row.instances = float(np.mean([len(o) for o in outputs[i]]))
+            try:
                 if flops and seg.loaded.module is not None:  # counted on the eager fp32 module, once per options
                     key = (case.min_size, case.max_size, case.proposals, case.max_detections, case.score_thresh)
                     if key not in flop_cache:
@@ -453,10 +481,8 @@ def run_bench(
                     row.gflops = row.gflop / row.median_s
                     peak = report.peaks_gflops.get("bf16" if case.precision in ("bf16", "fp16") else "fp32")
                     row.peak_share = row.gflops / peak if peak else None
-                if reference is None:
-                    reference = outputs
-                else:
-                    stats = [match_instances(a, b) for a, b in zip(reference, outputs)]
+                if reference is not None and i > 0:
+                    stats = [match_instances(a, b) for a, b in zip(reference, outputs[i])]
                     n_ref = sum(s["n_ref"] for s in stats)
                     row.matched = sum(s["matched"] for s in stats) / n_ref if n_ref else 1.0
                     row.max_box_delta = max(s["max_box_delta"] for s in stats)
@@ -464,13 +490,13 @@ def run_bench(
                 del seg
                 gc.collect()
                 if cold:
+                    say(f"cold start of {case.label} (a fresh process)")
                     c = cold_start(case, model=model, weights=weights, device=device, image_path=image_path)
                     row.cold_start_s = c["total_s"]
                     row.cold_import_s, row.cold_load_s = c["import_s"], c["load_s"]
                     row.peak_rss_mb = c["peak_rss_mb"]
-            except Exception as e:  # noqa: BLE001 - one failing case is reported in its row; the others go on
-                row.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
-                say(f"  failed: {row.error}")
+            except Exception as e:  # noqa: BLE001
+                fail(i, e)
     finally:
         tmp.cleanup()
     base = report.rows[0].median_s
