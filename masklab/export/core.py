@@ -75,7 +75,8 @@ def core_to_detections(out: CoreOutputs, size_hw: tuple[int, int], *, mask_thres
     from masklab.structures.masks import paste_masks
 
     boxes = np.asarray(out.boxes, np.float32).reshape(-1, 4)
-    probs = np.asarray(out.mask_probs, np.float32).reshape(-1, 1, *np.shape(out.mask_probs)[-2:] or (28, 28))
+    probs = np.asarray(out.mask_probs, np.float32)
+    probs = probs.reshape(len(boxes), 1, *probs.shape[-2:])  # (N, 1, M, M) even when N == 0
     masks = paste_masks(torch.from_numpy(probs), torch.from_numpy(boxes), size_hw, threshold=mask_threshold)
     return Detections(
         boxes=boxes,
