@@ -57,6 +57,7 @@ def test_torch_fast_does_not_change_the_shared_module(image, reference):
     assert w.is_contiguous() and not w.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.slow  # the first caller pays for the shared trace + exports (~10-20 s idle)
 @pytest.mark.parametrize("fmt", ["onnx", "openvino", "torchscript"])
 def test_runtime_backend_from_the_model_matches_eager(fmt, image, reference, tmp_path, monkeypatch):
     """backend='openvino'/'onnx'/'torchscript' on a torch model: converted once into the cache, then run."""
