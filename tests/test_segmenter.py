@@ -121,3 +121,15 @@ def test_unknown_model_names_the_known_ones():
 
     with pytest.raises(UsageError, match="maskrcnn_resnet50_fpn_v2"):
         Segmenter("maskrcnn_resnet9000")
+
+
+def test_default_score_threshold_comes_from_the_model_entry(v2_weights):
+    from masklab.models.zoo import MODELS
+
+    seg = Segmenter("maskrcnn_resnet50_fpn_v2", weights=v2_weights, device="cpu")
+    assert seg.score_thresh == 0.5 and seg.loaded.module.roi_heads.score_thresh == 0.5
+    line = next(x for x in seg.describe().splitlines() if x.startswith("DETECTION_MIN_CONFIDENCE"))
+    assert line.split()[-1] == "0.5"
+    # The tutorial's weights keep the tutorial's DETECTION_MIN_CONFIDENCE.
+    assert MODELS["matterport_r101_coco"].score_thresh == 0.7
+    assert MODELS["matterport_r101_coco"].card()["score_thresh"] == 0.7

@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
     g.add_argument("--min-size", type=int, default=None, help="resize the shorter side to this many pixels (default: the model's, 800)")
     g.add_argument("--max-size", type=int, default=None, help="cap the longer side at this many pixels (default: the model's, 1333)")
     g = p.add_argument_group("filtering")
-    g.add_argument("--score-thresh", type=float, default=0.5, help="minimum score, 0..1 (default: 0.5)")
+    g.add_argument("--score-thresh", type=float, default=None, help="minimum score, 0..1 (default: the model's, 0.5; 0.7 for matterport_r101_coco)")
     g.add_argument("--classes", default=None, help="comma-separated class names to keep, e.g. person,car")
     g.add_argument("--max-detections", type=int, default=None, help="keep at most this many objects per image (default: the model's, 100)")
     g = p.add_argument_group("output")

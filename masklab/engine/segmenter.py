@@ -65,7 +65,8 @@ class Segmenter:
         weights: a local weights file (``.pth``/``.pt`` loaded with ``weights_only=True``, or
             ``.safetensors``); default: the model's published weights (downloaded once into the cache).
         device: ``"auto"`` (CUDA if present), ``"cpu"`` or ``"cuda"``.
-        score_thresh: keep detections with score >= this, in [0, 1].
+        score_thresh: keep detections with score >= this, in [0, 1]; None: the model's default
+            (0.5; 0.7 for ``matterport_r101_coco``, as the tutorial's DETECTION_MIN_CONFIDENCE).
         classes: keep only these class names (e.g. ``["person", "car"]``); None keeps all.
         nms_thresh, max_detections, min_size, max_size: see :class:`~masklab.models.loading.ModelOptions`.
         backend: ``"auto"`` (eager on the CPU, bit-for-bit torchvision; torch-fast on CUDA), ``"torch"``,
@@ -81,7 +82,7 @@ class Segmenter:
         *,
         weights: str | os.PathLike | None = None,
         device: str = "auto",
-        score_thresh: float = 0.5,
+        score_thresh: float | None = None,
         classes: Sequence[str] | None = None,
         nms_thresh: float | None = None,
         max_detections: int | None = None,
@@ -103,6 +104,8 @@ class Segmenter:
         )
         self.loaded: LoadedModel = resolve(model, weights=weights, opts=self.options)
         self.spec: ModelSpec = self.loaded.spec
+        #: the minimum score in force (the model's default when none was given)
+        self.score_thresh = self.spec.score_thresh if score_thresh is None else float(score_thresh)
         if classes is not None:
             known = set(self.spec.categories) - {"__background__", "N/A"}
             unknown = [c for c in classes if c not in known]
@@ -123,7 +126,7 @@ class Segmenter:
                 precision=precision,
                 device=self.device,
                 threads=self.num_threads if self.device == "cpu" else None,
-                score_thresh=score_thresh,
+                score_thresh=self.score_thresh,
             )
         self.precision = precision
 
@@ -189,7 +192,7 @@ class Segmenter:
             ("MASK_SHAPE", "28x28"),
             ("IMAGE_MIN_DIM", getattr(getattr(m, "transform", None), "min_size", (s.min_size,))[0]),
             ("IMAGE_MAX_DIM", getattr(getattr(m, "transform", None), "max_size", s.max_size)),
-            ("DETECTION_MIN_CONFIDENCE", o.score_thresh),
+            ("DETECTION_MIN_CONFIDENCE", self.score_thresh),
             ("DETECTION_NMS_THRESHOLD", getattr(getattr(m, "roi_heads", None), "nms_thresh", o.nms_thresh)),
             ("DETECTION_MAX_INSTANCES", getattr(getattr(m, "roi_heads", None), "detections_per_img", o.max_detections)),
             ("CLASS_FILTER", ",".join(self.classes) if self.classes else "all"),
@@ -210,7 +213,7 @@ class Segmenter:
             "threads": self.num_threads,
             "backend": self.backend.name,
             "precision": self.precision,
-            "score_thresh": self.options.score_thresh,
+            "score_thresh": self.score_thresh,
             "nms_thresh": self.options.nms_thresh,
             "max_detections": self.options.max_detections,
             "min_size": self.options.min_size,
@@ -219,4 +222,4 @@ class Segmenter:
         }
 
     def __repr__(self) -> str:
-        return f"Segmenter(model={self.spec.name!r}, device={self.device!r}, score_thresh={self.options.score_thresh})"
+        return f"Segmenter(model={self.spec.name!r}, device={self.device!r}, score_thresh={self.score_thresh})"

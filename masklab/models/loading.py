@@ -38,7 +38,7 @@ class ModelOptions:
     ``min_size``/``max_size``: resize of the shorter/longer image side in pixels.
     """
 
-    score_thresh: float = 0.5
+    score_thresh: float | None = None  # None: the model entry's own default (ModelSpec.score_thresh)
     nms_thresh: float | None = None
     max_detections: int | None = None
     min_size: int | None = None
@@ -46,7 +46,7 @@ class ModelOptions:
     rpn_post_nms_top_n: int | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.score_thresh <= 1.0:
+        if self.score_thresh is not None and not 0.0 <= self.score_thresh <= 1.0:
             raise UsageError(f"score_thresh must be in [0, 1], found {self.score_thresh}")
         if self.nms_thresh is not None and not 0.0 <= self.nms_thresh <= 1.0:
             raise UsageError(f"nms_thresh must be in [0, 1], found {self.nms_thresh}")
@@ -85,6 +85,7 @@ def _tv_kwargs(opts: ModelOptions) -> dict:
 def build_module(spec: ModelSpec, opts: ModelOptions):
     """Build ``spec``'s network with random weights and ``opts`` applied."""
     kw = _tv_kwargs(opts)
+    kw.setdefault("box_score_thresh", spec.score_thresh)
     kw.setdefault("min_size", spec.min_size)
     kw.setdefault("max_size", spec.max_size)
     return spec.build(num_classes=spec.num_classes, **kw)
@@ -210,7 +211,7 @@ def _resolve_exported(path: Path, fmt: str, *, weights, opts: ModelOptions) -> L
         v = getattr(opts, name)
         if v is not None and v != baked[name]:
             raise UsageError(f"{path} was exported with {name}={baked[name]}; {name}={v} needs a new export")
-    if opts.score_thresh < baked["score_thresh"]:
+    if opts.score_thresh is not None and opts.score_thresh < baked["score_thresh"]:
         raise UsageError(
             f"{path} was exported with score_thresh={baked['score_thresh']}: it cannot return lower scores "
             f"(asked for {opts.score_thresh}); export again with a lower threshold"

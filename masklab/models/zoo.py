@@ -60,6 +60,8 @@ class ModelSpec:
     description: str = ""
     license: str = ""
     mrcnn_class_names: tuple[str, ...] | None = None
+    #: default minimum score when the user gives none (matterport's DETECTION_MIN_CONFIDENCE is 0.7)
+    score_thresh: float = 0.5
 
     @property
     def num_classes(self) -> int:
@@ -83,6 +85,7 @@ class ModelSpec:
             "min_size": self.min_size,
             "max_size": self.max_size,
             "published": dict(self.published),
+            "score_thresh": self.score_thresh,
             "tags": list(self.tags),
             "description": self.description,
             "license": self.license,
@@ -245,6 +248,7 @@ MODELS["matterport_r101_coco"] = ModelSpec(
     max_size=1024,
     published={"box_ap": 34.7, "dataset": "COCO minival (matterport)"},
     tags=("coco", "matterport"),
+    score_thresh=0.7,
     description="matterport's Mask R-CNN, ResNet-101 FPN (the tutorial's mask_rcnn_coco.h5), ported to PyTorch.",
     license="MIT",
     mrcnn_class_names=COCO_MRCNN,
