@@ -209,7 +209,7 @@ def _spec_for(cfg: TrainConfig, class_names: Sequence[str]) -> ModelSpec:
         published={},
         tags=("custom",),
         mrcnn_class_names=None,
-        description=f"{base.description.split('.')[0]}, trained with masklab train on {Path(cfg.data).name}",
+        description=f"{base.description.split('.')[0]}, trained with masklab train on {cfg.data}",
     )
 
 
