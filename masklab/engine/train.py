@@ -379,7 +379,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     rows = []
     with open(path, newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
-            rows.append({k: (None if v == "" else (int(v) if k in ("epoch", "step") else float(v))) for k, v in r.items()})
+            rows.append({k: (None if v == "" else (int(v) if k == "step" else float(v))) for k, v in r.items()})
     return rows
 
 
@@ -723,7 +723,9 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, *, resume: bool, pro
         end_of_epoch = not stopped or batch_in_epoch >= len(batches)
         # -- evaluate and save (rank 0), once per epoch and when stopping --------------------------
         means = all_reduce_mean(info, [sums.get(k, 0.0) / max(count, 1) for k in ("loss", *LOSS_NAMES)])
-        row: dict[str, Any] = {"epoch": epoch + (1 if end_of_epoch else 0), "step": step, "seconds": round(elapsed(), 1),
+        # A run stopped mid-epoch (time budget) logs the fraction of the epoch it did, e.g. 5.53.
+        done = epoch + (1 if end_of_epoch else round(batch_in_epoch / max(len(batches), 1), 3))
+        row: dict[str, Any] = {"epoch": done, "step": step, "seconds": round(elapsed(), 1),
                                "lr": optimizer.param_groups[0]["lr"], **dict(zip(("loss", *LOSS_NAMES), means))}
         if end_of_epoch:
             epoch += 1
