@@ -658,7 +658,7 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, *, resume: bool, pro
 
     show = progress if progress is not None else sys.stderr.isatty()
     bar_total = budget if budget and not total_steps else total_steps
-    bar = tqdm(total=bar_total, initial=min(elapsed(), budget) if (budget and not total_steps) else step,
+    bar = tqdm(total=bar_total, initial=int(min(elapsed(), budget)) if (budget and not total_steps) else step,
                desc="train", unit="s" if (budget and not total_steps) else "step", disable=not (show and info.is_main),
                dynamic_ncols=True)
     stopped = ""
@@ -707,7 +707,7 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, *, resume: bool, pro
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if budget and not total_steps:
-                bar.n = min(elapsed(), budget)
+                bar.n = int(min(elapsed(), budget))
                 bar.refresh()
             else:
                 bar.update(1)
