@@ -328,7 +328,7 @@ def _segmenter(case: BenchCase, *, model: str, weights, device: str):
 
 
 _COLD_CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 t0 = time.perf_counter()
 from masklab.engine.segmenter import Segmenter
 t1 = time.perf_counter()
@@ -340,8 +340,19 @@ t2 = time.perf_counter()
 seg(a["image"])
 t3 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_image_s": t3 - t2, "total_s": t3 - t0,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": peak_rss_mb()}))
 """
+# ru_maxrss is useless here: Linux carries it over fork + exec, so a child of a 4 GB bench process reports
+# >= 4 GB. VmHWM belongs to the address space, which exec replaces: the child's own peak.
+_COLD_CHILD = """
+def peak_rss_mb():
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+""" + _COLD_CHILD
 
 
 def cold_start(case: BenchCase, *, model: str, weights, device: str, image_path: str, timeout: float = 900) -> dict:
