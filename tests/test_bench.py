@@ -101,3 +101,18 @@ def test_bench_json(small_weights, capsys):
     assert fast["matched"] is not None and 0 <= fast["matched"] <= 1
     assert knob["instances"] == 3 and knob["matched"] == pytest.approx(3 / ref["instances"])
     assert report["settings"]["image_sizes"] == ["96x128"]
+
+
+def test_cold_start_reports_the_fresh_process_own_peak_memory(small_weights, tmp_path):
+    """Linux carries ru_maxrss over fork + exec: a child of a big process would report the parent's size.
+    The parent here holds ~2 GB of touched memory; the one-image child must report far less."""
+    from PIL import Image
+
+    from masklab.engine.bench import cold_start
+
+    Image.fromarray(np.full((96, 128, 3), 120, np.uint8)).save(tmp_path / "one.png")
+    ballast = np.ones(2 * 1024**3 // 8)  # touched: really resident in this (parent) process
+    c = cold_start(BenchCase(min_size=96, max_size=128), model=str(small_weights), weights=None,
+                   device="cpu", image_path=str(tmp_path / "one.png"))
+    assert ballast[-1] == 1.0
+    assert 50 < c["peak_rss_mb"] < 1600, c
