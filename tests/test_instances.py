@@ -73,6 +73,24 @@ def test_measurements():
     assert m["label"] == "cat" and m["area_px"] == 100 and m["bbox_xyxy"] == [0, 10, 10, 20]
 
 
+def test_an_empty_mask_has_a_null_centroid_and_strict_json(tmp_path):
+    """An untrained or weak head can keep a box whose mask is empty: no NaN may reach JSON or CSV."""
+    import json
+
+    from masklab.io.formats.measurements import write_measurements_csv
+
+    inst = _two()
+    inst.masks[1] = False
+    m = inst.measurements()
+    assert m[1]["centroid_xy"] == [None, None] and m[1]["area_px"] == 0
+    assert m[0]["centroid_xy"] == [6.0, 4.0]
+    d = inst.to_dict()
+    json.dumps(d, allow_nan=False)  # raises on NaN
+    assert d[1]["centroid_xy"] == [None, None]
+    csv = write_measurements_csv(tmp_path / "m.csv", [{"image": "x.png", "instances": d}]).read_text()
+    assert "nan" not in csv.lower() and len(csv.splitlines()) == 3
+
+
 def test_to_mrcnn_matches_tutorial_layout():
     inst = _two()
     names = ["BG", "person", "bicycle", "cat"]

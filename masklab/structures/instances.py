@@ -223,7 +223,11 @@ class Instances:
         return mask_perimeters(self.masks)
 
     def measurements(self) -> list[dict[str, Any]]:
-        """One dict per instance: id, label, class_id, score, area_px, perimeter_px, centroid_xy, bbox_xyxy."""
+        """One dict per instance: id, label, class_id, score, area_px, perimeter_px, centroid_xy, bbox_xyxy.
+
+        An empty mask (a box whose mask fell below the threshold) has ``centroid_xy`` ``[None, None]``:
+        JSON has no NaN, and ``null`` is what the web API and every strict parser expect.
+        """
         areas, cents, perims = self.areas(), self.centroids(), self.perimeters()
         return [
             {
@@ -233,7 +237,7 @@ class Instances:
                 "score": float(self.scores[i]),
                 "area_px": int(areas[i]),
                 "perimeter_px": float(perims[i]),
-                "centroid_xy": [float(cents[i, 0]), float(cents[i, 1])],
+                "centroid_xy": [float(v) if np.isfinite(v) else None for v in cents[i]],
                 "bbox_xyxy": [float(v) for v in self.boxes[i]],
             }
             for i in range(len(self))
@@ -302,7 +306,7 @@ class Instances:
                     "bbox_xyxy": [round(v, 3) for v in m["bbox_xyxy"]],
                     "area_px": m["area_px"],
                     "perimeter_px": round(m["perimeter_px"], 3),
-                    "centroid_xy": [round(v, 3) for v in m["centroid_xy"]],
+                    "centroid_xy": [None if v is None else round(v, 3) for v in m["centroid_xy"]],
                     "rle": rle,
                 }
             )
