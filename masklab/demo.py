@@ -36,7 +36,10 @@ def write_demo_scenes(folder: Path, *, n: int = 3, size: int = 256, seed: int = 
 def _table(summary) -> str:
     rows = [("image", "objects", "what")]
     for r in summary.results:
-        if r.instances is None:
+        if r.skipped:
+            what = ", ".join(f"{n} {lab}" for lab, n in r.counts.items()) or "nothing"
+            rows.append((r.item.path.name, str(r.n_instances), f"{what} (done by an earlier run)"))
+        elif r.instances is None:
             rows.append((r.item.path.name, "-", f"failed: {r.error}"))
         else:
             what = ", ".join(f"{n} {lab}" for lab, n in r.instances.counts().items()) or "nothing"
@@ -73,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(e)
         return e.exit_code
     print(f"model: {seg.spec.name} ({seg.loaded.weights_source}) on {seg.device}", file=sys.stderr)
-    summary = run_segment(items, args.out, seg, viz="instance", keep_instances=True)
+    # A demo redoes everything: a second `make demo` shows the same table, not "already done".
+    summary = run_segment(items, args.out, seg, viz="instance", keep_instances=True, skip_existing=False)
     print(_table(summary))
     print(f"\noverlays and JSON in {args.out}/ ({summary.seconds:.1f} s)")
     return summary.exit_code

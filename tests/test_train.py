@@ -232,8 +232,11 @@ def test_demo_falls_back_to_the_shipped_shapes_model(tmp_path, capsys):
     assert card["arch"] == "maskrcnn_mobilenet_v3_fpn" and "masklab train" in card["trained"]["command"]
     out = tmp_path / "demo"
     assert main(["--out", str(out)]) == 0
-    err = capsys.readouterr().err
-    assert "COCO weights unavailable" in err and "offline demo model" in err
+    first = capsys.readouterr()
+    assert "COCO weights unavailable" in first.err and "offline demo model" in first.err
+    assert main(["--out", str(out)]) == 0  # a second `make demo` into the same folder: the same table
+    table = capsys.readouterr().out
+    assert "failed" not in table and table.splitlines()[:4] == first.out.splitlines()[:4]
     records = sorted(out.glob("shapes_*.json"))
     assert len(records) == 3 and len(list(out.glob("shapes_*.png"))) == 3
     found = [i for r in records for i in json.loads(r.read_text())["instances"]]
@@ -251,11 +254,11 @@ def test_demo_falls_back_to_the_shipped_shapes_model(tmp_path, capsys):
 @pytest.mark.parametrize(
     "mode, trains, frozen",
     [
-        ("none", ["backbone.body.0.0.weight", "roi_heads.box_head.fc6.weight"], []),
+        ("none", ["backbone.body.0.0.weight", "roi_heads.box_head.3.weight"], []),
         ("backbone", ["backbone.fpn.inner_blocks.0.0.weight", "rpn.head.conv.0.0.weight", "roi_heads.mask_head.0.0.weight"],
          ["backbone.body.0.0.weight", "backbone.body.13.block.0.0.weight"]),
         ("heads", ["roi_heads.box_predictor.cls_score.weight", "roi_heads.mask_predictor.mask_fcn_logits.weight"],
-         ["backbone.body.0.0.weight", "backbone.fpn.inner_blocks.0.0.weight", "roi_heads.box_head.fc6.weight"]),
+         ["backbone.body.0.0.weight", "backbone.fpn.inner_blocks.0.0.weight", "roi_heads.box_head.3.weight"]),
     ],
 )
 def test_freeze_modes(mode, trains, frozen):

@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     g.add_argument("--batch-size", type=int, default=None, help="images per step per process (default: 2)")
     g.add_argument("--accumulate", type=int, default=None, help="gradient accumulation steps (default: 1)")
-    g.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW; default 1e-3 scratch, 2e-4 coco, x batch/8)")
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW; default 1e-3 scratch (small: 2e-3), 2e-4 coco, x batch/8)")
     g.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default: 100)")
     g.add_argument("--patience", type=int, default=None, help="early stop after this many evaluations without a better mask AP (default: 10)")
     g.add_argument("--no-augment", action="store_true", help="no flips / scale / colour jitter")

@@ -64,7 +64,8 @@ class TrainConfig:
             ``"backbone:2,none"`` (2 epochs with the trunk frozen, then everything).
         epochs / time_budget_s: stop after this many epochs / seconds of wall clock (one is required).
         batch_size: images per step per process; accumulate: steps whose gradients add up per update.
-        lr: peak learning rate (AdamW), default 1e-3 from scratch/backbone and 2e-4 from COCO, scaled by
+        lr: peak learning rate (AdamW), default the model's ``train_lr`` (1e-3; 2e-3 for ``small``, whose
+            heads have BatchNorm) from scratch/backbone and 2e-4 from COCO, scaled by
             the effective batch over 8; warmup_steps: linear warm-up; then cosine decay to 0 over the run
             (over the time budget when there is one).
         min_size, max_size: training resize (shorter side, longer-side cap) in pixels; default the model's.
@@ -215,9 +216,14 @@ def _spec_for(cfg: TrainConfig, class_names: Sequence[str]) -> ModelSpec:
 
 def _build(spec: ModelSpec):
     from masklab.models.loading import ModelOptions, build_module
+    from masklab.models.roi_pool import use_fast_roi_pooling
 
     # A low score threshold while training: validation AP needs the low-confidence detections too.
-    return build_module(spec, ModelOptions(score_thresh=0.05))
+    module = build_module(spec, ModelOptions(score_thresh=0.05))
+    # RoIAlign's CPU backward in torchvision is single-threaded; this one gives the same gradients
+    # from two matrix products (same forward, no parameters: checkpoints are unchanged).
+    use_fast_roi_pooling(module)
+    return module
 
 
 #: ImageNet trunk weights for ``--init backbone`` (torchvision's published files; sha256 prefixes as in
@@ -463,8 +469,8 @@ def package_model(run_dir: str | os.PathLike, dst: str | os.PathLike, *, fp16: b
 
 
 # -- the loop ---------------------------------------------------------------------------------------
-def _resolve_lr(cfg: TrainConfig, world: int) -> float:
-    base = cfg.lr if cfg.lr is not None else (2e-4 if cfg.init == "coco" else 1e-3)
+def _resolve_lr(cfg: TrainConfig, world: int, spec: ModelSpec) -> float:
+    base = cfg.lr if cfg.lr is not None else (2e-4 if cfg.init == "coco" else spec.train_lr)
     if cfg.lr is not None:
         return base
     return base * max(1.0, cfg.batch_size * cfg.accumulate * world / 8)
@@ -535,7 +541,7 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, *, resume: bool, pro
         print("masklab: --amp needs a GPU; training in fp32 on the CPU", file=sys.stderr)
 
     params = [p for p in module.parameters()]
-    lr = _resolve_lr(cfg, info.world_size)
+    lr = _resolve_lr(cfg, info.world_size, spec)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     stages = parse_freeze(cfg.freeze)

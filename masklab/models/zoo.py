@@ -46,6 +46,8 @@ class ModelSpec:
         published: published accuracy, e.g. ``{"box_ap": 47.4, "mask_ap": 41.8, "dataset": "COCO val2017"}``.
         tags: e.g. ``("coco", "default")`` or ``("small",)``.
         mrcnn_class_names: the tutorial-style ``class_names`` (``"BG"`` first) that ``detect()`` indexes.
+        train_lr: ``masklab train``'s default peak AdamW learning rate from scratch or an ImageNet
+            backbone, at an effective batch of up to 8 (larger batches scale it linearly).
     """
 
     name: str
@@ -62,6 +64,7 @@ class ModelSpec:
     mrcnn_class_names: tuple[str, ...] | None = None
     #: default minimum score when the user gives none (matterport's DETECTION_MIN_CONFIDENCE is 0.7)
     score_thresh: float = 0.5
+    train_lr: float = 1e-3
 
     @property
     def num_classes(self) -> int:
@@ -111,7 +114,7 @@ def _build_tv_v2(*, num_classes: int, min_size: int = 800, max_size: int = 1333,
     )
 
 
-#: Width of the small model's FPN and heads. Chosen so the whole network is ~3.4 M parameters (a 7 MB
+#: Width of the small model's FPN and heads. Chosen so the whole network is ~3.2 M parameters (a 6.5 MB
 #: fp16 file that ships in the repo) while still training well on a CPU.
 _SMALL_CHANNELS = 128
 _SMALL_REPRESENTATION = 128
@@ -122,17 +125,25 @@ def _build_small(*, num_classes: int, min_size: int = 512, max_size: int = 768, 
     training on your own classes (no published COCO weights).
 
     Differences from torchvision's MobileNetV3 detectors, all for small images and training from scratch:
-    FPN levels at strides 8, 16 and 32 (+ a pooled level) instead of two stride-32 maps, so objects of
-    ~15 px are still seen; the trunk stops after its stride-32 stage (the 960-channel tail is dropped);
-    trainable BatchNorm (frozen BN cannot normalise a network trained from random weights); 128-channel
-    FPN and heads; fewer proposals and sampled RoIs than the ResNet-50 recipe.
+
+    - FPN levels at strides 8, 16 and 32 (+ a pooled level) instead of two stride-32 maps, so objects of
+      ~15 px are still seen; the trunk stops after its stride-32 stage (the 960-channel tail is dropped).
+    - Trainable BatchNorm everywhere, heads included (as torchvision's ResNet-50 v2 recipe): frozen BN
+      cannot normalise a network trained from random weights, and BN in the box and mask heads lets
+      them learn at twice the learning rate. A from-scratch sweep on the step-5 benchmark set (1000
+      steps of 4 images, no augmentation) gave val mask AP50 0.56 with BN heads at lr 2e-3 against 0.30
+      for the plain MLP box head and 4-conv mask head at lr 1e-3.
+    - Box head: two 3x3 conv+BN layers then one 128-wide FC layer; mask head: two conv+BN layers (not
+      four: on a CPU the mask head's 14x14 convolutions over every positive RoI were the largest cost).
+    - 128-channel FPN and heads; fewer proposals and sampled RoIs (64 per image) than the ResNet-50
+      recipe, which on 2 CPU cores makes a training step about 1.3x faster.
     """
     from torch import nn
     from torchvision.models import mobilenet_v3_large
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
     from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -149,16 +160,16 @@ def _build_small(*, num_classes: int, min_size: int = 512, max_size: int = 768, 
         "rpn_post_nms_top_n_train": 500,
         "rpn_pre_nms_top_n_test": 500,
         "rpn_post_nms_top_n_test": 300,
-        "box_batch_size_per_image": 128,
+        "box_batch_size_per_image": 64,
     }
     kwargs = {**defaults, **kwargs}
     return MaskRCNN(
         backbone,
         num_classes=None,
         rpn_anchor_generator=anchors,
-        box_head=TwoMLPHead(c * 7 * 7, r),
+        box_head=FastRCNNConvFCHead((c, 7, 7), [c, c], [r], norm_layer=nn.BatchNorm2d),
         box_predictor=FastRCNNPredictor(r, num_classes),
-        mask_head=MaskRCNNHeads(c, (c, c, c, c), 1),
+        mask_head=MaskRCNNHeads(c, (c, c), 1, norm_layer=nn.BatchNorm2d),
         mask_predictor=MaskRCNNPredictor(c, c, num_classes),
         min_size=min_size,
         max_size=max_size,
@@ -218,6 +229,7 @@ MODELS["small"] = ModelSpec(
     min_size=512,
     max_size=768,
     tags=("small",),
+    train_lr=2e-3,
     description="Mask R-CNN, MobileNetV3-Large FPN: small and fast, for training on your own classes on a CPU.",
     license="BSD-3-Clause (torchvision code)",
 )
