@@ -13,6 +13,12 @@ import numpy as np
 __all__ = ["instance_colors", "class_color", "draw_caption", "draw_contours", "draw_legend", "side_by_side"]
 
 _FONT_SCALE = 0.45
+
+
+def _font_scale(img: np.ndarray) -> float:
+    """Caption font scale for ``img``: 0.45 when the shorter side is 400 px or more, down to 0.3 (the
+    smallest size Hershey text stays legible at) from 267 px down, so labels do not bury small images."""
+    return _FONT_SCALE * float(np.clip(min(img.shape[:2]) / 400.0, 2.0 / 3.0, 1.0))
 _GOLDEN = 0.618033988749895
 
 
@@ -50,7 +56,8 @@ def draw_caption(
     """
     import cv2
 
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, _FONT_SCALE, 1)
+    scale = _font_scale(img)
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     h, w = img.shape[:2]
     bw, bh = tw + 4, th + base + 4
     x0 = int(np.clip(x, 0, max(w - bw, 0)))
@@ -67,7 +74,7 @@ def draw_caption(
     box = next((r for r in candidates if free(r)), candidates[0])
     x0, y0 = box[:2]
     cv2.rectangle(img, (x0, y0), (min(x0 + bw, w) - 1, min(y0 + bh, h) - 1), bg, -1)
-    cv2.putText(img, text, (x0 + 2, y0 + 2 + th), cv2.FONT_HERSHEY_SIMPLEX, _FONT_SCALE, color, 1, cv2.LINE_AA)
+    cv2.putText(img, text, (x0 + 2, y0 + 2 + th), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
     if avoid is not None:
         avoid.append(box)
     return box
@@ -87,7 +94,8 @@ def draw_legend(img: np.ndarray, entries: Sequence[tuple[str, tuple[int, int, in
 
     if not entries:
         return
-    sizes = [cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, _FONT_SCALE, 1)[0] for t, _ in entries]
+    scale = _font_scale(img)
+    sizes = [cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0] for t, _ in entries]
     row = max(th for _, th in sizes) + 8
     width = min(max(tw for tw, _ in sizes) + row + 10, img.shape[1])
     height = min(row * len(entries) + 4, img.shape[0])
@@ -98,7 +106,7 @@ def draw_legend(img: np.ndarray, entries: Sequence[tuple[str, tuple[int, int, in
         if y + row > img.shape[0]:
             break
         cv2.rectangle(img, (4, y + 1), (4 + row - 6, y + row - 5), tuple(int(v) for v in color), -1)
-        cv2.putText(img, text, (row + 2, y + row - 7), cv2.FONT_HERSHEY_SIMPLEX, _FONT_SCALE, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(img, text, (row + 2, y + row - 7), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
 
 
 def side_by_side(panels: Sequence[np.ndarray], titles: Sequence[str] | None = None, *, gap: int = 4) -> np.ndarray:
