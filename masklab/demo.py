@@ -36,14 +36,11 @@ def write_demo_scenes(folder: Path, *, n: int = 3, size: int = 256, seed: int = 
 def _table(summary) -> str:
     rows = [("image", "objects", "what")]
     for r in summary.results:
-        if r.skipped:
-            what = ", ".join(f"{n} {lab}" for lab, n in r.counts.items()) or "nothing"
-            rows.append((r.item.path.name, str(r.n_instances), f"{what} (done by an earlier run)"))
-        elif r.instances is None:
+        if not r.ok:
             rows.append((r.item.path.name, "-", f"failed: {r.error}"))
         else:
-            what = ", ".join(f"{n} {lab}" for lab, n in r.instances.counts().items()) or "nothing"
-            rows.append((r.item.path.name, str(len(r.instances)), what))
+            what = ", ".join(f"{n} {lab}" for lab, n in r.counts.items()) or "nothing"
+            rows.append((r.item.path.name, str(r.n_instances), what + (" (done by an earlier run)" if r.skipped else "")))
     w0, w1 = (max(len(r[i]) for r in rows) for i in (0, 1))
     return "\n".join(f"{a.ljust(w0)}  {b.rjust(w1)}  {c}" for a, b, c in rows)
 
@@ -77,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     print(f"model: {seg.spec.name} ({seg.loaded.weights_source}) on {seg.device}", file=sys.stderr)
     # A demo redoes everything: a second `make demo` shows the same table, not "already done".
-    summary = run_segment(items, args.out, seg, viz="instance", keep_instances=True, skip_existing=False)
+    summary = run_segment(items, args.out, seg, viz="instance", skip_existing=False)
     print(_table(summary))
     print(f"\noverlays and JSON in {args.out}/ ({summary.seconds:.1f} s)")
     return summary.exit_code

@@ -310,3 +310,12 @@ def test_convert_refuses_non_empty_target(shapes, tmp_path):
     (tmp_path / "x" / "keep.txt").write_text("mine")
     with pytest.raises(UsageError, match="not empty"):
         convert_dataset(shapes, tmp_path / "x", to="coco")
+
+
+def test_cli_format_choices_are_the_readers_and_writers_own():
+    from masklab.cli import convert as cli_convert
+    from masklab.cli import validate as cli_validate
+    from masklab.data.convert import TARGETS
+    from masklab.data.readers import FORMATS
+
+    assert cli_validate.DATASET_FORMATS == FORMATS and cli_convert.TARGETS == TARGETS

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import sys
 
+from masklab.cli.validate import DATASET_FORMATS
+
+#: ``masklab.data.convert.TARGETS`` (a test checks that the two agree).
+TARGETS = ("coco", "yolo", "labelme")
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -13,8 +18,8 @@ def add_parser(sub) -> None:
     )
     p.add_argument("src", metavar="SRC", help="dataset file or folder")
     p.add_argument("dst", metavar="DST", help="output folder (new or empty)")
-    p.add_argument("--to", required=True, choices=("coco", "yolo", "labelme"), help="target format")
-    p.add_argument("--format", default=None, choices=("coco", "via", "labelme", "voc", "yolo"), help="source format (default: auto-detect)")
+    p.add_argument("--to", required=True, choices=TARGETS, help="target format")
+    p.add_argument("--format", default=None, choices=DATASET_FORMATS, help="source format (default: auto-detect)")
     p.set_defaults(run=run)
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import sys
 
+#: The dataset formats the readers know: ``masklab.data.readers.FORMATS``, spelled out here so building the
+#: CLI parser does not import the data package (a test checks that the two agree).
+DATASET_FORMATS = ("coco", "via", "labelme", "voc", "yolo")
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -12,7 +16,7 @@ def add_parser(sub) -> None:
         description="Check a dataset (COCO, VIA, LabelMe, VOC, YOLO-seg). Exit code 0: no problems; 1: problems found.",
     )
     p.add_argument("data", metavar="DATA", help="dataset file or folder (format auto-detected)")
-    p.add_argument("--format", default=None, choices=("coco", "via", "labelme", "voc", "yolo"), help="skip auto-detection")
+    p.add_argument("--format", default=None, choices=DATASET_FORMATS, help="skip auto-detection")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the full report as JSON")
     p.add_argument("--no-images", action="store_true", help="do not open the image files (faster; skips missing/unreadable/size checks)")
     p.set_defaults(run=run)
