@@ -1,0 +1,179 @@
+"""`InferenceSettings`: every option that decides how a model runs, in one frozen dataclass.
+
+This is the single place where inference options are declared and defaulted. The same object travels
+from the CLI (:func:`masklab.cli.options.add_model_arguments` + :meth:`InferenceSettings.from_args`) or
+the API (``Segmenter(settings=...)`` or its keywords) to the runtime, the Ray actors, the web service and
+the benchmarks, and back out as ``run.json``'s settings block (:meth:`InferenceSettings.to_json`).
+
+``None`` means "the model's default": the model card supplies it (``score_thresh`` 0.5 for torchvision
+models, 0.7 for ``matterport_r101_coco`` as the tutorial's ``DETECTION_MIN_CONFIDENCE``; ``nms_thresh``,
+``max_detections``, ``proposals``, ``min_size``/``max_size`` likewise). :meth:`InferenceSettings.with_model_defaults`
+fills them in once the model is known. Validation here is cheap and loads nothing.
+
+One name per concept, everywhere (API keyword, CLI flag, JSON key):
+
+============== =================== ============================================= ===================
+field          CLI flag            meaning                                       torchvision / matterport
+============== =================== ============================================= ===================
+score_thresh   --score-thresh      keep detections with score >= this, [0, 1]    box_score_thresh / DETECTION_MIN_CONFIDENCE
+nms_thresh     --nms-thresh        per-class NMS IoU, [0, 1]                     box_nms_thresh / DETECTION_NMS_THRESHOLD
+max_detections --max-detections    most objects per image                        box_detections_per_img / DETECTION_MAX_INSTANCES
+proposals      --proposals         RPN proposals kept before the box head        rpn_post_nms_top_n_test / POST_NMS_ROIS_INFERENCE
+min_size       --min-size          resize the shorter image side to this (px)    min_size / IMAGE_MIN_DIM
+max_size       --max-size          cap the longer image side at this (px)        max_size / IMAGE_MAX_DIM
+============== =================== ============================================= ===================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from masklab.errors import UsageError
+
+__all__ = [
+    "InferenceSettings",
+    "DEFAULT_MODEL",
+    "BACKENDS",
+    "PRECISIONS",
+    "MODEL_OPTIONS",
+    "LOW_SCORE_THRESH",
+    "RUNTIME_ONLY",
+]
+
+#: The model users get when they name none.
+DEFAULT_MODEL = "maskrcnn_resnet50_fpn_v2"
+#: ``backend`` choices. auto: an exported file's own runtime; torch-fast on CUDA or reduced precision;
+#: eager torch on the CPU (see :mod:`masklab.runtime`).
+BACKENDS = ("auto", "torch", "torch-fast", "openvino", "onnx", "torchscript")
+#: ``precision`` choices; fp32 is exact, the others are used only when asked for.
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+#: The options whose default comes from the model card (``None`` = that default).
+MODEL_OPTIONS = ("score_thresh", "nms_thresh", "max_detections", "proposals", "min_size", "max_size")
+#: The floor that COCO evaluation and the web service keep, so that metrics see the whole
+#: precision-recall curve and a request can choose its own threshold above it.
+LOW_SCORE_THRESH = 0.05
+#: Settings that change how fast a run goes, not what it writes: left out of a run's resume fingerprint.
+RUNTIME_ONLY = ("device", "threads")
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferenceSettings:
+    """How to run a model (frozen; build a changed copy with :meth:`replace`).
+
+    Attributes:
+        model: a zoo name (``masklab models``), a weights / exported / ``.h5`` file, or a training run folder.
+        weights: a local weights file for a zoo name, ``"random"`` for seeded random weights (tests and
+            benchmarks), or None for the model's published weights.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        backend: one of :data:`BACKENDS`; recorded exactly as given.
+        precision: one of :data:`PRECISIONS`.
+        score_thresh, nms_thresh: float in [0, 1], or None for the model's default.
+        max_detections, proposals, min_size, max_size: positive int, or None for the model's default.
+        classes: class names to keep (e.g. ``("person", "car")``), or None for all.
+        threads: CPU threads for the runtime; None leaves torch's setting as the entry point made it.
+    """
+
+    model: str = DEFAULT_MODEL
+    weights: str | None = None
+    device: str = "auto"
+    backend: str = "auto"
+    precision: str = "fp32"
+    score_thresh: float | None = None
+    nms_thresh: float | None = None
+    max_detections: int | None = None
+    proposals: int | None = None
+    min_size: int | None = None
+    max_size: int | None = None
+    classes: tuple[str, ...] | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        # normalise what callers naturally pass (paths, lists) so equal settings compare and hash equal
+        object.__setattr__(self, "model", os.fspath(self.model))
+        if self.weights is not None:
+            object.__setattr__(self, "weights", os.fspath(self.weights))
+        if self.classes is not None:
+            if isinstance(self.classes, str):
+                raise UsageError(f"classes must be a list of names, found the string {self.classes!r}")
+            object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.backend not in BACKENDS:
+            raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, found {self.backend!r}{_hint(self.backend, BACKENDS)}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, found {self.precision!r}{_hint(self.precision, PRECISIONS)}")
+        if self.precision == "int8":
+            raise UsageError(
+                "precision 'int8' is not available yet (post-training quantisation is not implemented); "
+                "for speed use --precision bf16 and the knobs --min-size/--max-size, fewer proposals"
+            )
+        d = self.device
+        if d not in ("auto", "cpu", "cuda") and not (d.startswith("cuda:") and d[5:].isdigit()):
+            raise UsageError(f"device must be auto, cpu or cuda[:N], found {d!r}")
+        for name in ("score_thresh", "nms_thresh"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 <= v <= 1.0:
+                raise UsageError(f"{name} must be in [0, 1], found {v}")
+        for name in ("max_detections", "proposals", "min_size", "max_size", "threads"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
+                raise UsageError(f"{name} must be a positive integer, found {v}")
+        if self.min_size is not None and self.max_size is not None and self.min_size > self.max_size:
+            raise UsageError(f"min_size ({self.min_size}) must not exceed max_size ({self.max_size})")
+
+    # -- building -------------------------------------------------------------------------------------
+    @classmethod
+    def from_args(cls, args: Any, **overrides: Any) -> InferenceSettings:
+        """From an ``argparse`` namespace made by :func:`masklab.cli.options.add_model_arguments`
+        (flags a command does not declare keep their defaults); ``overrides`` win."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+        if isinstance(values.get("classes"), str):
+            values["classes"] = tuple(c.strip() for c in values["classes"].split(",") if c.strip()) or None
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> InferenceSettings:
+        """Inverse of :meth:`to_json` (unknown keys, such as a run's output options, are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in names and v is not None})
+
+    def replace(self, **changes: Any) -> InferenceSettings:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def with_model_defaults(self, defaults: Mapping[str, Any]) -> InferenceSettings:
+        """Fill every ``None`` of :data:`MODEL_OPTIONS` from ``defaults`` (a model card's values)."""
+        return self.replace(**{k: defaults[k] for k in MODEL_OPTIONS if getattr(self, k) is None and k in defaults})
+
+    # -- out ------------------------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        """Every field as JSON-ready values (``run.json``'s settings block, the Ray actors' start-up
+        argument); :meth:`from_json` reads it back."""
+        doc = dataclasses.asdict(self)
+        doc["classes"] = list(self.classes) if self.classes is not None else None
+        return doc
+
+    def to_run_json(self, card: Any, *, weights_source: str | None = None) -> dict[str, Any]:
+        """``run.json``'s settings block: :meth:`to_json` with every model default filled in from
+        ``card`` (a :class:`~masklab.models.card.ModelCard`), so the record says what was used; ``model``
+        and ``arch`` are the card's, ``weights`` where the weights came from (``weights_source``)."""
+        doc = self.with_model_defaults(card.defaults()).to_json()
+        doc.update(model=card.name, arch=card.arch, weights=weights_source if weights_source is not None else self.weights)
+        return doc
+
+    def model_options(self) -> dict[str, Any]:
+        """The :data:`MODEL_OPTIONS` that are set (None dropped: the model's own default stays in force)."""
+        return {k: getattr(self, k) for k in MODEL_OPTIONS if getattr(self, k) is not None}
+
+
+def _hint(value: str, valid: Sequence[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(value), valid, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
