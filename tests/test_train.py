@@ -284,3 +284,46 @@ def test_freeze_modes(mode, trains, frozen):
     assert not any(params[k].requires_grad for k in frozen)
     bn = module.backbone.body["0"][1]  # the stem's BatchNorm: statistics frozen with the trunk
     assert bn.training == (mode == "none")
+
+
+def test_trained_card_round_trip_and_old_cards(tmp_path):
+    """model.json is a masklab-model-card/2 ModelCard; a run folder from before (card /1) still gives its
+    score back on --resume, and packages as a /2 card with the same weights and score."""
+    from safetensors.torch import save_file
+
+    from masklab.models.card import ModelCard
+    from masklab.models.zoo import get_spec
+    from masklab.training.model import train_spec
+    from masklab.training.run_dir import card_metrics, package_model, trained_card, write_card
+
+    cfg = TrainConfig(data="d/train", val="d/val", out=str(tmp_path / "run"), model="small", epochs=1, command="masklab train ...")
+    spec = train_spec(cfg, ("a", "b"))
+    score = {"box_ap": 0.5, "box_ap50": 0.75, "mask_ap": 0.25, "mask_ap50": None}
+    card = trained_card(cfg, spec, "checkpoints/step-0000003.safetensors", score, step=3, epoch=1)
+    run = tmp_path / "run"
+    run.mkdir()
+    write_card(run, card)
+    doc = json.loads((run / "model.json").read_text())
+    assert doc["format"] == "masklab-model-card/2" and doc["categories"] == ["__background__", "a", "b"]
+    assert doc["score_thresh"] == get_spec("small").score_thresh
+    back = ModelCard.from_json(doc)
+    assert back == card and back.metrics == {"dataset": "d/val", **score}
+    assert back.trained == {"data": "d/train", "init": "coco", "epochs": 1, "steps": 3, "command": "masklab train ..."}
+    assert card_metrics(run) == score
+    # A run written before card /2: its score comes back, and it packages.
+    old = tmp_path / "old"
+    (old / "checkpoints").mkdir(parents=True)
+    save_file({"w": torch.ones(2, 2)}, str(old / "checkpoints" / "step-0000002.safetensors"))
+    (old / "model.json").write_text(json.dumps({
+        "format": "masklab-model-card/1", "name": "old", "arch": spec.arch, "categories": ["__background__", "a"],
+        "num_classes": 2, "min_size": 64, "max_size": 64, "weights": "checkpoints/step-0000002.safetensors",
+        "score": {"dataset": "v", "mask_ap": 0.125}, "trained": {"data": "t", "init": "scratch", "epochs": 2, "steps": 2, "command": ""},
+    }))
+    assert card_metrics(old) == {"mask_ap": 0.125}
+    packed = package_model(old, tmp_path / "pack" / "old.safetensors", fp16=False)
+    pdoc = json.loads(packed.with_suffix(".json").read_text())
+    assert pdoc["format"] == "masklab-model-card/2" and pdoc["weights"] == {"file": "old.safetensors", "storage": "float32"}
+    assert pdoc["metrics"] == {"dataset": "v", "mask_ap": 0.125} and pdoc["min_size"] == 64
+    without_score = trained_card(cfg, spec, "x.safetensors", None, step=1, epoch=1)
+    write_card(run, without_score)
+    assert card_metrics(run) is None

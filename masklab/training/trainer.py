@@ -110,7 +110,7 @@ class Trainer:
         self.counters, self.history = Counters(), []
         if resume:
             self._restore()
-        self.wrapped_mode = freeze_mode(self.stages, self.counters.epoch)
+        self.wrapped_mode = freeze_mode(self.stages, self.counters.epoch)  # the stage DDP was wrapped in
         apply_freeze(self.module, self.wrapped_mode)
         self.ddp_module = wrap_module(self.module, info)
         self.sizes = train_sizes(self.spec, cfg)
