@@ -56,8 +56,8 @@ _OVERRIDABLE = ("epochs", "time_budget_s", "max_steps", "patience")
 def run(args) -> int:
     from dataclasses import replace
 
-    from masklab.engine.segmenter import configure_threads
     from masklab.errors import UsageError
+    from masklab.inference.threads import configure_threads
     from masklab.training import TrainConfig, load_settings, package_model, parse_duration, train
     from masklab.training.ddp import world_size_from_env
 

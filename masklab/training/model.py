@@ -11,11 +11,11 @@ import numpy as np
 from torch import nn
 
 from masklab.errors import UsageError, WeightsMismatchError
-from masklab.models.loading import ModelOptions, build_module
+from masklab.models.loading import build_module
 from masklab.models.roi_pool import use_fast_roi_pooling
 from masklab.models.weights import ensure_weights, load_state_dict
 from masklab.models.zoo import ModelSpec, WeightsSpec, get_spec
-from masklab.settings import LOW_SCORE_THRESH
+from masklab.settings import LOW_SCORE_THRESH, InferenceSettings
 from masklab.training.config import TrainConfig
 
 __all__ = ["train_spec", "build_model", "init_weights", "backbone_state_for", "apply_freeze", "train_sizes",
@@ -54,7 +54,7 @@ def train_spec(cfg: TrainConfig, class_names: Sequence[str]) -> ModelSpec:
 def build_model(spec: ModelSpec) -> nn.Module:
     """``spec``'s network with random weights, set up for training."""
     # A low score threshold while training: validation AP needs the low-confidence detections too.
-    module = build_module(spec, ModelOptions(score_thresh=LOW_SCORE_THRESH))
+    module = build_module(spec, InferenceSettings(model=spec.name, score_thresh=LOW_SCORE_THRESH))
     # RoIAlign's CPU backward in torchvision is single-threaded; this one gives the same gradients
     # from two matrix products (same forward, no parameters: checkpoints are unchanged).
     use_fast_roi_pooling(module)

@@ -100,18 +100,10 @@ def plot_curves(run_dir: Path, rows: list[dict]) -> None:
 def trained_card(cfg: TrainConfig, spec: ModelSpec, weights_file: str, score: dict | None, *, step: int, epoch: int) -> ModelCard:
     """The run's model card: ``spec``'s classes and input size, ``weights_file`` (relative to the run
     directory), the val ``score`` of those weights (fractions; None without ``--val``) and provenance."""
-    return ModelCard(
-        name=spec.name,
-        arch=spec.arch,
-        categories=tuple(spec.categories),
-        min_size=spec.min_size,
-        max_size=spec.max_size,
-        score_thresh=spec.score_thresh,
+    return spec.card().replace(  # the architecture's defaults (NMS, proposals...) written out in full
         weights=WeightsRef(file=weights_file, storage="float32"),
         metrics={} if score is None else {"dataset": cfg.val, **score},
-        tags=tuple(spec.tags),
-        description=spec.description,
-        license=spec.license,
+        class_names=None,
         base_model=cfg.model,
         trained={"data": cfg.data, "init": cfg.init, "epochs": epoch, "steps": step, "command": cfg.command},
         masklab_version=__version__,

@@ -19,8 +19,8 @@ import torch
 from tqdm import tqdm
 
 from masklab.data.dataset import open_dataset
-from masklab.engine.segmenter import resolve_device
 from masklab.errors import UsageError
+from masklab.inference.threads import resolve_device
 from masklab.models.weights import check_state_dict
 from masklab.training.checkpoint import checkpoint_paths, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from masklab.training.config import TrainConfig, TrainResult, freeze_mode, parse_freeze
