@@ -138,3 +138,17 @@ def test_cold_start_reports_the_fresh_process_own_peak_memory(small_weights, tmp
     c = cold_start(settings, image_path=str(tmp_path / "one.png"))
     assert ballast[-1] == 1.0
     assert 50 < c["peak_rss_mb"] < 1600, c
+
+
+def test_report_json_round_trip_and_failed_row():
+    from masklab.bench import BenchReport, BenchRow, format_table
+
+    rows = [BenchRow(case="torch:fp32", backend="torch", precision="fp32", median_s=0.5, images_per_s=2.0, speedup=1.0),
+            BenchRow(case="onnx:fp32", backend="onnx", precision="fp32", error="UsageError: onnxruntime is not installed")]
+    report = BenchReport(rows=rows, machine={"cpu": "x", "threads": 2}, postprocess={"paste_rle_100_s": 0.01},
+                         settings={"model": "small", "image_sizes": ["96x128"], "images": 1, "repeat": 1})
+    doc = json.loads(json.dumps(report.to_json()))
+    assert BenchReport.from_json(doc) == report
+    table = format_table(report)
+    assert "| onnx:fp32 | failed: UsageError: onnxruntime is not installed |" in table
+    assert "(2.0% of the first case's latency)" in table  # 10 ms of 500 ms
