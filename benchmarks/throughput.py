@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from PIL import Image
 
-    from masklab.bench import segmenter_for
+    from masklab import Segmenter
     from masklab.engine.batch import run_segment
-    from masklab.engine.segmenter import configure_threads
+    from masklab.inference.threads import configure_threads
     from masklab.io.formats.writer import OutputWriter
     from masklab.io.images import load_image
     from masklab.io.inputs import expand_inputs
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         src.mkdir()
         for i in range(args.n):
             Image.fromarray(_scene(args.height, args.width, i)).save(src / f"img{i:03d}.jpg", quality=90)
-        seg = segmenter_for(settings)
+        seg = Segmenter(settings=settings)
         items = expand_inputs([str(src)])
         seg.predict([load_image(items[0].path)])  # warm-up (allocator, lazy init)
 

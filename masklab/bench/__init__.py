@@ -24,7 +24,7 @@ Measurements on a shared CPU are noisy: compare ratios within one run and repeat
 """
 
 from masklab.bench.agreement import agreement, match_instances
-from masklab.bench.cases import BASELINE, KNOBS, BenchCase, build_case, default_cases, parse_case, segmenter_for
+from masklab.bench.cases import BASELINE, KNOBS, BenchCase, build_case, default_cases, parse_case
 from masklab.bench.cold import cold_start
 from masklab.bench.flops import count_gflop, measure_peaks
 from masklab.bench.images import generated_images
@@ -41,7 +41,6 @@ __all__ = [
     "parse_case",
     "default_cases",
     "build_case",
-    "segmenter_for",
     "generated_images",
     "match_instances",
     "agreement",

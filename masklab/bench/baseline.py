@@ -1,6 +1,6 @@
 """The ``torchvision`` baseline: torchvision's Mask R-CNN called as its documentation shows.
 
-A runtime like masklab's own (``name`` + ``predict(images) -> list[Detections]``), so the case runs
+A :class:`~masklab.runtime.Runtime` like masklab's own (``name``, ``precision``, ``predict(images) -> list[Detections]``), so the case runs
 inside a Segmenter and its outputs go through the same conversion to Instances as every other case.
 """
 
@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from masklab.models.backend import Detections, to_tensor_chw
+from masklab.runtime.torch import to_tensor_chw
+from masklab.structures.detections import Detections
 
 __all__ = ["TorchvisionRuntime"]
 
@@ -23,6 +24,7 @@ class TorchvisionRuntime:
     """
 
     name = "torchvision"
+    precision = "fp32"
 
     def __init__(self, module) -> None:
         self.module = module.eval()

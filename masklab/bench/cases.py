@@ -18,7 +18,7 @@ from masklab.bench.baseline import TorchvisionRuntime
 from masklab.errors import UsageError
 from masklab.settings import BACKENDS, InferenceSettings
 
-__all__ = ["BASELINE", "KNOBS", "BenchCase", "parse_case", "default_cases", "segmenter_for", "build_case"]
+__all__ = ["BASELINE", "KNOBS", "BenchCase", "parse_case", "default_cases", "build_case"]
 
 #: the baseline case's backend name
 BASELINE = "torchvision"
@@ -122,18 +122,10 @@ def default_cases(base: InferenceSettings | None = None) -> list[BenchCase]:
     return [parse_case(t, base=base) for t in texts]
 
 
-def segmenter_for(settings: InferenceSettings) -> Segmenter:
-    """The Segmenter ``settings`` describe."""
-    s = settings  # until Segmenter(settings=...) lands on main: its current keywords
-    return Segmenter(s.model, weights=s.weights, device=s.device, backend=s.backend, precision=s.precision,
-                     score_thresh=s.score_thresh, nms_thresh=s.nms_thresh, max_detections=s.max_detections,
-                     rpn_post_nms_top_n=s.proposals, min_size=s.min_size, max_size=s.max_size, classes=s.classes)
-
-
 def build_case(case: BenchCase) -> Segmenter:
     """The Segmenter a case times; the baseline's runs torchvision's own call on the eager module its
     settings built (:class:`~masklab.bench.baseline.TorchvisionRuntime`) in place of masklab's runtime."""
-    seg = segmenter_for(case.settings)
-    if case.baseline:
-        seg.backend = TorchvisionRuntime(seg.loaded.module)
+    seg = Segmenter(settings=case.settings)
+    if case.baseline:  # the Segmenter takes no runtime of its own choosing: swap the one it picked
+        seg.runtime = TorchvisionRuntime(seg.loaded.module)
     return seg

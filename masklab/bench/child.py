@@ -15,8 +15,8 @@ import json
 import sys
 import time
 
-from masklab.bench.cases import segmenter_for
-from masklab.engine.segmenter import configure_threads
+from masklab import Segmenter
+from masklab.inference.threads import configure_threads
 from masklab.settings import InferenceSettings
 
 __all__ = ["main", "peak_rss_mb"]
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     settings_json, image, started = sys.argv[1:] if argv is None else argv
     t0, t1 = float(started), time.monotonic()
     configure_threads()  # this process is an entry point: it sets its threads as `masklab segment` does
-    seg = segmenter_for(InferenceSettings.from_json(json.loads(settings_json)))
+    seg = Segmenter(settings=InferenceSettings.from_json(json.loads(settings_json)))
     t2 = time.monotonic()
     seg(image)
     t3 = time.monotonic()

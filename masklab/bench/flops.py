@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from masklab.models.backend import to_tensor_chw
+from masklab.runtime.torch import to_tensor_chw
 
 __all__ = ["count_gflop", "measure_peaks", "peak_for"]
 

@@ -19,8 +19,8 @@ from masklab.bench.cold import cold_start
 from masklab.bench.flops import count_gflop, measure_peaks, peak_for
 from masklab.bench.report import BenchReport, BenchRow, machine_info
 from masklab.bench.timing import latency_stats, postprocess_cost, timed_rounds
-from masklab.engine.segmenter import resolve_device
 from masklab.errors import UsageError
+from masklab.inference.threads import resolve_device
 
 __all__ = ["run_bench"]
 

@@ -49,8 +49,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from masklab.bench import default_cases, format_table, generated_images, parse_case, run_bench
-    from masklab.engine.segmenter import configure_threads
     from masklab.errors import UsageError
+    from masklab.inference.threads import configure_threads
     from masklab.io.images import load_image
     from masklab.models.zoo import MODELS
     from masklab.settings import InferenceSettings
