@@ -56,7 +56,7 @@ def main() -> None:
             stats = [match_instances(ref_preds[i], preds[i]) for i in ref_preds]
             n = sum(s["n_ref"] for s in stats)
             matched = f"{100 * sum(s['matched'] for s in stats) / max(n, 1):.1f}%"
-        knob = case.label.split(":", 2)[2] if case.label.count(":") == 2 else "-"
+        knob = text.split(":", 2)[2] if text.count(":") == 2 else "-"  # the case's own knobs
         print(f"| {case.backend} | {case.precision} | {knob} | {100 * mask_ap:.2f} | {100 * box_ap:.2f} | "
               f"{100 * (mask_ap - ref_ap):+.2f} | {matched} | {per_img:.3f} |", flush=True)
 
