@@ -11,21 +11,22 @@ from __future__ import annotations
 import argparse
 import time
 
-from masklab import Segmenter
+from masklab.bench import build_case, match_instances, parse_case
 from masklab.data.coco import CocoGroundTruth
-from masklab.engine.bench import match_instances
 from masklab.evaluation.evaluator import evaluate_instances, model_class_names, predict_dataset
+from masklab.settings import InferenceSettings
 
-SETTINGS = [
-    ("torch", "fp32", {}),
-    ("torch-fast", "fp32", {}),
-    ("openvino", "fp32", {}),
-    ("torch-fast", "bf16", {}),
-    ("openvino", "bf16", {}),
-    ("torch", "fp32", {"rpn_post_nms_top_n": 100}),
-    ("torch", "fp32", {"min_size": 96, "max_size": 96}),
-    ("torch", "fp32", {"max_detections": 20}),
-    ("openvino", "bf16", {"rpn_post_nms_top_n": 100, "min_size": 96, "max_size": 96}),
+#: ``masklab bench`` case strings (backend:precision:knobs); the first is the reference
+CASES = [
+    "torch",
+    "torch-fast",
+    "openvino",
+    "torch-fast:bf16",
+    "openvino:bf16",
+    "torch::proposals=100",
+    "torch::min_size=96,max_size=96",
+    "torch::max_detections=20",
+    "openvino:bf16:min_size=96,max_size=96,proposals=100",
 ]
 
 
@@ -39,9 +40,10 @@ def main() -> None:
     ref_preds, ref_ap = None, None
     print("| backend | precision | knobs | mask AP | box AP | Δ mask AP (points) | matched | s/img |")
     print("|---|---|---|---|---|---|---|---|")
-    for backend, precision, knobs in SETTINGS:
-        seg = Segmenter(args.model, device="cpu", score_thresh=args.score_thresh, backend=backend,
-                        precision=precision, **knobs)
+    base = InferenceSettings(model=args.model, device="cpu", score_thresh=args.score_thresh)
+    for text in CASES:
+        case = parse_case(text, base=base)
+        seg = build_case(case)
         t0 = time.perf_counter()
         preds = predict_dataset(gt, seg, progress=False).predictions
         per_img = (time.perf_counter() - t0) / max(len(preds), 1)
@@ -54,8 +56,8 @@ def main() -> None:
             stats = [match_instances(ref_preds[i], preds[i]) for i in ref_preds]
             n = sum(s["n_ref"] for s in stats)
             matched = f"{100 * sum(s['matched'] for s in stats) / max(n, 1):.1f}%"
-        knob = ",".join(f"{k}={v}" for k, v in knobs.items()) or "-"
-        print(f"| {backend} | {precision} | {knob} | {100 * mask_ap:.2f} | {100 * box_ap:.2f} | "
+        knob = text.split(":", 2)[2] if text.count(":") == 2 else "-"  # the case's own knobs
+        print(f"| {case.backend} | {case.precision} | {knob} | {100 * mask_ap:.2f} | {100 * box_ap:.2f} | "
               f"{100 * (mask_ap - ref_ap):+.2f} | {matched} | {per_img:.3f} |", flush=True)
 
 

@@ -51,11 +51,11 @@ def _make_folder(folder: Path, n: int, size_hw: tuple[int, int]) -> None:
 def _random_weights(model: str, path: Path) -> Path:
     import torch
 
-    from masklab.models.loading import ModelOptions, build_module
+    from masklab.models.loading import build_module
     from masklab.models.zoo import get_spec
 
     torch.manual_seed(0)
-    torch.save(build_module(get_spec(model), ModelOptions()).state_dict(), path)
+    torch.save(build_module(get_spec(model)).state_dict(), path)
     return path
 
 
@@ -73,11 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
     args = ap.parse_args(argv)
 
+    from masklab import Segmenter
     from masklab.engine.batch import run_segment
     from masklab.engine.distributed import expand_sources, run_segment_ray
     from masklab.engine.distributed.ray_engine import ray_session
-    from masklab.engine.segmenter import Segmenter
+    from masklab.inference.threads import configure_threads
     from masklab.io.inputs import expand_inputs
+    from masklab.settings import InferenceSettings
+
+    configure_threads()  # an entry point: the local engine runs on every CPU, as `masklab segment` does
 
     with tempfile.TemporaryDirectory(prefix="masklab-bench-ray-") as tmp:
         tmp = Path(tmp)
@@ -87,16 +91,16 @@ def main(argv: list[str] | None = None) -> int:
             folder = tmp / "images"
             _make_folder(folder, args.images, (h, w))
         weights = args.weights or str(_random_weights(args.model, tmp / "weights.pth"))
-        seg_kwargs = {
-            "model": args.model,
-            "weights": os.path.abspath(weights),
-            "device": "cpu",
-            "score_thresh": 0.0,
-            "min_size": args.min_size,
-            "max_size": args.max_size,
-            "max_detections": args.max_detections,
-        }
-        seg = Segmenter(**seg_kwargs)
+        settings = InferenceSettings(
+            model=args.model,
+            weights=os.path.abspath(weights),
+            device="cpu",
+            score_thresh=0.0,
+            min_size=args.min_size,
+            max_size=args.max_size,
+            max_detections=args.max_detections,
+        )
+        seg = Segmenter(settings=settings)
         items = expand_inputs([str(folder)])
         cpus = len(os.sched_getaffinity(0))
         print(f"{len(items)} images from {folder}, model {seg.spec.name} at {args.min_size}/{args.max_size} px, {cpus} CPUs", file=sys.stderr)
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 summary = run_segment_ray(
                     expand_sources([str(folder)]),
                     out,
-                    segmenter_kwargs=seg_kwargs,
+                    segmenter_kwargs=settings.to_json(),  # every field is a Segmenter keyword
                     settings={**seg.settings(), "viz": "instance"},
                     writer_kwargs={"viz": ["instance"]},
                     num_workers=n,

@@ -23,8 +23,6 @@ mkdir -p "$OUT"
 # 3. The same table as Markdown, for reading.
 "$BIN/python" - "$OUT/main.json" <<'PY'
 import json, sys
-from masklab.engine.bench import BenchReport, BenchRow, format_table
-d = json.load(open(sys.argv[1]))
-print(format_table(BenchReport(rows=[BenchRow(**r) for r in d["rows"]], machine=d["machine"],
-      peaks_gflops=d["peaks_gflops"], postprocess=d["postprocess"], settings=d["settings"])))
+from masklab.bench import BenchReport, format_table
+print(format_table(BenchReport.from_json(json.load(open(sys.argv[1])))))
 PY

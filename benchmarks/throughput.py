@@ -35,22 +35,10 @@ def _scene(h: int, w: int, seed: int) -> np.ndarray:
     return img
 
 
-def _random_weights(model: str, folder: Path) -> Path:
-    import torch
-
-    from masklab.models.loading import ModelOptions, build_module
-    from masklab.models.zoo import get_spec
-
-    torch.manual_seed(0)
-    path = folder / f"{model}_random.pth"
-    torch.save(build_module(get_spec(model), ModelOptions()).state_dict(), path)
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="small")
-    p.add_argument("--weights", default=None, help="weights file (default: seeded random weights)")
+    p.add_argument("--weights", default=None, help="weights file (default: seeded random weights for a model name)")
     p.add_argument("--n", type=int, default=32, help="images per round")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--height", type=int, default=360)
@@ -68,9 +56,23 @@ def main(argv: list[str] | None = None) -> int:
 
     from masklab import Segmenter
     from masklab.engine.batch import run_segment
+    from masklab.inference.threads import configure_threads
     from masklab.io.formats.writer import OutputWriter
     from masklab.io.images import load_image
     from masklab.io.inputs import expand_inputs
+    from masklab.models.zoo import MODELS
+    from masklab.settings import InferenceSettings
+
+    threads = configure_threads()  # an entry point: it sets torch's threads, the Segmenter does not
+    settings = InferenceSettings(
+        model=args.model,
+        weights=args.weights or ("random" if args.model in MODELS else None),
+        device=args.device,
+        score_thresh=args.score_thresh,
+        max_detections=args.max_detections,
+        min_size=args.min_size,
+        max_size=args.max_size,
+    )
 
     with tempfile.TemporaryDirectory(prefix="masklab-bench-") as tmp:
         tmp = Path(tmp)
@@ -78,16 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         src.mkdir()
         for i in range(args.n):
             Image.fromarray(_scene(args.height, args.width, i)).save(src / f"img{i:03d}.jpg", quality=90)
-        weights = args.weights or _random_weights(args.model, tmp)
-        seg = Segmenter(
-            args.model,
-            weights=weights,
-            device=args.device,
-            score_thresh=args.score_thresh,
-            max_detections=args.max_detections,
-            min_size=args.min_size,
-            max_size=args.max_size,
-        )
+        seg = Segmenter(settings=settings)
         items = expand_inputs([str(src)])
         seg.predict([load_image(items[0].path)])  # warm-up (allocator, lazy init)
 
@@ -133,15 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "model": seg.spec.name,
         "device": seg.device,
-        "torch_threads": seg.num_threads,
+        "torch_threads": threads,
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
         "images": args.n,
         "rounds": args.rounds,
         "image_hw": [args.height, args.width],
-        "min_size": args.min_size,
-        "max_size": args.max_size,
-        "max_detections": args.max_detections,
+        "min_size": settings.min_size,
+        "max_size": settings.max_size,
+        "max_detections": settings.max_detections,
         "batch_size": args.batch_size,
         "one_at_a_time_latency_s_median": round(statistics.median(latencies), 4),
         # Where one image's time goes; with free cores the pipeline's bound is 1 / inference time.

@@ -7,20 +7,29 @@ import json
 import numpy as np
 import pytest
 
-from masklab.engine.bench import BenchCase, generated_images, match_instances, parse_case, postprocess_cost
+from masklab.bench import BenchCase, generated_images, match_instances, parse_case, postprocess_cost
 from masklab.errors import UsageError
+from masklab.settings import InferenceSettings
 from masklab.structures.instances import Instances
+
+
+def _case(backend: str, precision: str, **knobs) -> BenchCase:
+    return BenchCase(InferenceSettings(backend=backend, precision=precision, **knobs))
 
 
 @pytest.mark.parametrize(
     ("text", "expected", "error"),
     [
-        ("torch", BenchCase("torch", "fp32"), None),
-        ("openvino:bf16", BenchCase("openvino", "bf16"), None),
-        ("torch-fast:bf16:min_size=480,proposals=300", BenchCase("torch-fast", "bf16", min_size=480, proposals=300), None),
-        ("torch::score_thresh=0.3", BenchCase("torch", "fp32", score_thresh=0.3), None),
+        ("torch", _case("torch", "fp32"), None),
+        ("openvino:bf16", _case("openvino", "bf16"), None),
+        ("torch-fast:bf16:min_size=480,proposals=300", _case("torch-fast", "bf16", min_size=480, proposals=300), None),
+        ("torch::score_thresh=0.3", _case("torch", "fp32", score_thresh=0.3), None),
         ("torch:fp32:speed=9", None, "unknown knob"),
         ("torch:fp32:proposals=many", None, "needs a int"),
+        ("torch:fp32:min_sise=480", None, "unknown knob 'min_sise'.*min_size, max_size.*did you mean 'min_size'"),
+        ("torch:fp32:proposals=0", None, "proposals must be a positive integer"),
+        ("torchvison", None, "unknown backend 'torchvison'.*did you mean 'torchvision'"),
+        ("torchvision:bf16", None, "baseline runs torchvision's eager fp32 module"),
         (":fp32", None, "backend\\[:precision"),
         ("a:b:c:d", None, "backend\\[:precision"),
     ],
@@ -31,6 +40,19 @@ def test_parse_case(text, expected, error):
             parse_case(text)
     else:
         assert parse_case(text) == expected
+
+
+def test_case_settings_and_label():
+    base = InferenceSettings(model="small", weights="random", device="cpu")
+    ref = parse_case("torchvision", base=base)
+    assert ref.baseline and ref.backend == "torchvision" and ref.label == "torchvision:fp32"
+    assert ref.settings == base.replace(backend="torch")  # the eager module torchvision's call runs
+    knob = parse_case("openvino:bf16:proposals=300,min_size=480,score_thresh=0", base=base)
+    assert not knob.baseline and knob.settings == base.replace(
+        backend="openvino", precision="bf16", proposals=300, min_size=480, score_thresh=0.0
+    )
+    assert knob.label == "openvino:bf16:min_size=480,proposals=300,score_thresh=0.0"  # knobs in KNOBS order
+    assert parse_case("torch").settings.score_thresh is None  # None = the model's default
 
 
 def _inst(boxes, class_ids, scores, masks):
@@ -108,11 +130,25 @@ def test_cold_start_reports_the_fresh_process_own_peak_memory(small_weights, tmp
     The parent here holds ~2 GB of touched memory; the one-image child must report far less."""
     from PIL import Image
 
-    from masklab.engine.bench import cold_start
+    from masklab.bench import cold_start
 
     Image.fromarray(np.full((96, 128, 3), 120, np.uint8)).save(tmp_path / "one.png")
     ballast = np.ones(2 * 1024**3 // 8)  # touched: really resident in this (parent) process
-    c = cold_start(BenchCase(min_size=96, max_size=128), model=str(small_weights), weights=None,
-                   device="cpu", image_path=str(tmp_path / "one.png"))
+    settings = InferenceSettings(model=str(small_weights), device="cpu", backend="torch", min_size=96, max_size=128)
+    c = cold_start(settings, image_path=str(tmp_path / "one.png"))
     assert ballast[-1] == 1.0
     assert 50 < c["peak_rss_mb"] < 1600, c
+
+
+def test_report_json_round_trip_and_failed_row():
+    from masklab.bench import BenchReport, BenchRow, format_table
+
+    rows = [BenchRow(case="torch:fp32", backend="torch", precision="fp32", median_s=0.5, images_per_s=2.0, speedup=1.0),
+            BenchRow(case="onnx:fp32", backend="onnx", precision="fp32", error="UsageError: onnxruntime is not installed")]
+    report = BenchReport(rows=rows, machine={"cpu": "x", "threads": 2}, postprocess={"paste_rle_100_s": 0.01},
+                         settings={"model": "small", "image_sizes": ["96x128"], "images": 1, "repeat": 1})
+    doc = json.loads(json.dumps(report.to_json()))
+    assert BenchReport.from_json(doc) == report
+    table = format_table(report)
+    assert "| onnx:fp32 | failed: UsageError: onnxruntime is not installed |" in table
+    assert "(2.0% of the first case's latency)" in table  # 10 ms of 500 ms

@@ -5,6 +5,11 @@ from __future__ import annotations
 import json
 import sys
 
+from masklab.cli.options import add_model_arguments
+
+#: the model flags bench does not take: each case names its own backend, precision and knobs
+_NOT_TAKEN = ("backend", "precision", "postprocess", "input", "classes")
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -14,7 +19,8 @@ def add_parser(sub) -> None:
         "images/s, speed-up over the first case, GFLOP and achieved GFLOP/s against the measured machine peak, "
         "agreement with the first case (share of its instances matched at mask IoU >= 0.9, same class; box and "
         "score deltas), cold start and peak memory of a fresh one-image process. The CPU may be shared: "
-        "compare ratios within one run.",
+        "compare ratios within one run. A model name without --weights runs on seeded random weights "
+        "(--weights default: its published weights).",
     )
     p.add_argument("inputs", nargs="*", metavar="IMAGE", help="images to time on (default: generated ones)")
     p.add_argument(
@@ -28,12 +34,8 @@ def add_parser(sub) -> None:
         "Default: torchvision, torch, torch-fast, openvino, onnx (fp32), torch-fast and openvino bf16, and "
         "openvino:bf16:min_size=480,max_size=640,proposals=300",
     )
-    g = p.add_argument_group("model and images")
-    g.add_argument("--model", "-m", default=None, help="model name or weights file (default: maskrcnn_resnet50_fpn_v2)")
-    g.add_argument("--weights", "-w", default=None, metavar="PATH",
-                   help="weights file, 'default' for the published weights, or 'random' "
-                   "(default: random for a model name, none for a weights or exported file)")
-    g.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: cpu)")
+    add_model_arguments(p, exclude=_NOT_TAKEN, defaults={"device": "cpu"})
+    g = p.add_argument_group("images")
     g.add_argument("--images", type=int, default=1, help="generated images when none are given (default: 1)")
     g.add_argument("--size", default="480x640", help="generated image size HxW (default: 480x640)")
     g = p.add_argument_group("measurement")
@@ -46,31 +48,30 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from masklab.engine.bench import default_cases, format_table, generated_images, parse_case, run_bench
+    from masklab.bench import default_cases, format_table, generated_images, parse_case, run_bench
     from masklab.errors import UsageError
+    from masklab.inference.threads import configure_threads
     from masklab.io.images import load_image
-    from masklab.models.zoo import DEFAULT_MODEL
+    from masklab.models.zoo import MODELS
+    from masklab.settings import InferenceSettings
 
     try:
         h, w = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         raise UsageError(f"--size must be HxW, e.g. 480x640, found {args.size!r}") from None
-    cases = [parse_case(c) for c in args.case] if args.case else default_cases()
+    base = InferenceSettings.from_args(args)
+    # a zoo name without --weights: seeded random weights (timing needs no download); 'default': published ones
+    weights = args.weights or ("random" if base.model in MODELS else None)
+    base = base.replace(weights=None if weights == "default" else weights)
+    cases = [parse_case(c, base=base) for c in args.case] if args.case else default_cases(base)
     if args.inputs:
         images = [load_image(p).array for p in args.inputs]
     else:
         images = generated_images(args.images, size_hw=(h, w))
-    from masklab.models.zoo import MODELS
-
-    model = args.model or DEFAULT_MODEL
-    weights = args.weights or ("random" if model in MODELS else None)
-    weights = None if weights == "default" else weights
+    configure_threads()  # an entry point: every case (and the peak microbenchmark) runs on these threads
     report = run_bench(
         cases,
         images=images,
-        model=model,
-        weights=weights,
-        device=args.device,
         repeat=args.repeat,
         cold=not args.no_cold,
         flops=not args.no_flops,
