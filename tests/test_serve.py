@@ -153,6 +153,23 @@ def test_models_health_docs(client):
     assert client.get("/static/app.js").status_code == 200
 
 
+def test_every_inference_setting_reaches_the_model(client, settings, scene_png):
+    """The server's model runs ``settings.inference`` as given: here ``max_detections`` (the CLI-equality
+    test covers the input size and the score floor)."""
+    everything = client.post("/v1/segment?score_thresh=0", content=scene_png, headers={"content-type": "image/png"}).json()
+    assert len(everything["instances"]) > 2
+    capped = dataclasses.replace(settings, inference=settings.inference.replace(max_detections=2))
+    with TestClient(create_app(capped)) as c:
+        _wait_ready(c)
+        r = c.post("/v1/segment?score_thresh=0", content=scene_png, headers={"content-type": "image/png"})
+        assert r.status_code == 200, r.text
+        few = r.json()["instances"]
+        assert len(few) == 2
+        assert c.get("/v1/models").json()["min_score"] == 0.0
+    # the cap keeps the best-scoring detections after NMS: the first two of the uncapped answer
+    assert few == everything["instances"][:2]
+
+
 # -- limits --------------------------------------------------------------------------------------------
 def test_oversized_body_with_content_length_is_413(client):
     big = b"\x89PNG" + b"\0" * (MAX_BODY + 10)
