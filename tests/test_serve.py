@@ -170,6 +170,28 @@ def test_every_inference_setting_reaches_the_model(client, settings, scene_png):
     assert few == everything["instances"][:2]
 
 
+def test_the_server_sets_torch_threads_at_start_up(settings):
+    """The Segmenter leaves torch's threads alone; the server's model builder sets them (every CPU)."""
+    import torch
+
+    from masklab.inference.threads import available_cpus
+    from masklab.serve.service import build_segmenter
+
+    if available_cpus() == 1:
+        pytest.skip("one CPU: the server's setting equals torch's single thread")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        seg = build_segmenter(settings.inference)
+        assert torch.get_num_threads() == available_cpus()
+        torch.set_num_threads(2)
+        build_segmenter(settings.inference.replace(threads=1))  # an explicit count wins
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert seg.inference.score_thresh == 0.0 and seg.inference.min_size == SIZES["min_size"]
+
+
 # -- limits --------------------------------------------------------------------------------------------
 def test_oversized_body_with_content_length_is_413(client):
     big = b"\x89PNG" + b"\0" * (MAX_BODY + 10)
@@ -524,3 +546,7 @@ def test_cli_builds_the_settings_and_keeps_min_score_as_an_alias(small_weights, 
     assert built[1] == ("app", 8123)
     assert second.inference == InferenceSettings(model=str(small_weights), device="cpu", score_thresh=0.3, nms_thresh=0.4, min_size=128)
     assert third.score_floor == LOW_SCORE_THRESH
+    # a bad model fails before the server starts, not later through /readyz
+    assert main(["serve", "--model", "no_such_model"]) != 0
+    assert main(["serve", "--model", str(small_weights), "--weights", str(small_weights)]) != 0
+    assert len(built) == 6 and "unknown model 'no_such_model'" in capsys.readouterr().err

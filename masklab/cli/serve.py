@@ -50,7 +50,7 @@ def run(args) -> int:
         raise MissingDependencyError(f"masklab serve needs the serve extra ({e.name} is missing): pip install 'masklab[serve]'") from None
 
     inference = InferenceSettings.from_args(args)
-    _check_model(inference.model, inference.weights)
+    _check_model(inference)
     settings = ServeSettings(
         inference=inference,
         max_body_bytes=args.max_body_bytes,
@@ -84,22 +84,24 @@ class _DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def _check_model(model: str, weights: str | None) -> None:
-    """Fail before the server starts on what the background load would only report via /readyz: an
-    unknown model, a missing weights file, published weights that are neither cached nor downloadable
-    (downloaded here, with a progress bar, when allowed)."""
+def _check_model(inference: InferenceSettings) -> None:
+    """Fail before the server starts on what the background load would only report via /readyz: a
+    model that is neither a name nor a usable file (decided by :func:`masklab.models.source.find_source`,
+    which reads at most a file's first bytes), a missing weights file, published weights that are neither
+    cached nor downloadable (downloaded here, with a progress bar, when allowed)."""
     from pathlib import Path
 
     from masklab.errors import UsageError
+    from masklab.models.source import find_source
     from masklab.models.weights import ensure_weights
-    from masklab.models.zoo import MODELS, get_spec
+    from masklab.models.zoo import get_spec
 
+    source = find_source(inference.model, inference.weights)
+    if source.name is None:  # a file or folder with its own weights
+        return
+    weights = source.weights
     if weights is not None and weights != "random" and not Path(weights).is_file():
         raise UsageError(f"--weights {weights}: no such file")
-    if model not in MODELS:
-        if not Path(model).exists():
-            raise UsageError(f"--model {model!r} is neither a model name ({', '.join(MODELS)}) nor a file or run folder")
-        return
-    spec = get_spec(model)
+    spec = get_spec(source.name)
     if weights is None and spec.weights is not None:
         ensure_weights(spec.weights)

@@ -429,7 +429,7 @@ def run_segment(
         summary.results,
         settings,
         seconds=summary.seconds,
-        model_card=segmenter.spec.card(),
+        model_card=segmenter.card.to_json(),
         extra={"batch_size": batch_size, "workers": workers, "resumed": skip},
     )
     return summary

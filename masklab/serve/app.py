@@ -28,7 +28,8 @@ def create_app(settings: ServeSettings | None = None, *, segmenter_factory: Call
     """The web app. The model is built by ``segmenter_factory()`` (default: a :class:`~masklab.Segmenter`
     running ``settings.inference``, see :func:`~masklab.serve.service.build_segmenter`) in a thread at
     start-up, then warmed; ``/readyz`` answers 503 until then. ``segmenter_factory`` must return an object
-    with ``predict([image]) -> [Instances]`` and ``spec`` (a :class:`~masklab.models.zoo.ModelSpec`)."""
+    with ``predict([image]) -> [Instances]``, ``spec`` (a :class:`~masklab.models.zoo.ModelSpec`) and
+    ``card`` (a :class:`~masklab.models.card.ModelCard`), as the Segmenter has."""
     settings = settings or ServeSettings()
     factory = segmenter_factory or (lambda: build_segmenter(settings.inference))
     svc = Service(settings, factory)

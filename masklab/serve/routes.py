@@ -113,8 +113,8 @@ def add_health_routes(app: FastAPI, svc: Service) -> None:
 
 
 def model_card(seg: Any) -> dict[str, Any]:
-    """The JSON model card of a loaded model (``GET /v1/models``'s ``model``)."""
-    return seg.spec.card()
+    """The JSON model card of a loaded model (``GET /v1/models``'s ``model``; schema ``masklab-model-card/2``)."""
+    return seg.card.to_json()
 
 
 def add_model_routes(app: FastAPI, svc: Service) -> None:

@@ -25,9 +25,9 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from masklab import Segmenter
-from masklab.engine.segmenter import configure_threads
 from masklab.errors import ImageLoadError
+from masklab.inference import Segmenter
+from masklab.inference.threads import configure_threads
 from masklab.io.images import load_image, sniff_format
 from masklab.serve.limits import DeadlineExceeded, WorkLimiter
 from masklab.serve.metrics import ServeMetrics
@@ -46,24 +46,11 @@ NOT_CLASSES = frozenset({"__background__", "N/A"})
 
 
 def build_segmenter(inference: InferenceSettings) -> Segmenter:
-    """The server's model: a :class:`~masklab.Segmenter` running ``inference``. Torch's CPU threads are
-    set here, at server start-up (the entry point), not by the Segmenter."""
-    configure_threads()
-    s = inference
-    return Segmenter(
-        s.model,
-        weights=s.weights,
-        device=s.device,
-        backend=s.backend,
-        precision=s.precision,
-        score_thresh=s.score_thresh,
-        nms_thresh=s.nms_thresh,
-        max_detections=s.max_detections,
-        rpn_post_nms_top_n=s.proposals,
-        min_size=s.min_size,
-        max_size=s.max_size,
-        classes=s.classes,
-    )
+    """The server's model: a :class:`~masklab.Segmenter` running ``inference``. Torch's CPU threads
+    (``inference.threads``, default every CPU this process may use) are set here, at server start-up,
+    as at every entry point: the Segmenter itself leaves them alone."""
+    configure_threads(inference.threads)
+    return Segmenter(settings=inference)
 
 
 def display_name(filename: str | None) -> str:
@@ -107,8 +94,8 @@ class ResultCache:
 class Service:
     """The app's state: the model (None until loaded and warm), the limits, the cache, the metrics.
 
-    ``factory()`` builds the model: an object with ``predict([image]) -> [Instances]`` and ``spec``
-    (a :class:`~masklab.models.zoo.ModelSpec`)."""
+    ``factory()`` builds the model: an object with ``predict([image]) -> [Instances]``, ``spec`` (a
+    :class:`~masklab.models.zoo.ModelSpec`) and ``card`` (a :class:`~masklab.models.card.ModelCard`)."""
 
     def __init__(self, settings: ServeSettings, factory: Callable[[], Any]) -> None:
         self.settings, self.factory = settings, factory

@@ -74,7 +74,7 @@ def segment_on_ray(args, items, segmenter, *, writer_kwargs: dict[str, Any], set
         args.out,
         segmenter_kwargs=segmenter_kwargs(args, segmenter),
         settings=settings,
-        model_card=segmenter.spec.card(),
+        model_card=segmenter.card.to_json(),
         writer_kwargs=writer_kwargs,
         save_json=args.json,
         address=args.ray_address,
