@@ -55,7 +55,7 @@ def live_server(small_weights, tmp_path):
     port = _free_port()
     cmd = [
         sys.executable, "-m", "masklab", "serve", "--port", str(port), "--model", str(small_weights),
-        "--device", "cpu", "--min-score", "0", "--min-size", "128", "--max-size", "192",
+        "--device", "cpu", "--score-thresh", "0", "--min-size", "128", "--max-size", "192",
     ]  # fmt: skip
     log = open(tmp_path / "server.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)

@@ -22,6 +22,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from masklab.serve import ServeSettings, create_app  # noqa: E402
+from masklab.settings import LOW_SCORE_THRESH, InferenceSettings  # noqa: E402
 from masklab.structures.instances import Instances  # noqa: E402
 from tests.conftest import make_scene  # noqa: E402
 
@@ -48,7 +49,9 @@ def _wait_ready(client: TestClient, timeout: float = 120.0) -> None:
 @pytest.fixture(scope="module")
 def settings(small_weights):
     return ServeSettings(
-        model=str(small_weights), device="cpu", min_score=0.0, max_body_bytes=MAX_BODY, max_pixels=MAX_PIXELS, **SIZES
+        inference=InferenceSettings(model=str(small_weights), device="cpu", score_thresh=0.0, **SIZES),
+        max_body_bytes=MAX_BODY,
+        max_pixels=MAX_PIXELS,
     )
 
 
@@ -138,6 +141,7 @@ def test_models_health_docs(client):
     card = client.get("/v1/models").json()
     assert card["model"]["name"] == "small_random" and card["classes"] == ["class_1", "class_2", "class_3"]
     assert card["styles"] == list(STYLES)
+    assert card["min_score"] == 0.0  # the server's floor, as configured (0.0 is kept, not taken for "unset")
     assert card["limits"]["max_body_bytes"] == MAX_BODY and card["limits"]["max_pixels"] == MAX_PIXELS
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready", "model": "small_random"}
@@ -147,6 +151,45 @@ def test_models_health_docs(client):
     page = client.get("/")
     assert page.status_code == 200 and 'id="file"' in page.text and "Content-Security-Policy" in page.headers
     assert client.get("/static/app.js").status_code == 200
+
+
+def test_every_inference_setting_reaches_the_model(client, settings, scene_png):
+    """The server's model runs ``settings.inference`` as given: here ``max_detections`` (the CLI-equality
+    test covers the input size and the score floor)."""
+    everything = client.post("/v1/segment?score_thresh=0", content=scene_png, headers={"content-type": "image/png"}).json()
+    assert len(everything["instances"]) > 2
+    capped = dataclasses.replace(settings, inference=settings.inference.replace(max_detections=2))
+    with TestClient(create_app(capped)) as c:
+        _wait_ready(c)
+        r = c.post("/v1/segment?score_thresh=0", content=scene_png, headers={"content-type": "image/png"})
+        assert r.status_code == 200, r.text
+        few = r.json()["instances"]
+        assert len(few) == 2
+        assert c.get("/v1/models").json()["min_score"] == 0.0
+    # the cap keeps the best-scoring detections after NMS: the first two of the uncapped answer
+    assert few == everything["instances"][:2]
+
+
+def test_the_server_sets_torch_threads_at_start_up(settings):
+    """The Segmenter leaves torch's threads alone; the server's model builder sets them (every CPU)."""
+    import torch
+
+    from masklab.inference.threads import available_cpus
+    from masklab.serve.service import build_segmenter
+
+    if available_cpus() == 1:
+        pytest.skip("one CPU: the server's setting equals torch's single thread")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        seg = build_segmenter(settings.inference)
+        assert torch.get_num_threads() == available_cpus()
+        torch.set_num_threads(2)
+        build_segmenter(settings.inference.replace(threads=1))  # an explicit count wins
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert seg.inference.score_thresh == 0.0 and seg.inference.min_size == SIZES["min_size"]
 
 
 # -- limits --------------------------------------------------------------------------------------------
@@ -453,3 +496,57 @@ def test_page_needs_nothing_from_the_internet():
     # Every form control has a label (accessibility).
     for control in ("file", "score", "style"):
         assert f'for="{control}"' in html
+
+
+# -- settings and the command line ---------------------------------------------------------------------
+def test_serve_settings_embed_the_inference_settings_and_default_the_floor_once():
+    assert ServeSettings().inference.score_thresh == LOW_SCORE_THRESH  # not given: the server's floor
+    assert ServeSettings().score_floor == LOW_SCORE_THRESH
+    kept = ServeSettings(inference=InferenceSettings(score_thresh=0.0, max_detections=7), workers=3)
+    assert kept.score_floor == 0.0 and kept.inference.max_detections == 7 and kept.workers == 3
+    assert kept.inference == InferenceSettings(score_thresh=0.0, max_detections=7)  # nothing else changed
+    model_fields = {"model", "weights", "device", "min_score", "min_size", "max_size", "max_detections"}
+    assert model_fields.isdisjoint(f.name for f in dataclasses.fields(ServeSettings))
+    from masklab.errors import UsageError
+
+    with pytest.raises(UsageError, match="score_thresh must be in"):
+        InferenceSettings(score_thresh=1.5)
+    with pytest.raises(UsageError, match="workers must be at least 1"):
+        ServeSettings(workers=0)
+    with pytest.raises(UsageError, match="inference must be an InferenceSettings"):
+        ServeSettings(inference={"model": "small"})
+
+
+def test_cli_builds_the_settings_and_keeps_min_score_as_an_alias(small_weights, monkeypatch, capsys):
+    import uvicorn
+
+    import masklab.serve
+    from masklab.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--score-thresh S minimum score, 0..1 (default: 0.05)" in help_text and "--min-score" not in help_text
+    assert "--classes" not in help_text  # classes are chosen per request
+
+    built = []
+    monkeypatch.setattr(masklab.serve, "create_app", lambda settings: built.append(settings) or "app")
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: built.append((app, kw["port"])))
+    common = ["serve", "--model", str(small_weights), "--device", "cpu", "--min-size", "128", "--port", "8123"]
+    assert main(common + ["--min-score", "0.2", "--workers", "2", "--cache-mb", "1"]) == 0
+    assert "--min-score is deprecated" in capsys.readouterr().err
+    assert main(common + ["--score-thresh", "0.3", "--nms-thresh", "0.4"]) == 0
+    assert main(common) == 0
+    first, second, third = built[0], built[2], built[4]
+    assert first == ServeSettings(
+        inference=InferenceSettings(model=str(small_weights), device="cpu", score_thresh=0.2, min_size=128),
+        workers=2,
+        cache_bytes=2**20,
+    )
+    assert built[1] == ("app", 8123)
+    assert second.inference == InferenceSettings(model=str(small_weights), device="cpu", score_thresh=0.3, nms_thresh=0.4, min_size=128)
+    assert third.score_floor == LOW_SCORE_THRESH
+    # a bad model fails before the server starts, not later through /readyz
+    assert main(["serve", "--model", "no_such_model"]) != 0
+    assert main(["serve", "--model", str(small_weights), "--weights", str(small_weights)]) != 0
+    assert len(built) == 6 and "unknown model 'no_such_model'" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
 from masklab.serve import ServeSettings, create_app  # noqa: E402
+from masklab.settings import InferenceSettings  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -24,9 +25,8 @@ pytestmark = pytest.mark.slow
 def api_schema(small_weights):
     from schemathesis.python import asgi
 
-    app = create_app(
-        ServeSettings(model=str(small_weights), device="cpu", min_score=0.0, min_size=96, max_size=128, max_body_bytes=2_000_000)
-    )
+    inference = InferenceSettings(model=str(small_weights), device="cpu", score_thresh=0.0, min_size=96, max_size=128)
+    app = create_app(ServeSettings(inference=inference, max_body_bytes=2_000_000))
     # schemathesis starts the app's lifespan once and keeps it for the process; wait until the model is warm
     # so a generated request never meets the start-up 503.
     with asgi.get_client(app) as client:

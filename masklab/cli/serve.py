@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
+
+from masklab.cli.options import add_model_arguments
+from masklab.settings import LOW_SCORE_THRESH, InferenceSettings
 
 
 def add_parser(sub) -> None:
@@ -10,21 +14,20 @@ def add_parser(sub) -> None:
         "serve",
         help="run the web service and page",
         description="Serve the HTTP API (/v1/segment, /v1/render, /v1/models, /healthz, /readyz, /metrics; "
-        "OpenAPI at /docs) and the upload page at /. Binds 127.0.0.1 unless --host says otherwise.",
+        "OpenAPI at /docs) and the upload page at /. Binds 127.0.0.1 unless --host says otherwise. "
+        "--score-thresh is the lowest score the model keeps (a request's score_thresh can only raise it); "
+        "--max-detections also bounds the masks' memory per worker.",
     )
     g = p.add_argument_group("network")
     g.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     g.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     g.add_argument("--root-path", default="", help="URL prefix when served under a sub-path by a reverse proxy, e.g. /masklab")
     g.add_argument("--forwarded-allow-ips", default=None, help="proxy addresses trusted for X-Forwarded-* headers (uvicorn's flag; default 127.0.0.1)")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", "-m", default=None, help="model name (see `masklab models`) or weights file; default: maskrcnn_resnet50_fpn_v2")
-    g.add_argument("--weights", "-w", default=None, metavar="PATH", help="local weights file (.pth/.pt/.safetensors)")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    g.add_argument("--min-score", type=float, default=0.05, help="lowest score the model keeps, 0..1; requests can only raise it (default: 0.05)")
-    g.add_argument("--min-size", type=int, default=None, help="resize the shorter side to this many pixels (default: the model's)")
-    g.add_argument("--max-size", type=int, default=None, help="cap the longer side at this many pixels (default: the model's)")
-    g.add_argument("--max-detections", type=int, default=None, help="most objects per image (default: the model's, 100); bounds the masks' memory")
+    # --classes is per request (the query's classes=), not a server setting
+    add_model_arguments(p, exclude=("classes",), defaults={"score_thresh": LOW_SCORE_THRESH})
+    # scripts written before --score-thresh: the same field, hidden from --help
+    p.add_argument("--min-score", dest="score_thresh", type=float, default=argparse.SUPPRESS, action=_DeprecatedAlias,
+                   help=argparse.SUPPRESS)
     g = p.add_argument_group("limits")
     g.add_argument("--max-body-bytes", type=int, default=20 * 1024 * 1024, help="largest request body, counted as it streams in; larger gets 413 (default: 20 MiB)")
     g.add_argument("--max-pixels", type=int, default=24_000_000, help="largest image, width x height; larger gets 413 (default: 24 MP)")
@@ -45,17 +48,11 @@ def run(args) -> int:
         from masklab.serve import ServeSettings, create_app
     except ImportError as e:
         raise MissingDependencyError(f"masklab serve needs the serve extra ({e.name} is missing): pip install 'masklab[serve]'") from None
-    from masklab.models.zoo import DEFAULT_MODEL
 
-    _check_model(args.model or DEFAULT_MODEL, args.weights)
+    inference = InferenceSettings.from_args(args)
+    _check_model(inference)
     settings = ServeSettings(
-        model=args.model or DEFAULT_MODEL,
-        weights=args.weights,
-        device=args.device,
-        min_score=args.min_score,
-        min_size=args.min_size,
-        max_size=args.max_size,
-        max_detections=args.max_detections,
+        inference=inference,
         max_body_bytes=args.max_body_bytes,
         max_pixels=args.max_pixels,
         workers=args.workers,
@@ -64,7 +61,7 @@ def run(args) -> int:
         cache_bytes=args.cache_mb * 1024 * 1024,
     )
     app = create_app(settings)
-    print(f"masklab serve: http://{args.host}:{args.port}/ (model {settings.model} loading; /readyz says when ready)", file=sys.stderr)
+    print(f"masklab serve: http://{args.host}:{args.port}/ (model {inference.model} loading; /readyz says when ready)", file=sys.stderr)
     uvicorn.run(
         app,
         host=args.host,
@@ -79,22 +76,32 @@ def run(args) -> int:
     return 0
 
 
-def _check_model(model: str, weights: str | None) -> None:
-    """Fail before the server starts on what the background load would only report via /readyz: an
-    unknown model, a missing weights file, published weights that are neither cached nor downloadable
-    (downloaded here, with a progress bar, when allowed)."""
+class _DeprecatedAlias(argparse.Action):
+    """Store the value under the new flag's field and say which flag replaces this one (on stderr)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"masklab serve: {option_string} is deprecated; use --score-thresh (the same setting)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _check_model(inference: InferenceSettings) -> None:
+    """Fail before the server starts on what the background load would only report via /readyz: a
+    model that is neither a name nor a usable file (decided by :func:`masklab.models.source.find_source`,
+    which reads at most a file's first bytes), a missing weights file, published weights that are neither
+    cached nor downloadable (downloaded here, with a progress bar, when allowed)."""
     from pathlib import Path
 
     from masklab.errors import UsageError
+    from masklab.models.source import find_source
     from masklab.models.weights import ensure_weights
-    from masklab.models.zoo import MODELS, get_spec
+    from masklab.models.zoo import get_spec
 
+    source = find_source(inference.model, inference.weights)
+    if source.name is None:  # a file or folder with its own weights
+        return
+    weights = source.weights
     if weights is not None and weights != "random" and not Path(weights).is_file():
         raise UsageError(f"--weights {weights}: no such file")
-    if model not in MODELS:
-        if not Path(model).is_file():
-            raise UsageError(f"--model {model!r} is neither a model name ({', '.join(MODELS)}) nor a weights file")
-        return
-    spec = get_spec(model)
+    spec = get_spec(source.name)
     if weights is None and spec.weights is not None:
         ensure_weights(spec.weights)

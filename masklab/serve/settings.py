@@ -1,22 +1,28 @@
-"""`ServeSettings`: the model and the limits of one ``masklab serve`` process (one plain dataclass)."""
+"""`ServeSettings`: the model and the limits of one ``masklab serve`` process (one plain dataclass).
+
+The model is an :class:`~masklab.settings.InferenceSettings`, embedded as it is; this class declares
+only what belongs to the server: its limits.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from masklab.errors import UsageError
+from masklab.settings import LOW_SCORE_THRESH, InferenceSettings
 
 __all__ = ["ServeSettings"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ServeSettings:
     """What the server loads and the limits it enforces.
 
-    Model: ``model`` (a zoo name or a weights file), ``weights`` (local file or None = published),
-    ``device``, ``min_score`` (the lowest score the model keeps, in [0, 1]; a request can raise it, never
-    lower it), ``min_size``/``max_size`` (input resize in pixels, None = the model's), ``max_detections`` per image
-    (None = the model's, 100).
+    Model: ``inference``, the :class:`~masklab.settings.InferenceSettings` the model runs with. Its
+    ``score_thresh`` is the server's floor: the lowest score the model keeps, in [0, 1]; a request can
+    raise it, never lower it. When it is None (not given) the server keeps
+    :data:`masklab.settings.LOW_SCORE_THRESH` (0.05), so requests can choose any threshold above that.
 
     Limits: ``max_body_bytes`` (request body, counted while it streams in), ``max_pixels`` (decoded
     image width x height), ``workers`` (images processed at once), ``queue_size`` (requests that may wait
@@ -24,17 +30,11 @@ class ServeSettings:
     body upload included), ``cache_bytes`` (memory for recent results, so re-rendering an uploaded image
     in another style does not run the model again; 0 disables).
 
-    Memory: each worker holds one image's masks, bool (N, H, W): up to ``max_detections x max_pixels``
-    bytes (100 x 24 MP = 2.4 GB at the defaults; a 12 MP photo with 30 objects needs 360 MB).
+    Memory: each worker holds one image's masks, bool (N, H, W): up to ``inference.max_detections x
+    max_pixels`` bytes (100 x 24 MP = 2.4 GB at the defaults; a 12 MP photo with 30 objects needs 360 MB).
     """
 
-    model: str = "maskrcnn_resnet50_fpn_v2"
-    weights: str | None = None
-    device: str = "auto"
-    min_score: float = 0.05
-    min_size: int | None = None
-    max_size: int | None = None
-    max_detections: int | None = None
+    inference: InferenceSettings = field(default_factory=InferenceSettings)
     max_body_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 24_000_000
     workers: int = 1
@@ -43,8 +43,10 @@ class ServeSettings:
     cache_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.min_score <= 1.0:
-            raise UsageError(f"min_score must be in [0, 1], found {self.min_score}")
+        if not isinstance(self.inference, InferenceSettings):
+            raise UsageError(f"inference must be an InferenceSettings, found {type(self.inference).__name__}")
+        if self.inference.score_thresh is None:  # the one place the server's floor is defaulted
+            object.__setattr__(self, "inference", self.inference.replace(score_thresh=LOW_SCORE_THRESH))
         for name in ("max_body_bytes", "max_pixels", "workers"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, found {getattr(self, name)}")
@@ -54,7 +56,12 @@ class ServeSettings:
         if not self.request_timeout_s > 0:
             raise UsageError(f"request_timeout_s must be > 0, found {self.request_timeout_s}")
 
-    def limits(self) -> dict:
+    @property
+    def score_floor(self) -> float:
+        """The lowest score the model keeps, in [0, 1] (``inference.score_thresh``, never None here)."""
+        return float(self.inference.score_thresh)  # type: ignore[arg-type]  # filled in __post_init__
+
+    def limits(self) -> dict[str, Any]:
         """The limits as JSON-ready values (shown by ``GET /v1/models``)."""
         return {
             "max_body_bytes": self.max_body_bytes,
