@@ -47,7 +47,7 @@ def main() -> None:
         t0 = time.perf_counter()
         preds = predict_dataset(gt, seg, progress=False).predictions
         per_img = (time.perf_counter() - t0) / max(len(preds), 1)
-        res = evaluate_instances(gt, preds, model_classes=model_class_names(seg), score_thresh=args.score_thresh)
+        res = evaluate_instances(gt, preds, model_classes=model_class_names(seg))
         mask_ap, box_ap = res.segm.stats["AP"], res.bbox.stats["AP"]
         if ref_preds is None:
             ref_preds, ref_ap = preds, mask_ap

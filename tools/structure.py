@@ -12,6 +12,12 @@ What counts:
 - **cycles**: strongly connected components of that graph with more than one module (or a self-import).
 - **folders**: the same graph between top-level folders of ``masklab/`` (``cli``, ``models``, ...); a
   cycle there means two stages depend on each other.
+- **layers**: each top-level folder sits on a layer (:data:`LAYERS`, low to high); a folder importing
+  one on a higher layer is a violation, even inside a function.
+- **option defaults**: places outside ``masklab/settings.py`` that give a model option a default value
+  (a parameter or dataclass field named like one with a default other than None, or an argparse flag
+  for one with such a default). The model table (``models/zoo.py``), which holds each architecture's
+  own defaults, is the one place expected to remain.
 - **sizes**: lines per module (newlines + 1, as editors count) and per function (``def`` line to its last
   line, nested functions counted inside their parent too).
 """
@@ -28,6 +34,32 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "masklab"
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 100
+
+#: top-level folders (and modules) of masklab/, low to high. "(top)" is masklab/__init__.py, the facade.
+LAYERS = (
+    ("errors", "_version", "optional", "settings"),
+    ("structures",),
+    ("visualize",),
+    ("io",),
+    ("models",),
+    ("export",),
+    ("runtime",),
+    ("inference",),
+    ("(top)",),
+    ("data",),
+    ("evaluation",),
+    ("runs", "training", "bench", "serve"),
+    ("compat",),
+    ("cli",),
+    ("demo", "__main__"),
+)
+#: names a model option goes by (InferenceSettings fields and their older / torchvision / matterport names)
+OPTION_NAMES = frozenset({
+    "score_thresh", "min_score", "box_score_thresh", "nms_thresh", "box_nms_thresh", "max_detections",
+    "box_detections_per_img", "proposals", "rpn_post_nms_top_n", "rpn_post_nms_top_n_test", "min_size",
+    "max_size", "DETECTION_MIN_CONFIDENCE", "DETECTION_NMS_THRESHOLD", "DETECTION_MAX_INSTANCES",
+    "POST_NMS_ROIS_INFERENCE", "IMAGE_MIN_DIM", "IMAGE_MAX_DIM",
+})
 
 
 def module_name(path: Path) -> str:
@@ -130,15 +162,23 @@ def measure() -> dict:
     n_imports = n_local = 0
     module_lines: dict[str, int] = {}
     functions: list[tuple[str, int]] = []
+    options: list[str] = []
+    violations: list[str] = []
     for p in files:
         mod = module_name(p)
         src = p.read_text(encoding="utf-8")
         module_lines[str(p.relative_to(ROOT))] = src.count("\n") + 1
-        for target, _line, local in imports_of(p, modules):
+        for target, line, local in imports_of(p, modules):
             graph[mod].add(target)
             n_imports += 1
             n_local += local
-        for f in ast.walk(ast.parse(src)):
+            la, lb = layer_of(_folder(mod)), layer_of(_folder(target))
+            if la is None or lb is None or lb > la:
+                violations.append(f"{p.relative_to(ROOT)}:{line} ({_folder(mod)}) imports {target} ({_folder(target)})")
+        tree = ast.parse(src)
+        if p.relative_to(ROOT).as_posix() != f"{PACKAGE}/settings.py":
+            options += [f"{p.relative_to(ROOT)}:{ln} {name}" for name, ln in option_declarations(tree)]
+        for f in ast.walk(tree):
             if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 functions.append((f"{p.relative_to(ROOT)}:{f.name}", f.end_lineno - f.lineno + 1))
     folder_graph: dict[str, set[str]] = {}
@@ -161,11 +201,45 @@ def measure() -> dict:
         "module_cycles": cycles,
         "folder_cycles": folder_cycles,
         "folder_graph": {k: sorted(v) for k, v in sorted(folder_graph.items())},
+        "layer_violations": violations,
+        "option_declarations": options,
         "longest_module": {"path": longest_module[0], "lines": longest_module[1]},
         "longest_function": {"name": functions[0][0], "lines": functions[0][1]},
         "modules_over_limit": sorted((p, n) for p, n in module_lines.items() if n > MAX_MODULE_LINES),
         "functions_over_limit": [(f, n) for f, n in functions if n > MAX_FUNCTION_LINES],
     }
+
+
+def option_declarations(tree: ast.AST) -> list[tuple[str, int]]:
+    """``(name, line)`` for each declaration of a model option with a default in ``tree``."""
+    out: list[tuple[str, int]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = node.args
+            pos = a.posonlyargs + a.args
+            pairs = list(zip(pos[len(pos) - len(a.defaults):], a.defaults)) + list(zip(a.kwonlyargs, a.kw_defaults))
+            out += [(x.arg, node.lineno) for x, d in pairs if x.arg in OPTION_NAMES and _is_value(d)]
+        elif isinstance(node, ast.ClassDef):
+            for st in node.body:
+                if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name) and _is_value(st.value):
+                    if st.target.id in OPTION_NAMES:
+                        out.append((st.target.id, st.lineno))
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
+            for arg in node.args:
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value.startswith("--"):
+                    defaults = [k.value for k in node.keywords if k.arg == "default"]
+                    if arg.value[2:].replace("-", "_") in OPTION_NAMES and (not defaults or _is_value(defaults[0])):
+                        out.append((arg.value[2:].replace("-", "_"), node.lineno))
+    return out
+
+
+def _is_value(node: ast.AST | None) -> bool:
+    """A default that sets a value (not None, which means "not given: the model's default")."""
+    return node is not None and not (isinstance(node, ast.Constant) and node.value is None)
+
+
+def layer_of(folder: str) -> int | None:
+    return next((i for i, names in enumerate(LAYERS) if folder in names), None)
 
 
 def _folder(mod: str) -> str:
@@ -176,6 +250,7 @@ def _folder(mod: str) -> str:
 def problems(m: dict) -> list[str]:
     out = [f"import cycle: {' <-> '.join(c)}" for c in m["module_cycles"]]
     out += [f"folder cycle: {' <-> '.join(c)}" for c in m["folder_cycles"]]
+    out += [f"layer violation: {v}" for v in m["layer_violations"]]
     out += [f"{p} is {n} lines (limit {MAX_MODULE_LINES})" for p, n in m["modules_over_limit"]]
     out += [f"{f} is {n} lines (limit {MAX_FUNCTION_LINES})" for f, n in m["functions_over_limit"]]
     return out
@@ -191,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"{m['modules']} modules, {m['imports']} internal imports ({m['imports_inside_functions']} inside functions)")
         print(f"module cycles: {len(m['module_cycles'])}; folder cycles: {len(m['folder_cycles'])}")
+        print(f"layer violations: {len(m['layer_violations'])}; model-option declarations outside settings.py: "
+              f"{len(m['option_declarations'])} in {len({o.split(':')[0] for o in m['option_declarations']})} files")
         print(f"longest module: {m['longest_module']['path']} ({m['longest_module']['lines']} lines)")
         print(f"longest function: {m['longest_function']['name']} ({m['longest_function']['lines']} lines)")
         for p in problems(m):

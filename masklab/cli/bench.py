@@ -34,7 +34,9 @@ def add_parser(sub) -> None:
         "Default: torchvision, torch, torch-fast, openvino, onnx (fp32), torch-fast and openvino bf16, and "
         "openvino:bf16:min_size=480,max_size=640,proposals=300",
     )
-    add_model_arguments(p, exclude=_NOT_TAKEN, defaults={"device": "cpu"})
+    add_model_arguments(p, exclude=_NOT_TAKEN, defaults={"device": "cpu"}, helps={
+        "weights": "local weights file, or 'random' (default: seeded random weights for a zoo name: speed does not "
+        "depend on the weights, and benchmarks need no download)"})
     g = p.add_argument_group("images")
     g.add_argument("--images", type=int, default=1, help="generated images when none are given (default: 1)")
     g.add_argument("--size", default="480x640", help="generated image size HxW (default: 480x640)")

@@ -7,6 +7,9 @@ import sys
 import time
 from pathlib import Path
 
+from masklab.cli.options import add_model_arguments
+from masklab.settings import LOW_SCORE_THRESH
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -22,17 +25,10 @@ def add_parser(sub) -> None:
     g.add_argument("--data", required=True, metavar="JSON", help="COCO ground-truth JSON (e.g. val.json)")
     g.add_argument("--images", default=None, metavar="DIR",
                    help="folder of the image files (default: relative to the JSON's folder, else its sibling folder named like the JSON)")
-    g = p.add_argument_group("what to score (one of)")
-    what = g.add_mutually_exclusive_group(required=True)
-    what.add_argument("--model", "-m", default=None, help="model name (see `masklab models`), training run folder or weights file")
-    what.add_argument("--predictions", default=None, metavar="JSON", help="saved COCO results (list of image_id, category_id, score, bbox/segmentation)")
-    g = p.add_argument_group("model options (with --model)")
-    g.add_argument("--weights", "-w", default=None, metavar="PATH", help="local weights file (.pth/.pt/.safetensors)")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    g.add_argument("--score-thresh", type=float, default=0.05,
-                   help="keep detections with score >= this for the COCO metrics, 0..1 (default: 0.05, as COCO evaluations do)")
-    g.add_argument("--min-size", type=int, default=None, help="resize the shorter side to this many pixels (default: the model's)")
-    g.add_argument("--max-size", type=int, default=None, help="cap the longer side at this many pixels (default: the model's)")
+    g = p.add_argument_group("what to score (one of --model and --predictions)")
+    g.add_argument("--predictions", default=None, metavar="JSON", help="saved COCO results (list of image_id, category_id, score, bbox/segmentation)")
+    # --score-thresh defaults low: COCO AP needs the whole precision-recall curve
+    add_model_arguments(p, exclude=("classes",), defaults={"score_thresh": LOW_SCORE_THRESH}, title="model (with --model)")
     g = p.add_argument_group("report")
     g.add_argument("--out", "-o", default=None, metavar="DIR", help="output folder (default: a new folder runs/eval-<time>)")
     g.add_argument("--count-thresh", type=float, default=0.5,
@@ -63,6 +59,8 @@ def run(args) -> int:
         from masklab.evaluation.plots import require_matplotlib
 
         require_matplotlib()  # fail before a long model run, not after
+    if (args.model is None) == (args.predictions is None):
+        raise UsageError("give what to score: either --model (a model to run) or --predictions (saved COCO results)")
     gt = CocoGroundTruth.load(args.data, images_dir=args.images)
     out = Path(args.out) if args.out else _new_run_dir()
     settings = {"data": str(args.data), "images": args.images, "count_thresh": args.count_thresh, "iou_thresh": args.iou_thresh}
@@ -78,10 +76,11 @@ def run(args) -> int:
         settings["predictions"] = str(args.predictions)
         notes: list[str] = []
     else:
-        from masklab.inference.segmenter import Segmenter
+        from masklab.inference import Segmenter, configure_threads
+        from masklab.settings import InferenceSettings
 
-        seg = Segmenter(args.model, weights=args.weights, device=args.device, score_thresh=args.score_thresh,
-                        min_size=args.min_size, max_size=args.max_size)
+        configure_threads()
+        seg = Segmenter(settings=InferenceSettings.from_args(args))
         classes = evaluator.model_class_names(seg)
         evaluator.match_categories(classes, gt)  # no shared class name: fail before running the model
         run_out = evaluator.predict_dataset(gt, seg, progress=False if args.no_progress else None)
@@ -90,7 +89,7 @@ def run(args) -> int:
         results, notes = conv.results, conv.notes
         atomic_write_json(out / "predictions.json", results)
         settings["model"] = seg.settings()
-    result = evaluator.evaluate_results(gt, results, score_thresh=args.count_thresh, iou_thresh=args.iou_thresh, notes=notes)
+    result = evaluator.evaluate_results(gt, results, count_thresh=args.count_thresh, iou_thresh=args.iou_thresh, notes=notes)
     result.failures = failures
     write_report(result, out, plots=not args.no_plots, settings=settings)
     print(format_table(result))

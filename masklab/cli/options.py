@@ -18,7 +18,7 @@ from masklab.settings import BACKENDS, DEFAULT_MODEL, PRECISIONS
 __all__ = ["add_model_arguments", "GROUPS"]
 
 #: flag groups a command may leave out with ``exclude=``
-GROUPS = ("model", "runtime", "postprocess", "input", "classes")
+GROUPS = ("source", "runtime", "postprocess", "input", "classes")
 
 
 def add_model_arguments(
@@ -26,13 +26,15 @@ def add_model_arguments(
     *,
     exclude: Iterable[str] = (),
     defaults: Mapping[str, Any] | None = None,
+    helps: Mapping[str, str] | None = None,
     title: str = "model",
 ) -> None:
     """Add ``--model --weights --device --backend --precision --score-thresh --nms-thresh
     --max-detections --proposals --min-size --max-size --classes`` to ``parser``.
 
     ``exclude``: group names from :data:`GROUPS` (or single field names) the command does not take;
-    ``defaults``: per-command defaults, e.g. ``{"score_thresh": 0.05}``.
+    ``defaults``: per-command defaults, e.g. ``{"score_thresh": 0.05}``; ``helps``: per-command help
+    texts by field name, where the command gives a flag a meaning of its own.
     """
     skip = set(exclude)
     d = dict(defaults or {})
@@ -41,11 +43,13 @@ def add_model_arguments(
     def add(group: str, *flags: str, dest: str, **kw: Any) -> None:
         if group in skip or dest in skip:
             return
+        if helps and dest in helps:
+            kw["help"] = helps[dest]
         g.add_argument(*flags, dest=dest, default=d.get(dest), **kw)
 
-    add("model", "--model", "-m", dest="model",
+    add("source", "--model", "-m", dest="model",
         help=f"model name (see `masklab models`), weights file, exported file, .h5 or training run folder (default: {DEFAULT_MODEL})")
-    add("model", "--weights", "-w", dest="weights", metavar="PATH",
+    add("source", "--weights", "-w", dest="weights", metavar="PATH",
         help="local weights file (.pth/.pt/.safetensors/.h5) for a model name; default: its published weights")
     add("runtime", "--device", dest="device", help=f"auto | cpu | cuda[:N] (default: {d.get('device', 'auto')})")
     add("runtime", "--backend", dest="backend", choices=BACKENDS,

@@ -37,6 +37,9 @@ __all__ = [
     "model_class_names",
 ]
 
+#: score at or above which a prediction counts, for the confusion matrix and counting accuracy
+COUNT_THRESH = 0.5
+
 
 @dataclass
 class EvalResult:
@@ -45,7 +48,7 @@ class EvalResult:
     Attributes:
         bbox, segm: COCO metrics per type (:class:`CocoTypeResult`); ``segm`` is None when the
             predictions carry no masks.
-        confusion: class confusion matrix at IoU ``iou_thresh`` for predictions with score >= ``score_thresh``.
+        confusion: class confusion matrix at IoU ``iou_thresh`` for predictions with score >= ``count_thresh``.
         count_table: per-image object counts (same predictions as the confusion matrix).
         categories: ``{dataset category id: name}``; gt_instances: ``{id: non-crowd ground-truth count}``.
         num_images, num_predictions: evaluated images and predictions (all scores).
@@ -204,19 +207,20 @@ def check_results(gt: CocoGroundTruth, results: Any) -> list[dict]:
     return out
 
 
-def evaluate_results(gt: CocoGroundTruth, results: Any, *, score_thresh: float = 0.5, iou_thresh: float = 0.5,
+def evaluate_results(gt: CocoGroundTruth, results: Any, *, count_thresh: float = COUNT_THRESH, iou_thresh: float = 0.5,
                      notes: Sequence[str] = ()) -> EvalResult:
     """Score COCO results (dataset category ids) against ``gt``.
 
     Args:
         gt: the ground truth.
         results: list of COCO result dicts (see :func:`check_results`); may be empty (AP 0, no crash).
-        score_thresh: operating point for the confusion matrix and the counts, in [0, 1]; the COCO
-            metrics always use every prediction.
+        count_thresh: operating point for the confusion matrix and the counts (a prediction with a score
+            at or above it counts), in [0, 1]; the COCO metrics always use every prediction. Not the model's
+            score threshold, which decides what the predictions hold in the first place.
         iou_thresh: IoU for a match in the confusion matrix (and crowd-ignore), in (0, 1].
     """
-    if not 0.0 <= score_thresh <= 1.0:
-        raise UsageError(f"score_thresh must be in [0, 1], found {score_thresh}")
+    if not 0.0 <= count_thresh <= 1.0:
+        raise UsageError(f"count_thresh must be in [0, 1], found {count_thresh}")
     if not 0.0 < iou_thresh <= 1.0:
         raise UsageError(f"iou_thresh must be in (0, 1], found {iou_thresh}")
     checked = check_results(gt, results)
@@ -230,7 +234,7 @@ def evaluate_results(gt: CocoGroundTruth, results: Any, *, score_thresh: float =
         by_image[e["image_id"]].append(e)
     matches = [
         match_image(gt.annotations(i), by_image[i], image_size=(img.height, img.width), use_masks=use_masks,
-                    iou_thresh=iou_thresh, score_thresh=score_thresh)
+                    iou_thresh=iou_thresh, score_thresh=count_thresh)
         for i, img in gt.images.items()
     ]
     gt_instances = {cid: 0 for cid in gt.categories}
@@ -240,8 +244,8 @@ def evaluate_results(gt: CocoGroundTruth, results: Any, *, score_thresh: float =
     return EvalResult(
         bbox=bbox,
         segm=segm,
-        confusion=confusion_matrix(matches, gt.categories, iou_thresh=iou_thresh, score_thresh=score_thresh),
-        count_table=count_table(list(gt.images), matches, gt.categories, score_thresh=score_thresh),
+        confusion=confusion_matrix(matches, gt.categories, iou_thresh=iou_thresh, score_thresh=count_thresh),
+        count_table=count_table(list(gt.images), matches, gt.categories, score_thresh=count_thresh),
         categories=dict(gt.categories),
         gt_instances=gt_instances,
         num_images=len(gt.images),
@@ -305,7 +309,7 @@ def instances_to_results(gt: CocoGroundTruth, predictions: Mapping[int, Instance
 
 
 def evaluate_instances(gt: CocoGroundTruth, predictions: Mapping[int, Instances], *,
-                       model_classes: Sequence[str] | None = None, score_thresh: float = 0.5,
+                       model_classes: Sequence[str] | None = None, count_thresh: float = COUNT_THRESH,
                        iou_thresh: float = 0.5) -> EvalResult:
     """Score masklab predictions: ``{image id: Instances}`` (labels matched to dataset names).
 
@@ -316,10 +320,10 @@ def evaluate_instances(gt: CocoGroundTruth, predictions: Mapping[int, Instances]
         model_classes: every class name the model can output (e.g. a Segmenter's categories); used to
             tell "the model's classes share no name with the data" (UsageError) even with no detections.
             Default: the labels present in ``predictions``.
-        score_thresh, iou_thresh: as :func:`evaluate_results`.
+        count_thresh, iou_thresh: as :func:`evaluate_results`.
     """
     conv = instances_to_results(gt, predictions, model_classes=model_classes)
-    return evaluate_results(gt, conv.results, score_thresh=score_thresh, iou_thresh=iou_thresh, notes=conv.notes)
+    return evaluate_results(gt, conv.results, count_thresh=count_thresh, iou_thresh=iou_thresh, notes=conv.notes)
 
 
 def model_class_names(segmenter) -> list[str]:
