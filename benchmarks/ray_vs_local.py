@@ -6,7 +6,7 @@
 
 What is measured (every run writes the same per-image JSON + overlay into its own folder):
 
-- ``local``: ``masklab.engine.batch.run_segment`` in this process, torch using every CPU.
+- ``local``: ``masklab.runs.run_segment`` in this process, torch using every CPU.
 - ``ray wN``: ``run_segment_ray`` with N model actors on one private local Ray (started once; its start
   time is reported apart). Two rates per run: *end to end* (actor start and model load included, what a
   short job sees) and *steady* (after the first result; what a long job converges to).
@@ -73,11 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
     args = ap.parse_args(argv)
 
-    from masklab.engine.batch import run_segment
-    from masklab.engine.distributed import expand_sources, run_segment_ray
-    from masklab.engine.distributed.ray_engine import ray_session
-    from masklab.engine.segmenter import Segmenter
+    from masklab import Segmenter
     from masklab.io.inputs import expand_inputs
+    from masklab.runs import expand_sources, run_segment, run_segment_ray
+    from masklab.runs.ray.cluster import ray_session
+    from masklab.settings import InferenceSettings
 
     with tempfile.TemporaryDirectory(prefix="masklab-bench-ray-") as tmp:
         tmp = Path(tmp)
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 summary = run_segment_ray(
                     expand_sources([str(folder)]),
                     out,
-                    segmenter_kwargs=seg_kwargs,
+                    inference=InferenceSettings(**seg_kwargs),
                     settings={**seg.settings(), "viz": "instance"},
                     writer_kwargs={"viz": ["instance"]},
                     num_workers=n,

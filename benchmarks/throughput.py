@@ -67,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from masklab import Segmenter
-    from masklab.engine.batch import run_segment
     from masklab.io.formats.writer import OutputWriter
     from masklab.io.images import load_image
     from masklab.io.inputs import expand_inputs
+    from masklab.runs import run_segment
 
     with tempfile.TemporaryDirectory(prefix="masklab-bench-") as tmp:
         tmp = Path(tmp)
