@@ -205,13 +205,7 @@ def run_segment_ray(
             todo, settings=inference, address=address, num_cpus=num_cpus, num_workers=num_workers, batch_size=batch_size,
             show=show, writer_kwargs=writer_kwargs, out=out, save_json=save_json, max_pixels=max_pixels,
         )
-    for row in rows:
-        i = int(row["index"])
-        results[i] = ImageResult(items[i], error=str(row["error"]) or None, seconds=float(row["seconds"]),
-                                 counts=json.loads(row["counts"]), n_instances=int(row["instances"]))
-    lost = "no result came back from the Ray job"
-    results = [r or ImageResult(items[i], error=f"{items[i].source}: {lost}") for i, r in enumerate(results)]
-    summary = ledger.summary(results, seconds=time.perf_counter() - t_run)
+    summary = ledger.summary(_merge(items, results, rows), seconds=time.perf_counter() - t_run)
     extra = {
         "engine": "ray",
         "resumed": ledger.resume,
@@ -221,6 +215,18 @@ def run_segment_ray(
     }
     _finish(store, ledger, summary, model_card=model_card, extra=extra, writer_kwargs=writer_kwargs, save_json=save_json)
     return summary
+
+
+def _merge(items: Sequence[InputItem], results: list[ImageResult | None], rows: list[dict[str, Any]]) -> list[ImageResult]:
+    """Every input's result in input order: the earlier run's, the actors' rows, or "no result"."""
+    results = list(results)
+    for row in rows:
+        i = int(row["index"])
+        counts = json.loads(row["counts"])
+        error = str(row["error"]) or None
+        results[i] = ImageResult(items[i], error=error, seconds=float(row["seconds"]), counts=counts, n_instances=int(row["instances"]))
+    lost = "no result came back from the Ray job"
+    return [r or ImageResult(items[i], error=f"{items[i].source}: {lost}") for i, r in enumerate(results)]
 
 
 def _ray_record(plan: WorkerPlan | None, address: str | None, finished_at: list[float]) -> dict[str, Any]:
