@@ -34,14 +34,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from masklab.data import open_dataset
     from masklab.engine.segmenter import configure_threads
-    from masklab.engine.train import _collate, _TorchDataset
     from masklab.models.roi_pool import use_fast_roi_pooling
     from masklab.models.zoo import get_spec
+    from masklab.training.data import TorchDataset, collate
 
     threads = configure_threads()
     with tempfile.TemporaryDirectory() as tmp:
         write_dataset(Path(tmp), n=16 * args.batch_size, size=args.size, seed=0)
-        ds = _TorchDataset(open_dataset(tmp), False)
+        ds = TorchDataset(open_dataset(tmp), False)
         data = [ds[i] for i in range(len(ds))]
     spec = get_spec("small")
     times: dict[str, list[float]] = {"torchvision": [], "dense": []}
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             ts = []
             for i in range(args.steps):
                 k = (i * args.batch_size) % len(data)
-                images, targets = _collate(data[k : k + args.batch_size])
+                images, targets = collate(data[k : k + args.batch_size])
                 t = time.perf_counter()
                 loss = sum(model(list(images), list(targets)).values())
                 opt.zero_grad()

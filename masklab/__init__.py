@@ -6,8 +6,8 @@
 """
 
 from masklab._version import __version__
-from masklab.engine.segmenter import Segmenter
 from masklab.errors import MasklabError
+from masklab.inference import Segmenter
 from masklab.io.images import load_image
 from masklab.models.zoo import MODELS, ModelSpec
 from masklab.structures.instances import Instances

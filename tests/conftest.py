@@ -34,11 +34,11 @@ def v2_weights(tmp_path_factory):
     """Seeded random weights for maskrcnn_resnet50_fpn_v2, saved as a .pth state dict."""
     import torch
 
-    from masklab.models.loading import ModelOptions, build_module
+    from masklab.models.loading import build_module
     from masklab.models.zoo import get_spec
 
     torch.manual_seed(1234)
-    module = build_module(get_spec("maskrcnn_resnet50_fpn_v2"), ModelOptions())
+    module = build_module(get_spec("maskrcnn_resnet50_fpn_v2"))
     path = tmp_path_factory.mktemp("weights") / "v2_random.pth"
     torch.save(module.state_dict(), path)
     return path
@@ -77,12 +77,12 @@ def small_weights(tmp_path_factory):
 
     import torch
 
-    from masklab.models.loading import ModelOptions, build_module
+    from masklab.models.loading import build_module
     from masklab.models.zoo import get_spec
 
     spec = dataclasses.replace(get_spec("small"), categories=("__background__", "a", "b", "c"))
     torch.manual_seed(99)
-    module = build_module(spec, ModelOptions())
+    module = build_module(spec)
     path = tmp_path_factory.mktemp("weights") / "small_random.pth"
     torch.save(module.state_dict(), path)
     return path

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from masklab.models.loading import LoadedModel
+from masklab.models.source import ModelSource
 from masklab.models.zoo import get_spec
 
 CATEGORIES = ("__background__", "a", "b", "c")
@@ -38,7 +39,8 @@ def r18_loaded(*, score_thresh: float = 0.0, max_detections: int = 8, seed: int 
     spec = dataclasses.replace(
         get_spec("small"), name="test_r18", arch="test_resnet18_fpn", categories=CATEGORIES, **SIZES
     )
-    return LoadedModel(spec, module, f"random(seed={seed})")
+    return LoadedModel(spec=spec, card=spec.card(), module=module, weights_source=f"random(seed={seed})",
+                       source=ModelSource("zoo", name=spec.name, weights="random"))
 
 
 _EXPORT_DIR: list = []

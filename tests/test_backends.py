@@ -1,4 +1,4 @@
-"""Every installed backend agrees with the eager fp32 reference (TorchBackend) on a model with
+"""Every installed backend agrees with the eager fp32 reference (TorchRuntime) on a model with
 well-separated outputs; backend selection and its errors.
 
 Reduced precision (bf16) is checked to run and return valid Instances only: on random weights the scores
@@ -17,10 +17,11 @@ from conftest import make_scene
 from speed_models import r18_exports, r18_loaded
 
 from masklab.errors import MissingDependencyError, UsageError
-from masklab.models.backend import TorchBackend
-from masklab.models.backends import converted_path, make_backend
-from masklab.models.backends.torch import TorchFastBackend, _cpu_has_bf16
 from masklab.models.zoo import get_spec
+from masklab.runtime import converted_path, make_runtime
+from masklab.runtime.torch import TorchRuntime
+from masklab.runtime.torch_fast import TorchFastRuntime, _cpu_has_bf16
+from masklab.settings import InferenceSettings
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +29,14 @@ def image():
     return make_scene(170, 230, seed=11)
 
 
+def _runtime(loaded, **settings):
+    """The runtime make_runtime picks for ``loaded`` under these settings, on the CPU."""
+    return make_runtime(loaded, InferenceSettings(model=loaded.spec.name, **settings), device="cpu")
+
+
 @pytest.fixture(scope="module")
 def reference(image):
-    return TorchBackend(r18_loaded().module).predict([image])[0]
+    return TorchRuntime(r18_loaded().module).predict([image])[0]
 
 
 def _assert_same(got, ref):
@@ -43,8 +49,8 @@ def _assert_same(got, ref):
 
 
 def test_torch_fast_fp32_matches_eager(image, reference):
-    backend = TorchFastBackend(r18_loaded().module, precision="fp32")
-    assert backend.name == "torch-cl"
+    backend = TorchFastRuntime(r18_loaded().module, precision="fp32")
+    assert backend.name == "torch-fast" and backend.precision == "fp32"
     _assert_same(backend.predict([image])[0], reference)
 
 
@@ -52,7 +58,7 @@ def test_torch_fast_does_not_change_the_shared_module(image, reference):
     import torch
 
     loaded = r18_loaded()
-    TorchFastBackend(loaded.module)  # channels-last on a copy
+    TorchFastRuntime(loaded.module)  # channels-last on a copy
     w = loaded.module.backbone.body.conv1.weight
     assert w.is_contiguous() and not w.is_contiguous(memory_format=torch.channels_last)
 
@@ -71,7 +77,7 @@ def test_runtime_backend_from_the_model_matches_eager(fmt, image, reference, tmp
     cached.parent.mkdir(parents=True, exist_ok=True)
     for f in exports[fmt].parent.glob(exports[fmt].stem + ".*"):
         shutil.copy(f, cached.with_suffix(f.suffix) if f.suffix in (".xml", ".bin", ".onnx", ".pt") else cached.parent / f.name)
-    backend = make_backend(loaded, backend=fmt, precision="fp32", device="cpu", score_thresh=0.0)
+    backend = _runtime(loaded, backend=fmt, score_thresh=0.0)
     _assert_same(backend.predict([image])[0], reference)
 
 
@@ -93,7 +99,7 @@ def _valid(inst_like, size_hw):
 
 @pytest.mark.skipif(not _cpu_has_bf16(), reason="this CPU has no native bf16")
 def test_torch_bf16_runs_and_returns_valid_instances(image, reference):
-    got = TorchFastBackend(r18_loaded().module, precision="bf16").predict([image])[0]
+    got = TorchFastRuntime(r18_loaded().module, precision="bf16").predict([image])[0]
     assert got.scores.dtype == np.float32 and len(got.scores) == len(reference.scores)
     _valid(got, image.shape[:2])
     assert np.abs(got.scores - reference.scores).max() < 0.05  # same scale: bf16 keeps ~3 significant digits
@@ -111,17 +117,17 @@ def test_torch_bf16_runs_and_returns_valid_instances(image, reference):
 )
 def test_bad_choices_are_clear_errors(backend, precision, match):
     with pytest.raises(UsageError, match=match):
-        make_backend(r18_loaded(), backend=backend, precision=precision, device="cpu")
+        _runtime(r18_loaded(), backend=backend, precision=precision)
 
 
 def test_auto_picks_the_exact_eager_path_on_the_cpu():
     loaded = r18_loaded()
     resnet50 = dataclasses.replace(loaded, spec=dataclasses.replace(loaded.spec, arch=get_spec("maskrcnn_resnet50_fpn_v2").arch))
     for lm in (loaded, resnet50):
-        assert make_backend(lm, backend="auto", device="cpu").name == "torch"  # eager, no conversion
+        assert _runtime(lm, backend="auto").name == "torch"  # eager, no conversion
     if _cpu_has_bf16():  # reduced precision only when asked for, then through autocast
-        fast = make_backend(loaded, backend="auto", precision="bf16", device="cpu")
-        assert fast.name == "torch-cl-bf16" and fast.precision == "bf16"
+        fast = _runtime(loaded, backend="auto", precision="bf16")
+        assert fast.name == "torch-fast" and fast.precision == "bf16"
 
 
 def test_missing_openvino_is_a_clear_error(monkeypatch):
@@ -136,7 +142,7 @@ def test_missing_openvino_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(importlib, "import_module", fake)
     with pytest.raises(MissingDependencyError, match=r"masklab\[openvino\]"):
-        make_backend(r18_loaded(), backend="openvino", device="cpu")
+        _runtime(r18_loaded(), backend="openvino")
 
 
 def test_segmenter_backend_and_precision(small_weights):

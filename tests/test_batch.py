@@ -193,6 +193,7 @@ class _CountingSegmenter:
     and counts how many decoded images exist that inference has not consumed yet."""
 
     spec = get_spec("small")
+    card = spec.card()
 
     def __init__(self):
         self.lock = threading.Lock()

@@ -80,17 +80,17 @@ def test_coco_polygons_crowd_and_noncontiguous_ids(tmp_path):
 def test_training_input_drops_crowd_and_flips_consistently(shapes):
     import torch
 
-    from masklab.engine.train import _augment_fn, _to_model_input
+    from masklab.training.data import augment_transform, to_model_input
 
     ds = open_dataset(shapes)
     s = ds[1]
-    img, tgt = _to_model_input(s, _augment_fn(False))
+    img, tgt = to_model_input(s, augment_transform(False))
     assert img.dtype == torch.float32 and img.shape == (3, 64, 64) and float(img.max()) <= 1.0
     assert tgt["labels"].tolist() == s.target.class_ids.tolist()
     torch.manual_seed(0)
     flips = 0
     for _ in range(6):
-        img2, t2 = _to_model_input(s, _augment_fn(True))
+        img2, t2 = to_model_input(s, augment_transform(True))
         flipped = torch.equal(t2["masks"], torch.from_numpy(s.target.masks[:, :, ::-1].copy()).to(t2["masks"].dtype))
         flips += flipped
         ref = s.target.masks[:, :, ::-1] if flipped else s.target.masks

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from masklab.data.shapes import write_shapes
-from masklab.engine.checkpoint import load_checkpoint
+from masklab.training.checkpoint import load_checkpoint
 
 
 @pytest.mark.slow

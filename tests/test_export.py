@@ -14,7 +14,7 @@ from speed_models import CATEGORIES, r18_exports, r18_loaded
 from masklab import Segmenter
 from masklab.errors import MissingDependencyError, UsageError
 from masklab.export import detect_export_format, read_card
-from masklab.models.backend import TorchBackend
+from masklab.runtime.torch import TorchRuntime
 
 pytestmark = pytest.mark.slow  # one trace + up to three exports per threshold (a few seconds each)
 
@@ -22,7 +22,7 @@ FORMATS = ("torchscript", "onnx", "openvino")
 
 
 def _eager(image: np.ndarray):
-    return TorchBackend(r18_loaded().module).predict([image])[0]
+    return TorchRuntime(r18_loaded().module).predict([image])[0]
 
 
 def _export(fmt: str, score_thresh: float = 0.0):
@@ -66,15 +66,15 @@ def test_export_with_no_detections(fmt):
 def test_exported_file_carries_its_card(fmt):
     path = _export(fmt)
     card = read_card(path)
-    assert card["format"] == fmt
-    assert card["categories"] == list(CATEGORIES)
-    assert card["options"]["max_detections"] == 8 and card["options"]["min_size"] == 160
-    assert card["preprocessing"]["image_mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert card.export_format == fmt
+    assert card.categories == CATEGORIES
+    assert card.max_detections == 8 and card.min_size == 160 and card.proposals == 200 and card.score_thresh == 0.0
+    assert card.image_mean == pytest.approx([0.485, 0.456, 0.406])
     sidecar = json.loads(path.with_name(path.name + ".card.json").read_text())
     assert sidecar["categories"] == list(CATEGORIES)
     seg = Segmenter(path, device="cpu", score_thresh=0.0)
     assert seg.spec.categories == CATEGORIES
-    assert seg.backend.name in ("torchscript", "onnxruntime", "openvino")
+    assert seg.runtime.name in ("torchscript", "onnx", "openvino")
 
 
 def test_exported_file_refuses_options_it_cannot_honour():
@@ -108,8 +108,8 @@ def test_cli_export_then_segment(tmp_path, small_weights):
     assert code == 0
     card = read_card(out)
     # a state dict holds no class names: the card has what Segmenter(weights) would show
-    assert card["categories"] == ["__background__", "class_1", "class_2", "class_3"]
-    assert card["options"]["max_size"] == 128 and card["options"]["max_detections"] == 5
+    assert card.categories == ("__background__", "class_1", "class_2", "class_3")
+    assert card.max_size == 128 and card.max_detections == 5 and card.score_thresh == 0.0
     image = make_scene(100, 130, seed=1)
     ref = Segmenter(small_weights, device="cpu", score_thresh=0.0, min_size=96, max_size=128, max_detections=5,
                     backend="torch").predict([image])[0]

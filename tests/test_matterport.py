@@ -26,10 +26,10 @@ from PIL import Image
 
 from masklab.errors import UsageError, WeightsMismatchError
 from masklab.models.matterport import MatterportConfig, MatterportMaskRCNN, ops
-from masklab.models.matterport.backend import MatterportBackend
 from masklab.models.matterport.h5 import is_matterport_h5, keras_to_state_dict, read_keras_weights
 from masklab.models.matterport.network import _same_maxpool_3x3_s2
 from masklab.models.matterport.preprocess import mold_image, zoom_linear
+from masklab.models.matterport.runtime import MatterportRuntime
 
 REF = Path(__file__).parent / "data" / "mrcnn_ref"
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,32 +233,34 @@ def test_h5_subset_round_trip_and_clear_refusals(tmp_path):
     sig["conv1"] = {"conv1/kernel:0": np.zeros((3, 3, 3, 64), np.float32), "conv1/bias:0": np.zeros(64, np.float32)}
     bad = _write_h5(tmp_path / "bad_shape.h5", sig)
     assert is_matterport_h5(bad)
-    from masklab.models.loading import ModelOptions, resolve
+    from masklab.models.loading import load_model
+    from masklab.settings import InferenceSettings
 
     with pytest.raises(WeightsMismatchError, match=r"conv1.*expected shape \(64, 3, 7, 7\).*found \(64, 3, 3, 3\)"):
-        resolve(bad, weights=None, opts=ModelOptions())
+        load_model(InferenceSettings(model=bad))
     with pytest.raises(WeightsMismatchError, match="HDF5 file without matterport's layers"):
-        resolve("matterport_r101_coco", weights=path, opts=ModelOptions())
+        load_model(InferenceSettings(model="matterport_r101_coco", weights=path))
     not_h5 = tmp_path / "fake.h5"
     not_h5.write_bytes(b"not an hdf5 file at all")
     with pytest.raises(WeightsMismatchError, match="not an HDF5 file"):
-        resolve("matterport_r101_coco", weights=not_h5, opts=ModelOptions())
+        load_model(InferenceSettings(model="matterport_r101_coco", weights=not_h5))
     with pytest.raises(UsageError, match="cannot use"):
-        resolve(not_h5, weights=None, opts=ModelOptions())
+        load_model(InferenceSettings(model=not_h5))
     with pytest.raises(WeightsMismatchError, match="HDF5 file but not matterport's"):
-        resolve(path, weights=None, opts=ModelOptions())
+        load_model(InferenceSettings(model=path))
 
 
 def test_unknown_weights_without_a_published_hash_are_not_downloaded(monkeypatch):
     from masklab.errors import WeightsUnavailableError
-    from masklab.models.loading import ModelOptions, resolve
+    from masklab.models.loading import load_model
     from masklab.models.zoo import MODELS
+    from masklab.settings import InferenceSettings
 
     spec = MODELS["matterport_r101_coco"]
     assert spec.num_classes == 81 and spec.categories[0] == "BG" and spec.class_names[1] == "person"
     assert spec.published["box_ap"] == 34.7 and spec.license == "MIT" and spec.max_size == 1024
     with pytest.raises(WeightsUnavailableError, match="releases/download/v2.0/mask_rcnn_coco.h5"):
-        resolve("matterport_r101_coco", weights=None, opts=ModelOptions())
+        load_model(InferenceSettings(model="matterport_r101_coco"))
 
 
 # -- the whole graph against the reference (slow: 257 MB of weights, ResNet-101 at 1024x1024) --------
@@ -284,7 +286,7 @@ def reference_run(rule_h5, tmp_path_factory):
         mp.setenv("MASKLAB_HOME", str(tmp_path_factory.getbasetemp() / "masklab-home"))
         mp.setenv("MASKLAB_OFFLINE", "1")
         seg = Segmenter(rule_h5, device="cpu", score_thresh=0.0)
-    assert isinstance(seg.backend, MatterportBackend) and seg.spec.name == "matterport_r101_coco"
+    assert isinstance(seg.backend, MatterportRuntime) and seg.spec.name == "matterport_r101_coco"
     assert seg.backend.module.config.DETECTION_MIN_CONFIDENCE == 0.0  # score_thresh sets it
     return seg, seg.backend.run(_input_image())
 
@@ -340,8 +342,9 @@ def test_h5_weights_land_in_torch_layout(reference_run):
 
 @pytest.mark.slow
 def test_second_load_comes_from_the_safetensors_cache(rule_h5, reference_run, monkeypatch):
-    from masklab.models.loading import ModelOptions, resolve
+    from masklab.models.loading import load_model
     from masklab.models.matterport import entry
+    from masklab.settings import InferenceSettings
 
     seg, _ = reference_run
     assert entry.converted_path(rule_h5).is_file()
@@ -350,7 +353,7 @@ def test_second_load_comes_from_the_safetensors_cache(rule_h5, reference_run, mo
         raise AssertionError("the .h5 was parsed again")
 
     monkeypatch.setattr(entry, "load_h5_weights", no_h5)
-    again = resolve(rule_h5, weights=None, opts=ModelOptions(score_thresh=0.0)).module.state_dict()
+    again = load_model(InferenceSettings(model=rule_h5, score_thresh=0.0)).module.state_dict()
     first = seg.backend.module.state_dict()
     assert again.keys() == first.keys()
     assert all(torch.equal(again[k], first[k]) for k in first if not k.endswith("num_batches_tracked"))
@@ -479,7 +482,7 @@ def small_backend(reference_run):
     seg, _ = reference_run
     module = MatterportMaskRCNN(MatterportConfig(IMAGE_MIN_DIM=200, IMAGE_MAX_DIM=256))
     module.load_state_dict(seg.backend.module.state_dict())
-    return MatterportBackend(module.eval())
+    return MatterportRuntime(module.eval())
 
 
 @pytest.fixture(scope="module")

@@ -139,11 +139,9 @@ def runs(ray_local, folder, small_weights, tmp_path_factory):
     from masklab.io.inputs import expand_inputs
     from masklab.runs import run_segment, run_segment_ray
 
-    threads_before = torch.get_num_threads()  # Segmenter sets torch's process-wide count; restored below
+    threads_before = torch.get_num_threads()  # threads=1 sets torch's process-wide count; restored below
     seg_kwargs = {"model": str(small_weights), **SEG}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MASKLAB_NUM_THREADS", "1")  # as each Ray actor below (1 CPU each)
-        seg = Segmenter(**seg_kwargs)
+    seg = Segmenter(**seg_kwargs, threads=1)  # as each Ray actor below (1 CPU each)
     local_out = tmp_path_factory.mktemp("local-out")
     local = run_segment(expand_inputs([str(folder)]), local_out, seg, viz="instance", progress=False)
     ray_out = tmp_path_factory.mktemp("ray-out")

@@ -81,8 +81,8 @@ def test_use_fast_roi_pooling_swaps_the_poolers_of_a_model():
 
 
 def test_training_builds_the_model_with_the_fast_poolers():
-    from masklab.engine.train import _build
     from masklab.models.zoo import get_spec
+    from masklab.training.model import build_model
 
-    module = _build(get_spec("small"))
+    module = build_model(get_spec("small"))
     assert type(module.roi_heads.mask_roi_pool) is FastMultiScaleRoIAlign

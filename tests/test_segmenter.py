@@ -132,4 +132,4 @@ def test_default_score_threshold_comes_from_the_model_entry(v2_weights):
     assert line.split()[-1] == "0.5"
     # The tutorial's weights keep the tutorial's DETECTION_MIN_CONFIDENCE.
     assert MODELS["matterport_r101_coco"].score_thresh == 0.7
-    assert MODELS["matterport_r101_coco"].card()["score_thresh"] == 0.7
+    assert MODELS["matterport_r101_coco"].card().score_thresh == 0.7

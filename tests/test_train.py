@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from masklab.data.shapes import write_shapes
-from masklab.engine.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
-from masklab.engine.train import TrainConfig, parse_duration, parse_freeze, read_metrics, train
 from masklab.errors import UsageError
+from masklab.training import TrainConfig, parse_duration, parse_freeze, read_metrics, train
+from masklab.training.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 
 # 64-px images, 2 of them, one batch per epoch: each "epoch" is one optimizer step (CPU-cheap).
 TINY = {"model": "small", "init": "scratch", "min_size": 64, "max_size": 64, "batch_size": 2, "warmup_steps": 1,
@@ -27,9 +27,13 @@ def tiny_shapes(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
+def _one_thread():
     # One thread: the same arithmetic order in both runs of the resume test, and kinder to a shared CPU.
-    monkeypatch.setenv("MASKLAB_NUM_THREADS", "1")
+    # (Entry points such as `masklab train` set the thread count; the library leaves it as it finds it.)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_parse_duration_and_freeze():
@@ -62,7 +66,10 @@ def test_losses_fall_and_run_dir_is_a_model(tiny_shapes, tmp_path):
     card = json.loads((run / "model.json").read_text())
     assert card["categories"] == ["__background__", "square", "circle", "triangle"]
     assert (card["min_size"], card["max_size"]) == (64, 64)
-    assert (run / card["weights"]).is_file()
+    assert card["format"] == "masklab-model-card/2"
+    assert (run / card["weights"]["file"]).is_file() and card["weights"]["storage"] == "float32"
+    assert card["metrics"]["dataset"] == str(tiny_shapes / "val") and card["metrics"]["mask_ap"] is not None
+    assert card["trained"]["epochs"] == 6 and card["trained"]["steps"] == 6 and card["base_model"] == "small"
     png = (run / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     # A run directory is a model: the card gives classes and preprocessing, the weights load.
@@ -73,10 +80,12 @@ def test_losses_fall_and_run_dir_is_a_model(tiny_shapes, tmp_path):
     for k, v in seg.loaded.module.state_dict().items():
         assert torch.equal(v, best[k]), k
     # A packaged copy (fp16 storage + card next to it) loads back into an fp32 module.
-    from masklab.engine.train import package_model
+    from masklab.training import package_model
 
-    packed = package_model(run, tmp_path / "pack" / "tiny.safetensors")
-    assert json.loads(packed.with_suffix(".json").read_text())["storage"] == "float16"
+    packed = package_model(run, tmp_path / "pack" / "tiny.safetensors", command="masklab train --package ...")
+    packed_card = json.loads(packed.with_suffix(".json").read_text())
+    assert packed_card["weights"] == {"file": "tiny.safetensors", "storage": "float16"}
+    assert packed_card["packaged_with"] == "masklab train --package ..." and packed_card["metrics"] == card["metrics"]
     seg16 = Segmenter(str(packed), device="cpu")
     assert seg16.spec.categories == tuple(card["categories"])
     for k, v in seg16.loaded.module.state_dict().items():
@@ -90,13 +99,13 @@ def test_losses_fall_and_run_dir_is_a_model(tiny_shapes, tmp_path):
 
 @pytest.mark.slow
 def test_resume_continues_exactly(tiny_shapes, tmp_path, monkeypatch):
-    import masklab.engine.train as tr
+    import masklab.training.trainer as tr
 
     base = {"data": str(tiny_shapes / "train"), "val": None, "epochs": 4, **TINY}
-    straight = train(TrainConfig(out=str(tmp_path / "a"), **base), progress=False)
+    straight = train(TrainConfig(out=str(tmp_path / "a"), **base), progress=False, threads=1)
     assert straight.step == 4
     # The same run, killed when its third epoch starts (after the epoch-2 checkpoint) ...
-    real = tr._epoch_batches
+    real = tr.epoch_batches
 
     def killed_at_epoch_2(n, *, epoch, **kw):
         if epoch == 2:
@@ -105,12 +114,12 @@ def test_resume_continues_exactly(tiny_shapes, tmp_path, monkeypatch):
 
     cfg_b = TrainConfig(out=str(tmp_path / "b"), **base)
     with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
-        m.setattr(tr, "_epoch_batches", killed_at_epoch_2)
-        train(cfg_b, progress=False)
+        m.setattr(tr, "epoch_batches", killed_at_epoch_2)
+        train(cfg_b, progress=False, threads=1)
     _, state2 = load_checkpoint(tmp_path / "b")
     assert (state2["step"], state2["epoch"]) == (2, 2)
     # ... and resumed: it must end exactly where the uninterrupted run ended.
-    resumed = train(cfg_b, resume=True, progress=False)
+    resumed = train(cfg_b, resume=True, progress=False, threads=1)
     assert resumed.step == 4 and resumed.epoch == 4
     wa, sa = load_checkpoint(tmp_path / "a")
     wb, sb = load_checkpoint(tmp_path / "b")
@@ -129,7 +138,7 @@ def test_resume_errors(tiny_shapes, tmp_path):
     cfg = TrainConfig(data=str(tiny_shapes / "train"), out=str(tmp_path / "nothing"), epochs=1, **TINY)
     with pytest.raises(UsageError, match="no checkpoint"):
         train(cfg, resume=True, progress=False)
-    from masklab.engine.train import load_settings
+    from masklab.training import load_settings
 
     with pytest.raises(UsageError, match="no such run directory"):
         load_settings(tmp_path / "missing")
@@ -140,7 +149,7 @@ def _fake_state(value: float):
 
 
 def test_checkpoint_crash_mid_save_keeps_previous(tmp_path, monkeypatch):
-    import masklab.engine.checkpoint as ck
+    import masklab.training.checkpoint as ck
 
     save_checkpoint(tmp_path, model_state=_fake_state(1.0), state={"optimizer": {"lr": 0.1}, "epoch": 1}, step=10, which=("last", "best"))
 
@@ -165,7 +174,7 @@ def test_checkpoint_crash_mid_save_keeps_previous(tmp_path, monkeypatch):
 
 
 def test_checkpoint_crash_between_files_keeps_pair(tmp_path, monkeypatch):
-    import masklab.engine.checkpoint as ck
+    import masklab.training.checkpoint as ck
 
     save_checkpoint(tmp_path, model_state=_fake_state(1.0), state={"epoch": 1}, step=1)
 
@@ -182,7 +191,7 @@ def test_checkpoint_crash_between_files_keeps_pair(tmp_path, monkeypatch):
 def test_rng_state_round_trip():
     import random
 
-    from masklab.engine.checkpoint import rng_state, set_rng_state
+    from masklab.training.checkpoint import rng_state, set_rng_state
 
     s = rng_state()
     a = (torch.rand(3), np.random.rand(3), random.random())
@@ -204,14 +213,14 @@ def test_coco_init_replaces_class_heads(monkeypatch, tmp_path, v2_weights):
     """--init coco keeps every COCO tensor except the class-specific predictors (fake 'published' file)."""
     import dataclasses
 
-    import masklab.models.weights as mw
-    from masklab.engine.train import _build, _init_weights, _spec_for
+    import masklab.training.model as tm
+    from masklab.training.model import build_model, init_weights, train_spec
 
-    monkeypatch.setattr(mw, "ensure_weights", lambda spec, **k: v2_weights)
+    monkeypatch.setattr(tm, "ensure_weights", lambda spec, **k: v2_weights)
     cfg = TrainConfig(data="x", out=str(tmp_path / "r"), epochs=1, init="coco", model="maskrcnn_resnet50_fpn_v2")
-    spec = dataclasses.replace(_spec_for(cfg, ("a", "b")), min_size=64, max_size=64)
-    module = _build(spec)
-    note = _init_weights(module, cfg, spec)
+    spec = dataclasses.replace(train_spec(cfg, ("a", "b")), min_size=64, max_size=64)
+    module = build_model(spec)
+    note = init_weights(module, cfg, spec)
     assert "heads replaced" in note
     coco = torch.load(v2_weights, weights_only=True)
     sd = module.state_dict()
@@ -264,14 +273,57 @@ def test_demo_falls_back_to_the_shipped_shapes_model(tmp_path, capsys):
 def test_freeze_modes(mode, trains, frozen):
     import dataclasses
 
-    from masklab.engine.train import _apply_freeze, _build
     from masklab.models.zoo import get_spec
+    from masklab.training.model import apply_freeze, build_model
 
-    module = _build(dataclasses.replace(get_spec("small"), categories=("__background__", "a")))
+    module = build_model(dataclasses.replace(get_spec("small"), categories=("__background__", "a")))
     module.train()
-    _apply_freeze(module, mode)
+    apply_freeze(module, mode)
     params = dict(module.named_parameters())
     assert all(params[k].requires_grad for k in trains)
     assert not any(params[k].requires_grad for k in frozen)
     bn = module.backbone.body["0"][1]  # the stem's BatchNorm: statistics frozen with the trunk
     assert bn.training == (mode == "none")
+
+
+def test_trained_card_round_trip_and_old_cards(tmp_path):
+    """model.json is a masklab-model-card/2 ModelCard; a run folder from before (card /1) still gives its
+    score back on --resume, and packages as a /2 card with the same weights and score."""
+    from safetensors.torch import save_file
+
+    from masklab.models.card import ModelCard
+    from masklab.models.zoo import get_spec
+    from masklab.training.model import train_spec
+    from masklab.training.run_dir import card_metrics, package_model, trained_card, write_card
+
+    cfg = TrainConfig(data="d/train", val="d/val", out=str(tmp_path / "run"), model="small", epochs=1, command="masklab train ...")
+    spec = train_spec(cfg, ("a", "b"))
+    score = {"box_ap": 0.5, "box_ap50": 0.75, "mask_ap": 0.25, "mask_ap50": None}
+    card = trained_card(cfg, spec, "checkpoints/step-0000003.safetensors", score, step=3, epoch=1)
+    run = tmp_path / "run"
+    run.mkdir()
+    write_card(run, card)
+    doc = json.loads((run / "model.json").read_text())
+    assert doc["format"] == "masklab-model-card/2" and doc["categories"] == ["__background__", "a", "b"]
+    assert doc["score_thresh"] == get_spec("small").score_thresh
+    back = ModelCard.from_json(doc)
+    assert back == card and back.metrics == {"dataset": "d/val", **score}
+    assert back.trained == {"data": "d/train", "init": "coco", "epochs": 1, "steps": 3, "command": "masklab train ..."}
+    assert card_metrics(run) == score
+    # A run written before card /2: its score comes back, and it packages.
+    old = tmp_path / "old"
+    (old / "checkpoints").mkdir(parents=True)
+    save_file({"w": torch.ones(2, 2)}, str(old / "checkpoints" / "step-0000002.safetensors"))
+    (old / "model.json").write_text(json.dumps({
+        "format": "masklab-model-card/1", "name": "old", "arch": spec.arch, "categories": ["__background__", "a"],
+        "num_classes": 2, "min_size": 64, "max_size": 64, "weights": "checkpoints/step-0000002.safetensors",
+        "score": {"dataset": "v", "mask_ap": 0.125}, "trained": {"data": "t", "init": "scratch", "epochs": 2, "steps": 2, "command": ""},
+    }))
+    assert card_metrics(old) == {"mask_ap": 0.125}
+    packed = package_model(old, tmp_path / "pack" / "old.safetensors", fp16=False)
+    pdoc = json.loads(packed.with_suffix(".json").read_text())
+    assert pdoc["format"] == "masklab-model-card/2" and pdoc["weights"] == {"file": "old.safetensors", "storage": "float32"}
+    assert pdoc["metrics"] == {"dataset": "v", "mask_ap": 0.125} and pdoc["min_size"] == 64
+    without_score = trained_card(cfg, spec, "x.safetensors", None, step=1, epoch=1)
+    write_card(run, without_score)
+    assert card_metrics(run) is None

@@ -136,7 +136,9 @@ def test_plot_shows_the_overlay_inline():
 
     img = make_scene(120, 160)
     inst = _scene_instances()
-    ax = inst.plot(img, style="semantic")
+    from masklab.visualize import plot
+
+    ax = plot(img, inst, style="semantic")
     assert (ax.get_images()[0].get_array() == get_visualizer("semantic").annotate(img, inst)).all()
     plt.close("all")
 

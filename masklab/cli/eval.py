@@ -78,7 +78,7 @@ def run(args) -> int:
         settings["predictions"] = str(args.predictions)
         notes: list[str] = []
     else:
-        from masklab.engine.segmenter import Segmenter
+        from masklab.inference.segmenter import Segmenter
 
         seg = Segmenter(args.model, weights=args.weights, device=args.device, score_thresh=args.score_thresh,
                         min_size=args.min_size, max_size=args.max_size)

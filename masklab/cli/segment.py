@@ -182,7 +182,8 @@ def _segment_videos(args, videos, seg, viz: tuple[str, ...] | None, progress: bo
 
 
 def run(args) -> int:
-    from masklab.runs._pending import build_segmenter, configure_threads
+    from masklab import Segmenter
+    from masklab.inference.threads import configure_threads
     from masklab.runs.ray.command import check_ray_args, segment_on_ray
     from masklab.settings import InferenceSettings
 
@@ -198,6 +199,6 @@ def run(args) -> int:
     if args.engine == "ray":  # the actors build the model; this process builds none
         return _report(segment_on_ray(args, items, settings, writer_kwargs=writer_kwargs, progress=progress), len(items), args.out)
     configure_threads()
-    seg = build_segmenter(settings)
+    seg = Segmenter(settings=settings)
     code = _segment_images(args, items, seg, writer_kwargs, progress) if items else 0
     return max(code, _segment_videos(args, videos, seg, tuple(writer_kwargs["viz"]) or None, progress))

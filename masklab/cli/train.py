@@ -56,8 +56,10 @@ _OVERRIDABLE = ("epochs", "time_budget_s", "max_steps", "patience")
 def run(args) -> int:
     from dataclasses import replace
 
-    from masklab.engine.train import TrainConfig, load_settings, package_model, parse_duration, train
+    from masklab.engine.segmenter import configure_threads
     from masklab.errors import UsageError
+    from masklab.training import TrainConfig, load_settings, package_model, parse_duration, train
+    from masklab.training.ddp import world_size_from_env
 
     command = "masklab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if args.package:
@@ -73,6 +75,8 @@ def run(args) -> int:
         "device": args.device, "amp": args.amp, "workers": args.workers, "seed": args.seed,
     }
     given = {k: v for k, v in given.items() if v is not None}  # None = not typed: defaults live in TrainConfig
+    if world_size_from_env() <= 1:  # under torchrun, its OMP_NUM_THREADS shares the CPUs between processes
+        configure_threads()
     if args.resume:
         cfg = load_settings(args.resume)
         clash = {k: v for k, v in given.items() if k not in _OVERRIDABLE and k != "out" and getattr(cfg, k) != v}

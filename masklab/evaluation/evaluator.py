@@ -323,7 +323,7 @@ def evaluate_instances(gt: CocoGroundTruth, predictions: Mapping[int, Instances]
 
 
 def model_class_names(segmenter) -> list[str]:
-    """The class names a :class:`~masklab.engine.segmenter.Segmenter` can output (no background/"N/A")."""
+    """The class names a :class:`~masklab.inference.segmenter.Segmenter` can output (no background/"N/A")."""
     return [c for c in segmenter.spec.categories if c not in ("__background__", "N/A", "BG")]
 
 

@@ -1,32 +1,19 @@
-"""Export a Mask R-CNN to ONNX, OpenVINO IR or TorchScript, carrying its model card.
-
-    >>> from masklab.export import export_model                    # doctest: +SKIP
-    >>> export_model("maskrcnn_resnet50_fpn_v2", fmt="openvino", out="v2.xml")
-    >>> Segmenter("v2.xml")                                        # same outputs as the original
-
-What is exported is the *tensor core* (:mod:`masklab.export.core`): image float32 (3, H, W) in [0, 1] of
-any size -> boxes, scores, labels, 28x28 mask probabilities (N may be 0). Masks are pasted outside with
-:func:`masklab.structures.masks.paste_masks`, the same code every backend uses. Inference options
-(score threshold, NMS, detections per image, input resize, proposals) are baked in at export time and
-recorded in the card.
-
-Where the card lives: ONNX ``metadata_props["masklab.card"]``; OpenVINO ``rt_info["masklab"]["card"]``;
-TorchScript the archive's extra file ``masklab_card.json``. A ``FILE.card.json`` sidecar is written next
-to every export too, for people and other languages.
-"""
-
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
-from typing import Any
 
-from masklab.errors import MissingDependencyError, UsageError
+from masklab._version import __version__
+from masklab.errors import UsageError
 from masklab.io.atomic import atomic_write, atomic_write_bytes, atomic_write_json
+from masklab.models.card import ModelCard
+from masklab.models.exported import CARD_KEY, FORMATS, TS_CARD_FILE, detect_export_format, read_card
+from masklab.models.loading import LoadedModel, load_model
+from masklab.optional import require
+from masklab.settings import InferenceSettings
 
 __all__ = [
     "FORMATS",
@@ -38,69 +25,38 @@ __all__ = [
     "detect_export_format",
     "read_card",
     "require",
-    "options_from_card",
 ]
 
-#: format name -> file suffix.
-FORMATS = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".pt"}
-CARD_KEY = "masklab.card"
-_TS_CARD_FILE = "masklab_card.json"
-CARD_VERSION = 1
-_EXTRA = {"onnx": "masklab[onnx]", "openvino": "masklab[openvino]", "onnxruntime": "masklab[onnx]"}
+#: what the exported core returns, for the card's readers (people and other languages)
+_OUTPUTS = {
+    "boxes": "float32 (N, 4) xyxy in pixels of the input image",
+    "scores": "float32 (N,) in [0, 1], descending",
+    "labels": "int64 (N,) class ids, index into categories",
+    "mask_probs": "float32 (N, 1, 28, 28) mask probabilities inside each box; paste with "
+    "masklab.structures.masks.paste_masks (padding 1, threshold mask_threshold)",
+}
 
 
-def require(module: str):
-    """Import an optional dependency, or raise :class:`MissingDependencyError` naming the pip line."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        extra = _EXTRA.get(module.split(".")[0], module)
-        raise MissingDependencyError(
-            f"{module} is not installed; install it with: pip install '{extra}'"
-        ) from None
-
-
-def model_card(loaded, *, mask_threshold: float = 0.5) -> dict[str, Any]:
-    """The card an exported file carries: the zoo entry's card + the baked options + preprocessing."""
-    from masklab import __version__
-
+def model_card(loaded: LoadedModel, *, mask_threshold: float = 0.5) -> ModelCard:
+    """The card an exported file carries: the model's card with the options read back from the built
+    module (what is baked in), its normalisation, and the outputs' description."""
     m = loaded.module
-    card = loaded.spec.card()
-    t = m.transform
-    rh = m.roi_heads
-    card.update(
-        {
-            "masklab_card_version": CARD_VERSION,
-            "masklab_version": __version__,
-            "source_weights": loaded.weights_source,
-            "options": {
-                "score_thresh": float(rh.score_thresh),
-                "nms_thresh": float(rh.nms_thresh),
-                "max_detections": int(rh.detections_per_img),
-                "min_size": int(t.min_size[0]),
-                "max_size": int(t.max_size),
-                "rpn_post_nms_top_n": int(m.rpn._post_nms_top_n["testing"]),
-            },
-            "preprocessing": {
-                "input": "image float32 (3, H, W), RGB, uint8 / 255 in [0, 1], any H and W",
-                "inside_the_model": "normalise with image_mean/image_std, resize shorter side to min_size "
-                "(longer side at most max_size), pad to a multiple of 32",
-                "image_mean": [float(v) for v in t.image_mean],
-                "image_std": [float(v) for v in t.image_std],
-            },
-            "outputs": {
-                "boxes": "float32 (N, 4) xyxy in pixels of the input image",
-                "scores": "float32 (N,) in [0, 1], descending",
-                "labels": "int64 (N,) class ids, index into categories",
-                "mask_probs": "float32 (N, 1, 28, 28) mask probabilities inside each box; paste with "
-                "masklab.structures.masks.paste_masks (padding 1, threshold mask_threshold)",
-            },
-            "mask_threshold": float(mask_threshold),
-        }
+    t, rh = m.transform, m.roi_heads
+    return loaded.card.replace(
+        score_thresh=float(rh.score_thresh),
+        nms_thresh=float(rh.nms_thresh),
+        max_detections=int(rh.detections_per_img),
+        proposals=int(m.rpn._post_nms_top_n["testing"]),
+        min_size=int(t.min_size[0]),
+        max_size=int(t.max_size),
+        image_mean=tuple(float(v) for v in t.image_mean),
+        image_std=tuple(float(v) for v in t.image_std),
+        mask_threshold=float(mask_threshold),
+        weights=None,
+        source_weights=loaded.weights_source,
+        outputs=dict(_OUTPUTS),
+        masklab_version=__version__,
     )
-    return card
 
 
 def _example_image(h: int, w: int):
@@ -192,7 +148,7 @@ def _export_torchscript(traced, out: Path, card: dict) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still the portable format
-        atomic_write(out, lambda f: torch.jit.save(traced, f, _extra_files={_TS_CARD_FILE: json.dumps(card)}))
+        atomic_write(out, lambda f: torch.jit.save(traced, f, _extra_files={TS_CARD_FILE: json.dumps(card)}))
 
 
 def export_loaded(
@@ -214,7 +170,7 @@ def export_loaded(
     if fmt == "openvino":
         require("openvino")
     out.parent.mkdir(parents=True, exist_ok=True)
-    card = model_card(loaded)
+    card = model_card(loaded).replace(export_format=fmt).to_json()
     traced, example = traced if traced is not None else trace_core(loaded.module, example_hw=example_hw)
     if fmt == "onnx":
         _export_onnx(traced, example, out, card)
@@ -227,76 +183,18 @@ def export_loaded(
 
 
 def export_model(
-    model: str | os.PathLike,
+    model: str | os.PathLike | None = None,
     *,
     fmt: str,
     out: str | os.PathLike,
     weights: str | os.PathLike | None = None,
-    options=None,
+    settings: InferenceSettings | None = None,
 ) -> Path:
-    """Build ``model`` (a name or weights file; ``weights`` as for :class:`~masklab.Segmenter`) with
-    ``options`` (:class:`~masklab.models.loading.ModelOptions`, baked in) and export it."""
-    from masklab.models.loading import ModelOptions, resolve
-
-    loaded = resolve(model, weights=weights, opts=options or ModelOptions())
-    return export_loaded(loaded, fmt=fmt, out=out)
-
-
-def _is_torchscript_archive(path: Path) -> bool:
-    """TorchScript archives hold a ``code/`` folder; ``torch.save`` state dicts do not."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any("/code/" in n or n.startswith("code/") for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
-def detect_export_format(path: str | os.PathLike) -> str | None:
-    """``"onnx"``, ``"openvino"`` or ``"torchscript"`` for an exported file, None otherwise (by content for
-    ``.pt``, which may also be a plain state dict)."""
-    p = Path(path)
-    if not p.is_file():
-        return None
-    if p.suffix == ".onnx":
-        return "onnx"
-    if p.suffix == ".xml":
-        return "openvino"
-    if p.suffix in (".pt", ".pth") and _is_torchscript_archive(p):
-        return "torchscript"
-    return None
-
-
-def read_card(path: str | os.PathLike) -> dict[str, Any]:
-    """The model card stored inside an exported file (see the module docstring for where)."""
-    p = Path(path)
-    fmt = detect_export_format(p)
-    if fmt == "onnx":
-        onnx = require("onnx")
-        proto = onnx.load(str(p), load_external_data=False)
-        props = {e.key: e.value for e in proto.metadata_props}
-        text = props.get(CARD_KEY)
-    elif fmt == "openvino":
-        ov = require("openvino")
-        model = ov.Core().read_model(str(p))
-        text = model.get_rt_info(["masklab", "card"]).astype(str) if model.has_rt_info(["masklab", "card"]) else None
-    elif fmt == "torchscript":
-        with zipfile.ZipFile(p) as z:
-            names = [n for n in z.namelist() if n.endswith("extra/" + _TS_CARD_FILE)]
-            text = z.read(names[0]).decode() if names else None
-    else:
-        raise UsageError(f"{p} is not an exported masklab model (.onnx, .xml or TorchScript .pt)")
-    if text is None:
-        raise UsageError(f"{p} is a {fmt} file without a masklab model card; export it with `masklab export`")
-    card = json.loads(text)
-    if card.get("masklab_card_version") != CARD_VERSION:
-        raise UsageError(f"{p}: model card version {card.get('masklab_card_version')!r}, this masklab reads {CARD_VERSION}")
-    card["format"] = fmt
-    return card
-
-
-def options_from_card(card: dict):
-    """The :class:`~masklab.models.loading.ModelOptions` an export baked in."""
-    from masklab.models.loading import ModelOptions
-
-    return ModelOptions(**card["options"])
-
+    """Build a model and export it, its ``settings``' options baked in. ``model``/``weights`` as for
+    :class:`~masklab.Segmenter` (they override ``settings.model``/``settings.weights``)."""
+    s = settings or InferenceSettings()
+    if model is not None:
+        s = s.replace(model=os.fspath(model))
+    if weights is not None:
+        s = s.replace(weights=os.fspath(weights))
+    return export_loaded(load_model(s), fmt=fmt, out=out)

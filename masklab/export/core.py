@@ -68,10 +68,10 @@ def TensorCore(model):  # noqa: N802 - a factory that reads like the class it bu
 
 
 def core_to_detections(out: CoreOutputs, size_hw: tuple[int, int], *, mask_threshold: float = 0.5):
-    """Paste the core's 28x28 masks into the image and return :class:`~masklab.models.backend.Detections`."""
+    """Paste the core's 28x28 masks into the image and return :class:`~masklab.runtime.torch.Detections`."""
     import torch
 
-    from masklab.models.backend import Detections
+    from masklab.structures.detections import Detections
     from masklab.structures.masks import paste_masks
 
     boxes = np.asarray(out.boxes, np.float32).reshape(-1, 4)

@@ -52,11 +52,12 @@ class ModelCard:
 
     Attributes:
         name, arch: what users call it; the architecture family that builds and recognises it.
-        categories: index = class id; ``"__background__"`` at 0; ``"N/A"`` marks unused ids.
+        categories: index = class id; the background at 0 (``"__background__"``, matterport's ``"BG"``);
+            ``"N/A"`` marks unused ids.
         min_size, max_size: input resize in pixels (shorter side to ``min_size``, longer at most ``max_size``).
         image_mean, image_std: RGB normalisation applied inside the model to uint8/255 input in [0, 1].
-        score_thresh, nms_thresh, max_detections, proposals: post-processing defaults (baked in, for an
-            exported file: ``export_format`` is then set and they cannot be changed at run time).
+        score_thresh, nms_thresh, max_detections, proposals: post-processing defaults; None = the
+            architecture's (its zoo entry's). For an exported file they are baked in (``export_format`` is set).
         mask_threshold: probability at which 28x28 mask predictions become pixels.
         weights: where the weights are, or None (random or inside an exported file).
         metrics: accuracy, e.g. ``{"box_ap": 47.4, "mask_ap": 41.8, "dataset": "COCO val2017"}`` (zoo: percent;
@@ -75,10 +76,11 @@ class ModelCard:
     max_size: int = 1333
     image_mean: tuple[float, ...] = IMAGENET_MEAN
     image_std: tuple[float, ...] = IMAGENET_STD
-    score_thresh: float = 0.5
-    nms_thresh: float = 0.5
-    max_detections: int = 100
-    proposals: int = 1000
+    # None: the architecture's default (its zoo entry, :class:`~masklab.models.zoo.ModelSpec`)
+    score_thresh: float | None = None
+    nms_thresh: float | None = None
+    max_detections: int | None = None
+    proposals: int | None = None
     mask_threshold: float = 0.5
     weights: WeightsRef | None = None
     metrics: dict = field(default_factory=dict)
@@ -97,8 +99,8 @@ class ModelCard:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.categories or self.categories[0] != "__background__":
-            raise UsageError(f"model card {self.name!r}: categories must start with '__background__', found {list(self.categories)[:3]}")
+        if len(self.categories) < 2:
+            raise UsageError(f"model card {self.name!r}: categories must list the background and at least one class, found {list(self.categories)}")
 
     @property
     def num_classes(self) -> int:
@@ -106,8 +108,8 @@ class ModelCard:
         return len(self.categories)
 
     def defaults(self) -> dict[str, Any]:
-        """The model's defaults for :data:`masklab.settings.MODEL_OPTIONS`."""
-        return {
+        """The model's defaults for :data:`masklab.settings.MODEL_OPTIONS` (those the card sets)."""
+        values = {
             "score_thresh": self.score_thresh,
             "nms_thresh": self.nms_thresh,
             "max_detections": self.max_detections,
@@ -115,6 +117,7 @@ class ModelCard:
             "min_size": self.min_size,
             "max_size": self.max_size,
         }
+        return {k: v for k, v in values.items() if v is not None}
 
     def replace(self, **changes: Any) -> ModelCard:
         return dataclasses.replace(self, **changes)
@@ -224,7 +227,7 @@ class ModelCard:
             categories=tuple(doc["categories"]),
             min_size=int(doc.get("min_size", 800)),
             max_size=int(doc.get("max_size", 1333)),
-            score_thresh=float(doc.get("score_thresh", 0.5)),
+            score_thresh=None if doc.get("score_thresh") is None else float(doc["score_thresh"]),
             weights=weights,
             metrics=dict(doc.get("published") or {}),
             tags=tuple(doc.get("tags", ())),

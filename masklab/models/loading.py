@@ -1,129 +1,80 @@
-"""Turn what the user typed (``--model``, ``--weights``) into a ready backend.
+"""Build the network for a :class:`~masklab.models.source.ModelSource` and load its weights.
 
-``model`` may be:
-
-- a name from :data:`masklab.models.zoo.MODELS` (weights: ``weights=`` path, else the cached/downloaded
-  published file, or ``"random"`` for seeded random weights — tests and benchmarks only);
-- a path to a state dict (``.pth``/``.pt``/``.safetensors``): the architecture and class count are
-  recognised from its keys and shapes;
-- a path to matterport's Keras weights (``mask_rcnn_coco.h5``), recognised by content (HDF5 + its
-  layer names): runs the ``matterport_r101_coco`` port;
-- an exported file (``masklab export``: ``.onnx``, OpenVINO ``.xml``, TorchScript ``.pt``, the latter told
-  from a state dict by content): its model card gives the classes and the baked options.
-
-Each case is one branch of :func:`resolve`; no registries.
+:func:`load_model` takes the tagged source :func:`~masklab.models.source.find_source` decided on and the
+:class:`~masklab.settings.InferenceSettings` whose post-processing options are built into the network
+(``None`` = the model card's default; every default is passed explicitly, so the module's configuration
+is exactly the card's). An exported file has no torch module: its runtime reads the file itself.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from masklab.errors import UsageError, WeightsMismatchError
+from masklab.models.card import ModelCard
+from masklab.models.exported import read_card
+from masklab.models.matterport.entry import default_weights, load_h5_module
+from masklab.models.source import (
+    ModelSource,
+    detect_arch,
+    find_source,
+    read_card_file,
+    spec_for_state,
+    spec_from_card,
+)
+from masklab.models.weights import check_state_dict, ensure_weights, load_state_dict
 from masklab.models.zoo import MODELS, ModelSpec, get_spec
+from masklab.settings import MODEL_OPTIONS, InferenceSettings
 
-__all__ = ["LoadedModel", "ModelOptions", "resolve", "build_module", "detect_arch"]
+__all__ = ["LoadedModel", "load_model", "build_module", "module_kwargs"]
 
-STATE_DICT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
-
-
-@dataclass(frozen=True)
-class ModelOptions:
-    """Inference settings that shape the network's post-processing (``None`` = the model's default).
-
-    ``score_thresh`` in [0, 1]; ``nms_thresh`` IoU in [0, 1]; ``max_detections`` per image;
-    ``min_size``/``max_size``: resize of the shorter/longer image side in pixels.
-    """
-
-    score_thresh: float | None = None  # None: the model entry's own default (ModelSpec.score_thresh)
-    nms_thresh: float | None = None
-    max_detections: int | None = None
-    min_size: int | None = None
-    max_size: int | None = None
-    rpn_post_nms_top_n: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.score_thresh is not None and not 0.0 <= self.score_thresh <= 1.0:
-            raise UsageError(f"score_thresh must be in [0, 1], found {self.score_thresh}")
-        if self.nms_thresh is not None and not 0.0 <= self.nms_thresh <= 1.0:
-            raise UsageError(f"nms_thresh must be in [0, 1], found {self.nms_thresh}")
-        for name in ("max_detections", "min_size", "max_size", "rpn_post_nms_top_n"):
-            v = getattr(self, name)
-            if v is not None and v <= 0:
-                raise UsageError(f"{name} must be a positive integer, found {v}")
+# InferenceSettings field -> torchvision MaskRCNN keyword (the matterport builder maps these onto its config)
+_TV_KEYWORDS = {
+    "score_thresh": "box_score_thresh",
+    "nms_thresh": "box_nms_thresh",
+    "max_detections": "box_detections_per_img",
+    "proposals": "rpn_post_nms_top_n_test",
+    "min_size": "min_size",
+    "max_size": "max_size",
+}
 
 
 @dataclass
 class LoadedModel:
-    """A model ready to run: its entry, the torch module (None for exported runtimes), and where the
-    weights came from (a path, ``"random(seed=0)"``...)."""
+    """A model ready for a runtime.
+
+    ``spec``: its zoo entry (classes, sizes, defaults; derived from the card for trained and exported
+    models); ``card``: its :class:`~masklab.models.card.ModelCard`, every default filled in; ``module``:
+    the torch network (None for an exported file, which is ``weights_source``); ``weights_source``: where
+    the weights came from (a path, ``"random(seed=0)"``...); ``source``: what the user named."""
 
     spec: ModelSpec
+    card: ModelCard
     module: Any
     weights_source: str
-    #: builds the backend (``factory(device=...)``) when ``module`` is not a torchvision Mask R-CNN
-    backend_factory: Callable[..., Any] | None = None
-    #: "onnx" / "openvino" / "torchscript" for an exported file (``module`` is None; the file is ``weights_source``)
-    export_format: str | None = None
+    source: ModelSource
+
+    @property
+    def export_format(self) -> str | None:
+        """``"onnx"`` / ``"openvino"`` / ``"torchscript"`` for an exported file, else None."""
+        return self.source.export_format
 
 
-def _tv_kwargs(opts: ModelOptions) -> dict:
-    kw = {
-        "box_score_thresh": opts.score_thresh,
-        "box_nms_thresh": opts.nms_thresh,
-        "box_detections_per_img": opts.max_detections,
-        "min_size": opts.min_size,
-        "max_size": opts.max_size,
-        "rpn_post_nms_top_n_test": opts.rpn_post_nms_top_n,
-    }
-    return {k: v for k, v in kw.items() if v is not None}  # drop Nones: defaults live in one place
+def module_kwargs(spec: ModelSpec, settings: InferenceSettings | None = None) -> dict[str, Any]:
+    """The builder keywords for ``spec`` with ``settings``' options, the card's defaults filling the rest."""
+    s = (settings or InferenceSettings(model=spec.name)).with_model_defaults(spec.card().defaults())
+    return {_TV_KEYWORDS[k]: getattr(s, k) for k in MODEL_OPTIONS}
 
 
-def build_module(spec: ModelSpec, opts: ModelOptions):
-    """Build ``spec``'s network with random weights and ``opts`` applied."""
-    kw = _tv_kwargs(opts)
-    kw.setdefault("box_score_thresh", spec.score_thresh)
-    kw.setdefault("min_size", spec.min_size)
-    kw.setdefault("max_size", spec.max_size)
-    return spec.build(num_classes=spec.num_classes, **kw)
-
-
-def detect_arch(state: Mapping) -> tuple[str, int]:
-    """Recognise a torchvision Mask R-CNN state dict: returns (arch, num_classes)."""
-    key = "roi_heads.box_predictor.cls_score.weight"
-    if key not in state:
-        raise WeightsMismatchError(
-            f"not a Mask R-CNN state dict: key {key!r} is missing (found e.g. {list(state)[:3]})"
-        )
-    num_classes = int(state[key].shape[0])
-    if "backbone.body.conv1.weight" not in state:  # not a ResNet trunk: the MobileNetV3 "small" model
-        return "maskrcnn_mobilenet_v3_fpn", num_classes
-    if "roi_heads.box_head.fc6.weight" in state:
-        return "torchvision_maskrcnn_v1", num_classes
-    if "roi_heads.box_head.0.0.weight" in state:
-        return "torchvision_maskrcnn_v2", num_classes
-    raise WeightsMismatchError("unrecognised Mask R-CNN box head: neither torchvision v1 (fc6) nor v2 (conv) keys")
-
-
-def _spec_for_state(state: Mapping, *, name: str) -> ModelSpec:
-    import dataclasses
-
-    arch, num_classes = detect_arch(state)
-    base = next(s for s in MODELS.values() if s.arch == arch)
-    if num_classes == base.num_classes and base.weights is not None:
-        return base
-    cats = ("__background__",) + tuple(f"class_{i}" for i in range(1, num_classes))
-    return dataclasses.replace(
-        base, name=name, categories=cats, weights=None, published={}, tags=("custom",), mrcnn_class_names=None
-    )
+def build_module(spec: ModelSpec, settings: InferenceSettings | None = None):
+    """Build ``spec``'s network with random weights and ``settings``' post-processing options applied."""
+    return spec.build(num_classes=spec.num_classes, **module_kwargs(spec, settings))
 
 
 def _load_weights_into(module, state: Mapping, source: str) -> None:
-    from masklab.models.weights import check_state_dict
-
     try:
         check_state_dict(module, state, source=f"weights {source}")
     except WeightsMismatchError as e:
@@ -136,149 +87,82 @@ def _load_weights_into(module, state: Mapping, source: str) -> None:
     module.load_state_dict(state, strict=True)
 
 
-def resolve(model: str | os.PathLike, *, weights: str | os.PathLike | None, opts: ModelOptions, seed: int = 0) -> LoadedModel:
-    """Build the network for ``model`` and load its weights (see the module docstring for the cases)."""
+def _with_state(spec: ModelSpec, path: Path, settings: InferenceSettings, state: Mapping | None = None) -> tuple:
+    state = load_state_dict(path) if state is None else state  # fp16-stored tensors are copied into fp32
+    module = build_module(spec, settings)
+    _load_weights_into(module, state, str(path))
+    return spec, module, str(path)
+
+
+def _random(spec: ModelSpec, settings: InferenceSettings, seed: int) -> tuple:
     import torch
 
-    from masklab.models.weights import ensure_weights, load_state_dict
-
-    model_str = os.fspath(model)
-    path = Path(model_str)
-    if model_str in MODELS and get_spec(model_str).arch == "matterport_resnet101":
-        from masklab.models.matterport.entry import resolve_matterport
-
-        return resolve_matterport(get_spec(model_str), weights=weights, opts=opts, seed=seed)
-    if model_str in MODELS:
-        spec = get_spec(model_str)
-        if weights is not None and os.fspath(weights) == "random":
-            torch.manual_seed(seed)
-            return LoadedModel(spec, build_module(spec, opts), f"random(seed={seed})")
-        if weights is not None:
-            wpath = Path(os.fspath(weights))
-        elif spec.weights is not None:
-            wpath = ensure_weights(spec.weights)
-        else:
-            raise UsageError(f"model {spec.name!r} has no published weights: pass --weights PATH")
-        state = load_state_dict(wpath)
-        module = build_module(spec, opts)
-        _load_weights_into(module, state, str(wpath))
-        return LoadedModel(spec, module, str(wpath))
-    if path.is_file() and path.suffix.lower() in (".onnx", ".xml", ".pt", ".pth"):
-        from masklab.export import detect_export_format
-
-        fmt = detect_export_format(path)  # by content: a .pt may be TorchScript or a plain state dict
-        if fmt is not None:
-            return _resolve_exported(path, fmt, weights=weights, opts=opts)
-    if path.is_file() and path.suffix.lower() not in STATE_DICT_SUFFIXES:
-        from masklab.models.matterport.entry import is_matterport_h5, looks_like_h5, resolve_matterport
-
-        if is_matterport_h5(path):
-            if weights is not None:
-                raise UsageError("give either a weights file as the model or --weights, not both")
-            return resolve_matterport(get_spec("matterport_r101_coco"), weights=path, opts=opts, seed=seed)
-        if looks_like_h5(path):
-            raise WeightsMismatchError(
-                f"{path} is an HDF5 file but not matterport's Mask R-CNN weights (mask_rcnn_coco.h5 layout: "
-                "layers conv1, res2a_branch2a, fpn_c5p5, mrcnn_mask...)"
-            )
-    card_path = _card_path(path)
-    if card_path is not None:
-        if weights is not None:
-            raise UsageError(f"{path} is a trained model with its own weights; do not pass --weights")
-        return _resolve_card(card_path, opts)
-    if path.is_file() and path.suffix in STATE_DICT_SUFFIXES:
-        if weights is not None:
-            raise UsageError("give either a weights file as the model or --weights, not both")
-        state = load_state_dict(path)
-        spec = _spec_for_state(state, name=path.stem)
-        module = build_module(spec, opts)
-        _load_weights_into(module, state, str(path))
-        return LoadedModel(spec, module, str(path))
-    if path.exists():
-        raise UsageError(f"cannot use {path} as a model: expected a model name or a {'/'.join(STATE_DICT_SUFFIXES)} file")
-    raise UsageError(f"unknown model {model_str!r}; known models: {', '.join(MODELS)} (or a weights file path)")
+    torch.manual_seed(seed)
+    return spec, build_module(spec, settings), f"random(seed={seed})"
 
 
-def _resolve_exported(path: Path, fmt: str, *, weights, opts: ModelOptions) -> LoadedModel:
-    """An exported file (``masklab export``): the spec comes from the model card inside it."""
-    from masklab.export import read_card
+def _load_zoo(src: ModelSource, settings: InferenceSettings, seed: int) -> tuple:
+    spec = get_spec(src.name)
+    if src.weights == "random":
+        return _random(spec, settings, seed)
+    if src.weights is not None:
+        return _with_state(spec, Path(src.weights), settings)
+    if spec.weights is None:
+        raise UsageError(f"model {spec.name!r} has no published weights: pass --weights PATH")
+    return _with_state(spec, ensure_weights(spec.weights), settings)
 
-    if weights is not None:
-        raise UsageError(f"{path} is an exported {fmt} model with its weights inside; do not pass --weights")
-    card = read_card(path)
-    baked = card["options"]
-    for name in ("nms_thresh", "max_detections", "min_size", "max_size", "rpn_post_nms_top_n"):
-        v = getattr(opts, name)
-        if v is not None and v != baked[name]:
-            raise UsageError(f"{path} was exported with {name}={baked[name]}; {name}={v} needs a new export")
-    if opts.score_thresh is not None and opts.score_thresh < baked["score_thresh"]:
+
+def _load_matterport(src: ModelSource, settings: InferenceSettings, seed: int) -> tuple:
+    spec = get_spec(src.name)
+    if src.weights == "random":
+        return _random(spec, settings, seed)
+    path = Path(src.weights) if src.weights is not None else default_weights(spec)
+    return spec, load_h5_module(lambda: build_module(spec, settings), path), str(path)
+
+
+def _load_card(src: ModelSource, settings: InferenceSettings, seed: int) -> tuple:
+    card = read_card_file(src.card_path)
+    if card.weights is None or not card.weights.file:
+        raise UsageError(f"{src.card_path}: the model card names no weights file")
+    return _with_state(spec_from_card(card), src.card_path.parent / card.weights.file, settings)
+
+
+def _load_state_dict(src: ModelSource, settings: InferenceSettings, seed: int) -> tuple:
+    state = load_state_dict(src.path)
+    return _with_state(spec_for_state(state, name=src.path.stem), src.path, settings, state)
+
+
+def _load_exported(src: ModelSource, settings: InferenceSettings, seed: int) -> tuple:
+    card = read_card(src.path)
+    for name in ("nms_thresh", "max_detections", "min_size", "max_size", "proposals"):
+        v, baked = getattr(settings, name), getattr(card, name)
+        if v is not None and v != baked:
+            raise UsageError(f"{src.path} was exported with {name}={baked}; {name}={v} needs a new export")
+    if settings.score_thresh is not None and card.score_thresh is not None and settings.score_thresh < card.score_thresh:
         raise UsageError(
-            f"{path} was exported with score_thresh={baked['score_thresh']}: it cannot return lower scores "
-            f"(asked for {opts.score_thresh}); export again with a lower threshold"
+            f"{src.path} was exported with score_thresh={card.score_thresh}: it cannot return lower scores "
+            f"(asked for {settings.score_thresh}); export again with a lower threshold"
         )
-    base = next((s for s in MODELS.values() if s.arch == card["arch"]), None)
-    spec = ModelSpec(
-        name=card["name"],
-        arch=card["arch"],
-        categories=tuple(card["categories"]),
-        build=base.build if base is not None else build_module,
-        min_size=baked["min_size"],
-        max_size=baked["max_size"],
-        published=dict(card.get("published", {})),
-        tags=tuple(card.get("tags", ())) + ("exported",),
-        description=card.get("description", ""),
-        license=card.get("license", ""),
-        mrcnn_class_names=base.mrcnn_class_names if base is not None and base.categories == tuple(card["categories"]) else None,
-    )
-    return LoadedModel(spec, None, str(path), export_format=fmt)
+    return spec_from_card(card, exported=True), None, str(src.path)
 
 
-
-def _card_path(path: Path) -> Path | None:
-    """The model card of a trained model: ``RUN_DIR/model.json`` (a ``masklab train`` run directory) or
-    ``NAME.json`` next to ``NAME.safetensors`` (a packaged model). None when ``path`` is neither."""
-    if path.is_dir():
-        if (path / "model.json").is_file():
-            return path / "model.json"
-        if (path / "settings.json").is_file():
-            raise UsageError(f"{path} is a training run without a model yet (no model.json: no epoch has finished)")
-        return None
-    if path.is_file() and path.suffix == ".safetensors" and path.with_suffix(".json").is_file():
-        return path.with_suffix(".json")
-    return None
+_LOADERS = {
+    "zoo": _load_zoo,
+    "matterport_h5": _load_matterport,
+    "card": _load_card,
+    "state_dict": _load_state_dict,
+    "exported": _load_exported,
+}
 
 
-def _resolve_card(card_path: Path, opts: ModelOptions) -> LoadedModel:
-    """Build the model a card describes (classes, preprocessing, architecture) and load its weights:
-    the weights describe themselves, nothing is guessed from tensor shapes."""
-    import dataclasses
-    import json
-
-    from masklab.models.weights import load_state_dict
-
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-        arch, categories, wname = card["arch"], tuple(card["categories"]), card["weights"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UsageError(f"{card_path}: not a masklab model card (needs arch, categories, weights): {e}") from None
-    base = next((s for s in MODELS.values() if s.arch == arch), None)
-    if base is None:
-        raise UsageError(f"{card_path}: unknown architecture {arch!r}")
-    spec = dataclasses.replace(
-        base,
-        name=str(card.get("name") or card_path.parent.name),
-        categories=categories,
-        weights=None,
-        min_size=int(card.get("min_size", base.min_size)),
-        max_size=int(card.get("max_size", base.max_size)),
-        published=dict(card.get("score") or {}),
-        tags=("custom",),
-        description=str(card.get("description", "")),
-        license=str(card.get("license", "")),
-        mrcnn_class_names=None,
-    )
-    wpath = card_path.parent / wname
-    state = load_state_dict(wpath)  # fp16-stored tensors are copied into the fp32 module by load_state_dict
-    module = build_module(spec, opts)
-    _load_weights_into(module, state, str(wpath))
-    return LoadedModel(spec, module, str(wpath))
+def load_model(
+    settings: InferenceSettings, *, source: ModelSource | None = None, seed: int = 0
+) -> LoadedModel:
+    """Build and load the model ``settings.model`` / ``settings.weights`` name (``source``: already
+    decided by :func:`~masklab.models.source.find_source`). ``seed`` seeds ``weights="random"``."""
+    src = source if source is not None else find_source(settings.model, settings.weights)
+    spec, module, weights_source = _LOADERS[src.kind](src, settings, seed)
+    card = spec.card()
+    if src.kind == "exported":
+        card = card.replace(export_format=src.export_format)
+    return LoadedModel(spec=spec, card=card, module=module, weights_source=weights_source, source=src)

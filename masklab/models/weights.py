@@ -12,15 +12,30 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from masklab.errors import WeightsMismatchError, WeightsUnavailableError
 from masklab.io.atomic import atomic_write_text, temp_file_beside
-from masklab.models.zoo import WeightsSpec
 
-__all__ = ["cache_dir", "weights_path", "is_cached", "ensure_weights", "load_state_dict", "check_state_dict", "sha256_file"]
+__all__ = ["WeightsSpec", "cache_dir", "weights_path", "is_cached", "ensure_weights", "load_state_dict", "check_state_dict", "sha256_file"]
 
 _CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Where pretrained weights come from.
+
+    ``sha256`` is the full hex digest where known; torchvision publishes only the first 8 hex digits
+    (in the file name), and a prefix of at least 8 digits is checked as a prefix.
+    """
+
+    url: str
+    sha256: str
+    filename: str
+    size_bytes: int | None = None
+    license: str = ""
 
 
 def cache_dir() -> Path:

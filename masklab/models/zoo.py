@@ -13,24 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from masklab.errors import UsageError
+from masklab.models.card import ModelCard, WeightsRef
 from masklab.models.categories import COCO_MRCNN, COCO_TORCHVISION
+from masklab.models.weights import WeightsSpec
+from masklab.settings import DEFAULT_MODEL
 
 __all__ = ["WeightsSpec", "ModelSpec", "MODELS", "DEFAULT_MODEL", "get_spec"]
-
-
-@dataclass(frozen=True)
-class WeightsSpec:
-    """Where pretrained weights come from.
-
-    ``sha256`` is the full hex digest where known; torchvision publishes only the first 8 hex digits
-    (in the file name), and a prefix of at least 8 digits is checked as a prefix.
-    """
-
-    url: str
-    sha256: str
-    filename: str
-    size_bytes: int | None = None
-    license: str = ""
 
 
 @dataclass(frozen=True)
@@ -46,6 +34,8 @@ class ModelSpec:
         published: published accuracy, e.g. ``{"box_ap": 47.4, "mask_ap": 41.8, "dataset": "COCO val2017"}``.
         tags: e.g. ``("coco", "default")`` or ``("small",)``.
         mrcnn_class_names: the tutorial-style ``class_names`` (``"BG"`` first) that ``detect()`` indexes.
+        score_thresh, nms_thresh, max_detections, proposals: the architecture's post-processing defaults
+            (what a setting of None means; see :mod:`masklab.settings`).
         train_lr: ``masklab train``'s default peak AdamW learning rate from scratch or an ImageNet
             backbone, at an effective batch of up to 8 (larger batches scale it linearly).
     """
@@ -64,6 +54,9 @@ class ModelSpec:
     mrcnn_class_names: tuple[str, ...] | None = None
     #: default minimum score when the user gives none (matterport's DETECTION_MIN_CONFIDENCE is 0.7)
     score_thresh: float = 0.5
+    nms_thresh: float = 0.5
+    max_detections: int = 100
+    proposals: int = 1000
     train_lr: float = 1e-3
 
     @property
@@ -78,24 +71,26 @@ class ModelSpec:
             return self.mrcnn_class_names
         return ("BG",) + tuple(c for c in self.categories[1:] if c != "N/A")
 
-    def card(self) -> dict:
-        """A JSON-ready description (the model card)."""
-        return {
-            "name": self.name,
-            "arch": self.arch,
-            "num_classes": self.num_classes,
-            "categories": list(self.categories),
-            "min_size": self.min_size,
-            "max_size": self.max_size,
-            "published": dict(self.published),
-            "score_thresh": self.score_thresh,
-            "tags": list(self.tags),
-            "description": self.description,
-            "license": self.license,
-            "weights": None
-            if self.weights is None
-            else {"url": self.weights.url, "sha256": self.weights.sha256, "filename": self.weights.filename},
-        }
+    def card(self) -> ModelCard:
+        """This entry's :class:`~masklab.models.card.ModelCard` (every default filled in)."""
+        w = self.weights
+        return ModelCard(
+            name=self.name,
+            arch=self.arch,
+            categories=self.categories,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            score_thresh=self.score_thresh,
+            nms_thresh=self.nms_thresh,
+            max_detections=self.max_detections,
+            proposals=self.proposals,
+            weights=None if w is None else WeightsRef(file=w.filename, url=w.url, sha256=w.sha256 or None, size_bytes=w.size_bytes),
+            metrics=dict(self.published),
+            tags=self.tags,
+            description=self.description,
+            license=self.license,
+            class_names=self.mrcnn_class_names,
+        )
 
 
 def _build_tv_v1(*, num_classes: int, min_size: int = 800, max_size: int = 1333, **kwargs):
@@ -229,6 +224,7 @@ MODELS["small"] = ModelSpec(
     min_size=512,
     max_size=768,
     tags=("small",),
+    proposals=300,  # the builder's rpn_post_nms_top_n_test
     train_lr=2e-3,
     description="Mask R-CNN, MobileNetV3-Large FPN: small and fast, for training on your own classes on a CPU.",
     license="BSD-3-Clause (torchvision code)",
@@ -260,14 +256,12 @@ MODELS["matterport_r101_coco"] = ModelSpec(
     max_size=1024,
     published={"box_ap": 34.7, "dataset": "COCO minival (matterport)"},
     tags=("coco", "matterport"),
-    score_thresh=0.7,
+    score_thresh=0.7,  # matterport's DETECTION_MIN_CONFIDENCE, as the tutorial
+    nms_thresh=0.3,  # DETECTION_NMS_THRESHOLD
     description="matterport's Mask R-CNN, ResNet-101 FPN (the tutorial's mask_rcnn_coco.h5), ported to PyTorch.",
     license="MIT",
     mrcnn_class_names=COCO_MRCNN,
 )
-
-DEFAULT_MODEL = "maskrcnn_resnet50_fpn_v2"
-
 
 def get_spec(name: str) -> ModelSpec:
     """The entry called ``name``; a clear error listing the known names otherwise."""

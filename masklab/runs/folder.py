@@ -250,5 +250,5 @@ def run_segment(
     summary = ledger.summary(results, seconds=time.perf_counter() - t_run)
     writer.finish([r.item.stem for r in summary.results if r.ok])
     extra = {"batch_size": batch_size, "workers": workers, "resumed": ledger.resume}
-    ledger.finish(summary, model_card=segmenter.spec.card(), extra=extra)
+    ledger.finish(summary, model_card=segmenter.card.to_json(), extra=extra)
     return summary

@@ -338,7 +338,7 @@ def create_app(settings: ServeSettings | None = None, *, segmenter_factory: Call
     async def models() -> dict:
         seg = svc.require_ready()
         return {
-            "model": seg.spec.card(),
+            "model": seg.card.to_json(),
             "classes": [c for c in seg.spec.categories if c not in _NOT_CLASSES],
             "min_score": settings.min_score,
             "styles": list(STYLES),

@@ -327,20 +327,3 @@ class Instances:
             labels=[d["label"] for d in instances],
             image_size=(h, w),
         )
-
-    def plot(self, image: Any, *, style: str = "instance", ax: Any = None) -> Any:
-        """Show the overlay inline (matplotlib, optional). Returns the matplotlib Axes."""
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError("Instances.plot needs matplotlib: pip install 'masklab[plot]'") from e
-        from masklab.io.images import load_image
-        from masklab.visualize import get_visualizer
-
-        rgb = load_image(image).array
-        drawn = get_visualizer(style).annotate(rgb, self)
-        if ax is None:
-            _, ax = plt.subplots(figsize=(10, 10 * rgb.shape[0] / max(rgb.shape[1], 1)))
-        ax.imshow(drawn)
-        ax.axis("off")
-        return ax

@@ -19,6 +19,7 @@ from masklab.visualize.instance import InstanceVisualizer
 from masklab.visualize.semantic import SemanticVisualizer
 
 __all__ = [
+    "plot",
     "Style",
     "STYLES",
     "get_visualizer",
@@ -72,3 +73,35 @@ def render(image: np.ndarray, instances, styles) -> np.ndarray:
     if len(panels) == 1:
         return panels[0]
     return side_by_side(panels, [str(Style(s).value) if isinstance(s, (str, Style)) else type(s).__name__ for s in styles])
+
+
+def _rgb_array(image) -> np.ndarray:
+    """RGB uint8 (H, W, 3) from an array, a PIL image, a :class:`~masklab.io.images.LoadedImage` (its
+    ``.array``) or a path (opened with Pillow, EXIF orientation applied)."""
+    if hasattr(image, "array"):
+        return image.array
+    if isinstance(image, np.ndarray):
+        return image
+    from PIL import Image, ImageOps
+
+    if not isinstance(image, Image.Image):
+        with Image.open(image) as im:
+            image = ImageOps.exif_transpose(im).convert("RGB")
+    return np.asarray(image.convert("RGB"))
+
+
+def plot(image, instances, *, style: str | Style = "instance", ax=None):
+    """Show ``instances`` drawn on ``image`` inline (matplotlib, optional: ``pip install 'masklab[plot]'``).
+
+    ``image``: RGB uint8 (H, W, 3) array, PIL image, loaded image or path. Returns the matplotlib Axes."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("masklab.visualize.plot needs matplotlib: pip install 'masklab[plot]'") from e
+    rgb = _rgb_array(image)
+    drawn = get_visualizer(style).annotate(rgb, instances)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(10, 10 * rgb.shape[0] / max(rgb.shape[1], 1)))
+    ax.imshow(drawn)
+    ax.axis("off")
+    return ax

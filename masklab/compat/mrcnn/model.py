@@ -56,7 +56,7 @@ class MaskRCNN:
     def load_weights(self, filepath: str | os.PathLike, by_name: bool = False, exclude: Any = None) -> None:
         """Build the model the file holds and load it (``by_name`` is accepted and has no effect: the
         weights always load by name, strictly)."""
-        from masklab.engine.segmenter import Segmenter
+        from masklab.inference.segmenter import Segmenter
 
         if exclude:
             raise UsageError("load_weights(exclude=...) is for training new heads; to train use `masklab train`")

@@ -4,13 +4,13 @@ A port of the *inference* graph of matterport/Mask_RCNN (MIT licence) that reads
 ``.h5`` weights and reproduces the original TF graph's detections (see ``tests/test_matterport.py``).
 """
 
-from masklab.models.matterport.backend import MatterportBackend, build_matterport
 from masklab.models.matterport.config import MatterportConfig
 from masklab.models.matterport.h5 import is_matterport_h5, load_h5_weights
 from masklab.models.matterport.network import MatterportMaskRCNN
+from masklab.models.matterport.runtime import MatterportRuntime, build_matterport
 
 __all__ = [
-    "MatterportBackend",
+    "MatterportRuntime",
     "MatterportConfig",
     "MatterportMaskRCNN",
     "build_matterport",

@@ -1,24 +1,26 @@
-"""How ``resolve`` builds and loads the ``matterport_r101_coco`` entry (kept here, out of the shared loader).
+"""How the ``matterport_r101_coco`` entry is built and loaded (kept here, out of the shared loader).
 
 ``build_module`` accepts the torchvision-style keyword names the rest of masklab passes
-(``box_score_thresh``, ``min_size``...) and maps them onto matterport's config names.
+(``box_score_thresh``, ``min_size``...) and maps them onto matterport's config names;
+:func:`load_h5_module` loads a ``.h5`` into a freshly built network.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from masklab.errors import UsageError, WeightsMismatchError, WeightsUnavailableError
-from masklab.models.matterport.backend import MatterportBackend
+from masklab.io.atomic import atomic_write_bytes
 from masklab.models.matterport.config import MatterportConfig
-from masklab.models.matterport.h5 import HDF5_MAGIC, is_matterport_h5, load_h5_weights
+from masklab.models.matterport.h5 import is_matterport_h5, load_h5_weights, looks_like_h5
 from masklab.models.matterport.network import MatterportMaskRCNN
+from masklab.models.weights import cache_dir, weights_path
 
-__all__ = ["build_module", "resolve_matterport", "looks_like_h5", "is_matterport_h5", "converted_path"]
+__all__ = ["build_module", "load_h5_module", "default_weights", "converted_path"]
 
 # torchvision keyword (what ModelOptions produce) -> matterport config name
 _KW_TO_CONFIG = {
@@ -46,18 +48,8 @@ def build_module(*, num_classes: int = 81, **kwargs) -> MatterportMaskRCNN:
     return MatterportMaskRCNN(cfg).eval()
 
 
-def looks_like_h5(path: Path) -> bool:
-    """True if ``path`` is a file starting with the HDF5 signature."""
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(8) == HDF5_MAGIC
-    except OSError:
-        return False
-
-
-def _default_weights(spec) -> Path:
-    from masklab.models.weights import weights_path
-
+def default_weights(spec) -> Path:
+    """The cached ``mask_rcnn_coco.h5``; a clear error with the download line when it is not there."""
     cached = weights_path(spec.weights)
     if cached.is_file():
         return cached
@@ -73,8 +65,6 @@ def converted_path(path: Path) -> Path:
     path, size and modification time, so a replaced file is converted again."""
     import hashlib
 
-    from masklab.models.weights import cache_dir
-
     st = path.stat()
     where = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
     return cache_dir() / "converted" / f"{path.stem}-{where}-{st.st_size}-{st.st_mtime_ns}.safetensors"
@@ -84,8 +74,6 @@ def _load_with_cache(module: MatterportMaskRCNN, path: Path) -> None:
     """Load the ``.h5`` (converted once to a safetensors file in the cache: later loads skip the h5
     parsing and layout conversion). A cache that cannot be written is skipped silently."""
     from safetensors.torch import load_file, save
-
-    from masklab.io.atomic import atomic_write_bytes
 
     cached = converted_path(path)
     expected = {k: v.shape for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
@@ -102,37 +90,19 @@ def _load_with_cache(module: MatterportMaskRCNN, path: Path) -> None:
         pass
 
 
-def resolve_matterport(spec, *, weights: str | os.PathLike | None, opts, seed: int = 0):
-    """Build ``spec`` (the matterport entry) with ``opts`` and load a matterport ``.h5`` (or ``"random"``).
-
-    Returns a :class:`~masklab.models.loading.LoadedModel` whose ``backend_factory`` builds a
-    :class:`MatterportBackend`.
-    """
-    from masklab.models.loading import LoadedModel
-    from masklab.models.loading import build_module as build_for_spec
-
-    if weights is not None and os.fspath(weights) == "random":
-        torch.manual_seed(seed)
-        module, source = build_for_spec(spec, opts), f"random(seed={seed})"
-    else:
-        path = Path(os.fspath(weights)) if weights is not None else _default_weights(spec)
-        if not path.is_file():
-            raise UsageError(f"weights file {path} does not exist")
-        if not is_matterport_h5(path):
-            what = "an HDF5 file without matterport's layers" if looks_like_h5(path) else "not an HDF5 file"
-            raise WeightsMismatchError(
-                f"{path}: expected matterport's Keras weights (.h5, e.g. mask_rcnn_coco.h5), found {what}"
-            )
-        with torch.device("meta"):  # no random init: every parameter comes from the file
-            module = build_for_spec(spec, opts)
-        module = module.to_empty(device="cpu")
-        for name, buf in module.named_buffers():
-            if name.endswith("num_batches_tracked"):  # not in Keras files; unused in eval mode
-                buf.zero_()
-        _load_with_cache(module, path)
-        source = str(path)
-
-    def factory(*, device: str = "cpu") -> MatterportBackend:
-        return MatterportBackend(module, device=device)
-
-    return LoadedModel(spec, module, source, backend_factory=factory)
+def load_h5_module(build: Callable[[], MatterportMaskRCNN], path: Path) -> MatterportMaskRCNN:
+    """Build the network with ``build()`` on the meta device (no random init: every parameter comes from
+    the file) and load matterport's ``.h5`` at ``path`` into it."""
+    if not path.is_file():
+        raise UsageError(f"weights file {path} does not exist")
+    if not is_matterport_h5(path):
+        what = "an HDF5 file without matterport's layers" if looks_like_h5(path) else "not an HDF5 file"
+        raise WeightsMismatchError(f"{path}: expected matterport's Keras weights (.h5, e.g. mask_rcnn_coco.h5), found {what}")
+    with torch.device("meta"):
+        module = build()
+    module = module.to_empty(device="cpu")
+    for name, buf in module.named_buffers():
+        if name.endswith("num_batches_tracked"):  # not in Keras files; unused in eval mode
+            buf.zero_()
+    _load_with_cache(module, path)
+    return module

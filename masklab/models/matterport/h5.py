@@ -22,7 +22,7 @@ from torch import nn
 
 from masklab.errors import WeightsMismatchError
 
-__all__ = ["HDF5_MAGIC", "is_matterport_h5", "read_keras_weights", "keras_to_state_dict", "load_h5_weights"]
+__all__ = ["HDF5_MAGIC", "looks_like_h5", "is_matterport_h5", "read_keras_weights", "keras_to_state_dict", "load_h5_weights"]
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # Weight-holding layers every matterport Mask R-CNN file has; used to recognise the file by content.
@@ -41,6 +41,15 @@ def _root(f):
     if "model_weights" in f and "layer_names" in f["model_weights"].attrs:
         return f["model_weights"]
     return None
+
+
+def looks_like_h5(path: str | os.PathLike) -> bool:
+    """True if ``path`` is a file starting with the HDF5 signature."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(8) == HDF5_MAGIC
+    except OSError:
+        return False
 
 
 def is_matterport_h5(path: str | os.PathLike) -> bool:

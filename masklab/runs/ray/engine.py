@@ -34,7 +34,7 @@ from masklab.io.atomic import atomic_write_json
 from masklab.io.formats.writer import OutputWriter
 from masklab.io.inputs import InputItem
 from masklab.models.card import ModelCard
-from masklab.runs._pending import model_card_for
+from masklab.models.source import model_card_for
 from masklab.runs.ledger import ImageResult, RunLedger, RunSummary, run_settings
 from masklab.runs.ray.cluster import (
     WorkerPlan,
@@ -74,7 +74,8 @@ def driver_card(settings: InferenceSettings) -> ModelCard:
         known = set(card.categories) - {"__background__", "N/A"}
         unknown = [c for c in settings.classes if c not in known]
         if unknown:
-            raise UsageError(f"unknown class names {unknown} for model {card.name!r}")
+            raise UsageError(f"unknown class names {unknown} for model {card.name!r}; its classes: "
+                             f"{', '.join(sorted(known)[:20])}{' ...' if len(known) > 20 else ''}")
     return card
 
 

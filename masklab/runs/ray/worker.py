@@ -59,10 +59,11 @@ class SegmentWorker:
         model_batch: int,
         max_pixels: int | None,
     ) -> None:
-        from masklab.runs._pending import build_segmenter, configure_threads
+        from masklab import Segmenter  # here, not at import: the driver imports this module without torch
+        from masklab.inference.threads import configure_threads
 
         configure_threads(threads)  # before torch starts its pools: this actor's share of the node, not every core
-        self.segmenter = build_segmenter(InferenceSettings.from_json(settings))
+        self.segmenter = Segmenter(settings=InferenceSettings.from_json(settings))
         self.model_name = self.segmenter.spec.name
         self.store = Store(out)
         self.model_batch = model_batch

@@ -1,4 +1,4 @@
-"""The :class:`~masklab.models.backend.Backend` that runs matterport's graph: mold -> network -> unmold."""
+"""The :class:`~masklab.runtime.torch.Backend` that runs matterport's graph: mold -> network -> unmold."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import numpy as np
 import torch
 
 from masklab.errors import UsageError
-from masklab.models.backend import Detections
 from masklab.models.matterport.config import MatterportConfig
 from masklab.models.matterport.h5 import load_h5_weights
 from masklab.models.matterport.network import HeadOutputs, MatterportMaskRCNN
 from masklab.models.matterport.preprocess import MoldedImage, UnmoldedDetections, mold_image, unmold_detections
+from masklab.structures.detections import Detections
 
-__all__ = ["MatterportBackend", "MatterportRun", "build_matterport"]
+__all__ = ["MatterportRuntime", "MatterportRun", "build_matterport"]
 
 
 def build_matterport(
@@ -53,7 +53,7 @@ class MatterportRun:
     result: UnmoldedDetections | None
 
 
-class MatterportBackend:
+class MatterportRuntime:
     """Runs :class:`MatterportMaskRCNN` one image at a time (matterport's ``BATCH_SIZE`` is 1).
 
     Results are matterport's ``detect()`` results: integer boxes (``y2``/``x2`` exclusive, returned here
@@ -61,10 +61,11 @@ class MatterportBackend:
     """
 
     name = "torch"
+    precision = "fp32"
 
     def __init__(self, module: MatterportMaskRCNN, *, device: str = "cpu") -> None:
         if not isinstance(module, MatterportMaskRCNN):
-            raise UsageError(f"MatterportBackend runs a MatterportMaskRCNN, found {type(module).__name__}")
+            raise UsageError(f"MatterportRuntime runs a MatterportMaskRCNN, found {type(module).__name__}")
         self.device = torch.device(device)
         self.module = module.eval().to(self.device)
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from masklab.errors import UsageError
-from masklab.export import require
 from masklab.export.core import CoreOutputs, core_to_detections
-from masklab.models.backend import Detections
+from masklab.optional import require
+from masklab.structures.detections import Detections
 
-__all__ = ["OpenVINOBackend", "OnnxRuntimeBackend", "TorchScriptBackend", "OV_PRECISION"]
+__all__ = ["OpenVINORuntime", "OnnxRuntime", "TorchScriptRuntime", "OV_PRECISION"]
 
 OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
@@ -32,7 +32,7 @@ def _image_input(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / np.float32(255)
 
 
-class _CoreBackend:
+class _CoreRuntime:
     """Common part: run the core per image, drop scores below ``score_thresh``, paste masks."""
 
     name = "core"
@@ -55,7 +55,7 @@ class _CoreBackend:
         return out
 
 
-class OpenVINOBackend(_CoreBackend):
+class OpenVINORuntime(_CoreRuntime):
     """OpenVINO CPU runtime on an IR file (``.xml``) or an in-memory ``ov.Model``.
 
     Args:
@@ -83,7 +83,7 @@ class OpenVINOBackend(_CoreBackend):
         self.compiled = core.compile_model(model, device, config)
         self.request = self.compiled.create_infer_request()
         self.precision = precision
-        self.name = "openvino" + ("" if precision == "fp32" else f"-{precision}")
+        self.name = "openvino"
 
     def run_core(self, x: np.ndarray) -> CoreOutputs:
         res = self.request.infer([x])
@@ -91,7 +91,7 @@ class OpenVINOBackend(_CoreBackend):
         return CoreOutputs(boxes, scores, labels, probs)
 
 
-class OnnxRuntimeBackend(_CoreBackend):
+class OnnxRuntime(_CoreRuntime):
     """ONNX Runtime (CPU, or CUDA when ``device`` is cuda and onnxruntime-gpu is installed) on a ``.onnx``."""
 
     def __init__(self, path: str | os.PathLike, *, precision: str = "fp32", threads: int | None = None,
@@ -109,14 +109,14 @@ class OnnxRuntimeBackend(_CoreBackend):
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(str(Path(path)), sess_options=opts, providers=providers)
         self.precision = precision
-        self.name = "onnxruntime"
+        self.name = "onnx"
 
     def run_core(self, x: np.ndarray) -> CoreOutputs:
         boxes, scores, labels, probs = self.session.run(None, {"image": x})
         return CoreOutputs(boxes, scores, labels, probs)
 
 
-class TorchScriptBackend(_CoreBackend):
+class TorchScriptRuntime(_CoreRuntime):
     """A TorchScript export (``torch.jit.load``: the archive holds code, not pickled objects)."""
 
     def __init__(self, path: str | os.PathLike, *, precision: str = "fp32", device: str = "cpu",

@@ -25,7 +25,8 @@ import numpy as np
 from masklab.errors import UsageError
 from masklab.io.atomic import atomic_write, atomic_write_json
 
-__all__ = ["CheckpointPaths", "save_checkpoint", "load_checkpoint", "checkpoint_paths", "rng_state", "set_rng_state"]
+__all__ = ["CheckpointPaths", "save_checkpoint", "load_checkpoint", "checkpoint_paths", "rng_state", "set_rng_state",
+           "write_safetensors"]
 
 _POINTERS = ("last", "best")
 
@@ -83,7 +84,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _write_safetensors(path: Path, tensors: dict, metadata: dict[str, str]) -> None:
+def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str]) -> None:
+    """``tensors`` (moved to the CPU, made contiguous) as a .safetensors file, written atomically."""
     from safetensors.torch import save
 
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
@@ -110,7 +112,7 @@ def save_checkpoint(run_dir: str | os.PathLike, *, model_state: dict, state: dic
     d.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
     paths = CheckpointPaths(d / f"{name}.safetensors", d / f"{name}.state.pt", step)
-    _write_safetensors(paths.weights, model_state, {"step": str(step), "format": "masklab-checkpoint"})
+    write_safetensors(paths.weights, model_state, {"step": str(step), "format": "masklab-checkpoint"})
     _write_torch(paths.state, {**state, "step": step})
     for w in which:
         atomic_write_json(d / f"{w}.json", {"weights": paths.weights.name, "state": paths.state.name, "step": step})

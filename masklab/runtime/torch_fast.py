@@ -1,6 +1,6 @@
-"""Faster torch paths behind the :class:`~masklab.models.backend.Backend` seam.
+"""Faster torch paths behind the :class:`~masklab.runtime.torch.Backend` seam.
 
-:class:`TorchFastBackend` runs the same torchvision module as the eager reference, with:
+:class:`TorchFastRuntime` runs the same torchvision module as the eager reference, with:
 
 - **channels-last** memory format on the CPU (exact: fp32 arithmetic, only the memory layout changes;
   ~1.15x on the ResNet-50 models here);
@@ -19,15 +19,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from masklab.errors import UsageError
-from masklab.models.backend import Detections
+from masklab.structures.detections import Detections
 from masklab.structures.masks import paste_masks
 
-__all__ = ["TorchFastBackend", "AUTOCAST_DTYPES"]
+__all__ = ["TorchFastRuntime", "AUTOCAST_DTYPES"]
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 
 
-class TorchFastBackend:
+class TorchFastRuntime:
     """torch module with channels-last and optional autocast; see the module docstring.
 
     Args:
@@ -67,7 +67,7 @@ class TorchFastBackend:
             # A copy: converting in place would silently change the module other backends share.
             module = copy.deepcopy(module).to(memory_format=torch.channels_last)
         self.module = module.eval().to(self.device)
-        self.name = "torch" + ("-cl" if channels_last else "") + ("" if precision == "fp32" else f"-{precision}")
+        self.name = "torch-fast"  # the backend the user chose; precision and layout are attributes
 
     def _to_device(self, images: Sequence[np.ndarray]):
         import torch

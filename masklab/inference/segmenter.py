@@ -1,0 +1,203 @@
+"""`Segmenter`: the easy tier of the API (path / PIL / numpy in, :class:`Instances` out).
+
+    >>> from masklab import Segmenter                      # doctest: +SKIP
+    >>> seg = Segmenter()                                  # default model, device="auto"
+    >>> inst = seg("photo.jpg")                            # Instances
+    >>> r = seg.detect([image])[0]                         # the tutorial's dict
+    >>> r["masks"].shape[-1]                               # number of objects
+
+The model loads once, in the constructor; every call runs under ``torch.inference_mode()``. The
+options are one :class:`~masklab.settings.InferenceSettings` (``Segmenter(settings=...)``), or its fields
+as keywords (the easy tier); ``seg.inference`` holds what is in force, model defaults filled in.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Sequence
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+
+from masklab.errors import UsageError
+from masklab.inference.threads import configure_threads, resolve_device
+from masklab.io.images import LoadedImage, load_image
+from masklab.models.card import ModelCard
+from masklab.models.loading import LoadedModel, load_model
+from masklab.models.zoo import ModelSpec
+from masklab.runtime import Runtime, make_runtime
+from masklab.settings import InferenceSettings
+from masklab.structures.instances import Instances
+
+__all__ = ["Segmenter"]
+
+_NOT_CLASSES = frozenset({"N/A", "__background__"})
+_FIELDS = tuple(f.name for f in fields(InferenceSettings))
+#: older keyword names still accepted (torchvision's)
+_ALIASES = {"rpn_post_nms_top_n": "proposals"}
+
+
+def _settings_from(model, settings: InferenceSettings | None, keywords: dict[str, Any]) -> InferenceSettings:
+    """``settings`` (or the defaults) with ``model`` and the keyword overrides applied."""
+    changes = {}
+    for key, value in keywords.items():
+        name = _ALIASES.get(key, key)
+        if name not in _FIELDS:
+            close = difflib.get_close_matches(key, _FIELDS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"Segmenter() got an unknown option {key!r}{hint} (options: {', '.join(_FIELDS)})")
+        if value is not None:
+            changes[name] = value
+    if model is not None:
+        changes["model"] = os.fspath(model)
+    base = settings if settings is not None else InferenceSettings()
+    return base.replace(**changes) if changes else base
+
+
+class Segmenter:
+    """Instance segmentation with one loaded model.
+
+    Args:
+        model: a model name (``masklab models`` lists them), a weights / exported / ``.h5`` file or a
+            training run folder; default: ``settings.model`` (``maskrcnn_resnet50_fpn_v2``).
+        settings: every option at once (:class:`~masklab.settings.InferenceSettings`); keywords override it.
+        **options: any :class:`~masklab.settings.InferenceSettings` field: ``weights``, ``device``
+            (``"auto"``, ``"cpu"``, ``"cuda"``), ``backend`` (``"auto"``: eager on the CPU, torch-fast on
+            CUDA; ``"torch"``, ``"torch-fast"``, ``"openvino"``, ``"onnx"``, ``"torchscript"``),
+            ``precision`` (``"fp32"`` exact; ``"bf16"``/``"fp16"`` only when asked for), ``score_thresh``
+            (None: the model's, 0.5; 0.7 for ``matterport_r101_coco``), ``classes`` (names to keep),
+            ``nms_thresh``, ``max_detections``, ``proposals`` (``rpn_post_nms_top_n`` is accepted too),
+            ``min_size``, ``max_size``, ``threads`` (set torch's CPU threads; None leaves them as they are).
+    """
+
+    def __init__(self, model: str | os.PathLike | None = None, *, settings: InferenceSettings | None = None,
+                 **options: Any) -> None:
+        asked = _settings_from(model, settings, options)
+        device = resolve_device(asked.device)
+        if asked.threads is not None and device == "cpu":
+            configure_threads(asked.threads)  # asked for explicitly: the caller's choice, not a side effect
+        self.loaded: LoadedModel = load_model(asked)
+        self.card: ModelCard = self.loaded.card
+        self.spec: ModelSpec = self.loaded.spec
+        if asked.classes is not None:
+            known = set(self.spec.categories) - _NOT_CLASSES
+            unknown = [c for c in asked.classes if c not in known]
+            if unknown:
+                raise UsageError(f"unknown class names {unknown} for model {self.spec.name!r}; its classes: "
+                                 f"{', '.join(sorted(known)[:20])}{' ...' if len(known) > 20 else ''}")
+        #: the settings in force: the model's defaults filled in, the device resolved
+        self.inference: InferenceSettings = asked.replace(device=device).with_model_defaults(self.card.defaults())
+        self.runtime: Runtime = make_runtime(self.loaded, self.inference, device=device)
+
+    @property
+    def device(self) -> str:
+        return self.inference.device
+
+    @property
+    def score_thresh(self) -> float:
+        """The minimum score in force (the model's default when none was given)."""
+        return self.inference.score_thresh
+
+    @property
+    def classes(self) -> tuple[str, ...] | None:
+        return self.inference.classes
+
+    @property
+    def precision(self) -> str:
+        return self.inference.precision
+
+    @property
+    def backend(self) -> Runtime:
+        """The runtime (same object as :attr:`runtime`; kept for code written against older masklab)."""
+        return self.runtime
+
+    @property
+    def num_threads(self) -> int | None:
+        """torch's CPU threads now (None on CUDA)."""
+        import torch
+
+        return torch.get_num_threads() if self.device == "cpu" else None
+
+    # -- the easy tier ------------------------------------------------------------------------------
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The tutorial's ``class_names`` list (``"BG"`` first) that ``detect()``'s ``class_ids`` index."""
+        return self.spec.class_names
+
+    def __call__(self, images: Any) -> Instances | list[Instances]:
+        """Segment one image (path, PIL, numpy (H, W, 3) uint8 RGB) or a list of them."""
+        if isinstance(images, (list, tuple)):
+            return self.predict([load_image(im) for im in images])
+        return self.predict([load_image(images)])[0]
+
+    def predict(self, images: Sequence[LoadedImage | np.ndarray]) -> list[Instances]:
+        """Segment already-loaded images; one :class:`Instances` per image."""
+        arrays = [im.array if isinstance(im, LoadedImage) else load_image(im).array for im in images]
+        if not arrays:
+            return []
+        return [self._to_instances(d, a.shape[:2]) for d, a in zip(self.runtime.predict(arrays), arrays)]
+
+    def _to_instances(self, det, size_hw) -> Instances:
+        cats = self.spec.categories
+        labels = [cats[i] if 0 <= i < len(cats) else f"class_{i}" for i in det.class_ids.tolist()]
+        inst = Instances(
+            boxes=det.boxes,
+            masks=det.masks,
+            scores=det.scores,
+            class_ids=det.class_ids,
+            labels=labels,
+            image_size=size_hw,
+        )
+        # COCO's unused ids ("N/A") are not classes: a detection there (seen with untrained heads) is dropped.
+        inst = inst[np.array([lab not in _NOT_CLASSES for lab in inst.labels], bool)]
+        if self.classes is not None:
+            inst = inst.filter(classes=self.classes)
+        return inst
+
+    def detect(self, images: Sequence[Any], verbose: int = 0) -> list[dict[str, np.ndarray]]:
+        """The tutorial's ``model.detect(images)``: one dict per image with ``rois`` int32 (N, 4)
+        ``y1, x1, y2, x2``; ``masks`` bool (H, W, N); ``class_ids`` int32 (N,) indexing
+        :attr:`class_names`; ``scores`` float32 (N,)."""
+        if not isinstance(images, (list, tuple)):
+            raise UsageError("detect() takes a list of images, as the tutorial's model.detect([image])")
+        results = []
+        for i, inst in enumerate(self.predict(images)):
+            if verbose:
+                print(f"Processing image {i}: {inst.image_size[0]}x{inst.image_size[1]}, {len(inst)} objects")
+            results.append(inst.to_mrcnn(self.class_names))
+        return results
+
+    def describe(self) -> str:
+        """The settings, one per line (like the tutorial's ``config.display()``)."""
+        s, o = self.spec, self.inference
+        rows = [
+            ("MODEL", s.name),
+            ("ARCHITECTURE", s.arch),
+            ("BACKBONE", "resnet50 + FPN" if s.arch.startswith("torchvision") else s.arch),
+            ("NUM_CLASSES", s.num_classes),
+            ("CLASSES", f"{len(s.class_names) - 1} (+ BG)"),
+            ("MASK_SHAPE", "28x28"),
+            ("IMAGE_MIN_DIM", o.min_size),
+            ("IMAGE_MAX_DIM", o.max_size),
+            ("DETECTION_MIN_CONFIDENCE", o.score_thresh),
+            ("DETECTION_NMS_THRESHOLD", o.nms_thresh),
+            ("DETECTION_MAX_INSTANCES", o.max_detections),
+            ("POST_NMS_ROIS_INFERENCE", o.proposals),
+            ("CLASS_FILTER", ",".join(o.classes) if o.classes else "all"),
+            ("BACKEND", f"{o.backend} -> {self.runtime.name} ({o.precision})"),
+            ("DEVICE", f"{self.device} ({self.num_threads} threads)" if self.device == "cpu" else self.device),
+            ("WEIGHTS", self.loaded.weights_source),
+        ]
+        lines = ["", "Configurations:"] + [f"{k:<30}{v}" for k, v in rows] + [""]
+        return "\n".join(lines)
+
+    def settings(self) -> dict[str, Any]:
+        """The resolved settings as JSON-ready values (``run.json``'s settings block)."""
+        doc = self.inference.to_run_json(self.card, weights_source=self.loaded.weights_source)
+        doc["threads"] = self.num_threads
+        return doc
+
+    def __repr__(self) -> str:
+        return f"Segmenter(model={self.spec.name!r}, device={self.device!r}, score_thresh={self.score_thresh})"

@@ -1,0 +1,28 @@
+"""`Detections`: what a runtime returns for one image, before class names and filtering.
+
+The one shape every runtime (eager torch, torch-fast, OpenVINO, ONNX Runtime, TorchScript, the matterport
+port) produces; :class:`~masklab.inference.segmenter.Segmenter` turns it into
+:class:`~masklab.structures.instances.Instances`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Detections"]
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Raw model output for one image, in original-image pixels.
+
+    ``boxes`` float32 (N, 4) xyxy; ``scores`` float32 (N,) in [0, 1]; ``class_ids`` int64 (N,) the model's
+    ids (index into the model card's categories); ``masks`` bool (N, H, W).
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+    masks: np.ndarray
