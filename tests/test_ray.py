@@ -152,7 +152,7 @@ def runs(ray_local, folder, small_weights, tmp_path_factory):
         ray_out,
         inference=inference,
         settings=settings,
-        model_card=seg.spec.card(),
+        model_card=seg.card.to_json(),
         writer_kwargs={"viz": ["instance"]},
         num_workers=2,
         progress=False,
@@ -269,6 +269,7 @@ def test_rerun_skips_finished_images_and_redoes_a_lost_part(runs, folder, tmp_pa
 def test_cli_passes_its_flags_to_the_ray_engine(tmp_path, small_weights, monkeypatch, capsys):
     """``masklab segment --engine ray`` hands the engine what every actor needs (absolute paths: workers
     do not share the driver's cwd) and reports its summary like the local engine's."""
+    from masklab import Segmenter
     from masklab.cli import main
     from masklab.runs import ImageResult, RunSummary
     from masklab.runs.ray import engine as ray_engine
@@ -282,6 +283,11 @@ def test_cli_passes_its_flags_to_the_ray_engine(tmp_path, small_weights, monkeyp
         return RunSummary(results=[ImageResult(items[0], error="x.png: broken on purpose")], seconds=1.0)
 
     monkeypatch.setattr(ray_engine, "run_segment_ray", fake_run)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("--engine ray built a model on the driver")
+
+    monkeypatch.setattr(Segmenter, "__init__", no_model)  # the actors build it; the driver reads the card
     monkeypatch.chdir(tmp_path)
     argv = ["segment", "in", "--out", "o", "--engine", "ray", "--ray-address", "auto", "--num-workers", "3", "--no-json"]
     argv += ["--model", small_weights.name, "--score-thresh", "0.25", "--min-size", "128", "--max-size", "192", "--viz", "none"]
@@ -297,6 +303,19 @@ def test_cli_passes_its_flags_to_the_ray_engine(tmp_path, small_weights, monkeyp
     assert (seen["address"], seen["num_workers"], seen["save_json"]) == ("auto", 3, False)
     assert seen["writer_kwargs"]["viz"] == [] and seen["writer_kwargs"]["formats"] == ["json"]
     assert seen["settings"]["viz"] == [] and seen["settings"]["score_thresh"] == 0.25
+    # run.json's block from the card, without a model: defaults filled in, the card's name and arch
+    assert seen["settings"]["max_detections"] == 100 and seen["settings"]["arch"] == seen["model_card"]["arch"]
+
+
+def test_cli_ray_checks_class_names_on_the_driver(tmp_path, small_weights, monkeypatch, capsys):
+    from masklab.cli import main
+    from masklab.runs.ray import engine as ray_engine
+
+    monkeypatch.setattr(ray_engine, "run_segment_ray", lambda *a, **k: pytest.fail("the run started"))
+    Image.fromarray(make_scene()).save(tmp_path / "x.png")
+    argv = ["segment", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--engine", "ray", "--model", str(small_weights)]
+    assert main([*argv, "--classes", "class_1,zebra"]) == 2
+    assert "unknown class names ['zebra']" in capsys.readouterr().err
 
 
 def test_cli_refuses_ray_flags_without_the_ray_engine(tmp_path, capsys):
