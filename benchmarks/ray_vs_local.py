@@ -6,7 +6,7 @@
 
 What is measured (every run writes the same per-image JSON + overlay into its own folder):
 
-- ``local``: ``masklab.engine.batch.run_segment`` in this process, torch using every CPU.
+- ``local``: ``masklab.runs.run_segment`` in this process, torch using every CPU.
 - ``ray wN``: ``run_segment_ray`` with N model actors on one private local Ray (started once; its start
   time is reported apart). Two rates per run: *end to end* (actor start and model load included, what a
   short job sees) and *steady* (after the first result; what a long job converges to).
@@ -74,11 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from masklab import Segmenter
-    from masklab.engine.batch import run_segment
-    from masklab.engine.distributed import expand_sources, run_segment_ray
-    from masklab.engine.distributed.ray_engine import ray_session
     from masklab.inference.threads import configure_threads
     from masklab.io.inputs import expand_inputs
+    from masklab.runs import expand_sources, run_segment, run_segment_ray
+    from masklab.runs.ray.cluster import ray_session
     from masklab.settings import InferenceSettings
 
     configure_threads()  # an entry point: the local engine runs on every CPU, as `masklab segment` does
@@ -126,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 summary = run_segment_ray(
                     expand_sources([str(folder)]),
                     out,
-                    segmenter_kwargs=settings.to_json(),  # every field is a Segmenter keyword
+                    inference=settings,
                     settings={**seg.settings(), "viz": "instance"},
                     writer_kwargs={"viz": ["instance"]},
                     num_workers=n,

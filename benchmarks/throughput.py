@@ -55,12 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from masklab import Segmenter
-    from masklab.engine.batch import run_segment
     from masklab.inference.threads import configure_threads
     from masklab.io.formats.writer import OutputWriter
     from masklab.io.images import load_image
     from masklab.io.inputs import expand_inputs
     from masklab.models.zoo import MODELS
+    from masklab.runs import run_segment
     from masklab.settings import InferenceSettings
 
     threads = configure_threads()  # an entry point: it sets torch's threads, the Segmenter does not

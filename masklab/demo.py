@@ -51,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", default=str(SAMPLES))
     args = p.parse_args(argv)
 
+    from masklab import Segmenter
     from masklab.cli import _print_error
-    from masklab.engine.batch import run_segment
-    from masklab.engine.segmenter import Segmenter
     from masklab.io.inputs import expand_inputs
+    from masklab.runs import run_segment
 
     items = expand_inputs([args.samples])
     try:

@@ -23,11 +23,11 @@ from PIL import Image
 from test_images import build_corpus, save_oriented, upright
 
 from masklab.cli import main
-from masklab.engine import batch as batch_mod
-from masklab.engine.batch import run_segment, settings_fingerprint
 from masklab.errors import ImageLoadError, UsageError
 from masklab.io.inputs import UrlLimits, expand_inputs, fetch_url
 from masklab.models.zoo import get_spec
+from masklab.runs import folder as folder_mod
+from masklab.runs import run_segment, settings_fingerprint
 from masklab.structures.instances import Instances
 
 SMALL_ARGS = ["--score-thresh", "0.3", "--min-size", "96", "--max-size", "160", "--device", "cpu", "--no-progress"]
@@ -193,6 +193,7 @@ class _CountingSegmenter:
     and counts how many decoded images exist that inference has not consumed yet."""
 
     spec = get_spec("small")
+    card = spec.card()
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -223,14 +224,14 @@ def test_pipeline_memory_is_bounded_and_failures_isolated(tmp_path, monkeypatch)
         Image.fromarray(np.full((12, 16, 3), i, np.uint8)).save(tmp_path / name)
     (tmp_path / "bad.png").write_bytes(b"nope")
     seg = _CountingSegmenter()
-    real_load = batch_mod.load_image
+    real_load = folder_mod.load_image
 
     def counting_load(*a, **k):
         im = real_load(*a, **k)
         seg.loaded()
         return im
 
-    monkeypatch.setattr(batch_mod, "load_image", counting_load)
+    monkeypatch.setattr(folder_mod, "load_image", counting_load)
     items = expand_inputs([str(tmp_path)])
     summary = run_segment(items, tmp_path / "out", seg, viz=None, batch_size=4, workers=2, progress=False)
     # Prefetch window max(2*batch, 2*workers) = 8 plus the batch being filled (4): never the folder.

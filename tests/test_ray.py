@@ -1,4 +1,4 @@
-"""The Ray engine (masklab.engine.distributed) against the local engine, on a private local Ray.
+"""The Ray engine (masklab.runs.ray) against the local engine, on a private local Ray.
 
 One Ray session (2 CPUs, loopback only) serves the module: starting Ray costs ~10 s here, and every
 run starts its model actors (~5-10 s each on 2 shared cores), so the module makes three runs in all.
@@ -19,10 +19,11 @@ import pytest
 from conftest import make_scene
 from PIL import Image
 
-from masklab.engine.distributed.ray_engine import actor_pool_kwargs, plan_workers, ray_session
-from masklab.engine.distributed.storage import Store, expand_sources
-from masklab.engine.distributed.tables import IMAGES_DIR, INSTANCES_DIR, record_from_rows
 from masklab.errors import UsageError
+from masklab.runs.ray.cluster import actor_pool_kwargs, plan_workers, ray_session
+from masklab.runs.ray.storage import Store, expand_sources
+from masklab.runs.ray.tables import IMAGES_DIR, INSTANCES_DIR, record_from_rows
+from masklab.settings import InferenceSettings
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray's own settings
 # Ray reads this when it is first imported (by any test below): a private Ray on the loopback interface.
@@ -63,11 +64,11 @@ def test_actor_pool_kwargs_follow_the_ray_version(monkeypatch):
     pytest.importorskip("ray.data")
     import ray.data
 
-    from masklab.engine.distributed import ray_engine
+    from masklab.runs.ray import cluster
 
-    monkeypatch.setattr(ray_engine, "_ray_version", lambda: (2, 20))
+    monkeypatch.setattr(cluster, "_ray_version", lambda: (2, 20))
     assert actor_pool_kwargs(3) == {"concurrency": 3}
-    monkeypatch.setattr(ray_engine, "_ray_version", lambda: (2, 60))
+    monkeypatch.setattr(cluster, "_ray_version", lambda: (2, 60))
     kw = actor_pool_kwargs(3)
     assert isinstance(kw["compute"], ray.data.ActorPoolStrategy) and kw["compute"].min_size == kw["compute"].max_size == 3
 
@@ -134,31 +135,29 @@ def runs(ray_local, folder, small_weights, tmp_path_factory):
     """The same folder through the local engine and the Ray engine (2 actors of 1 CPU each)."""
     import torch
 
-    from masklab.engine.batch import run_segment
-    from masklab.engine.distributed import run_segment_ray
-    from masklab.engine.segmenter import Segmenter
+    from masklab import Segmenter
     from masklab.io.inputs import expand_inputs
+    from masklab.runs import run_segment, run_segment_ray
 
-    threads_before = torch.get_num_threads()  # Segmenter sets torch's process-wide count; restored below
+    threads_before = torch.get_num_threads()  # threads=1 sets torch's process-wide count; restored below
     seg_kwargs = {"model": str(small_weights), **SEG}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MASKLAB_NUM_THREADS", "1")  # as each Ray actor below (1 CPU each)
-        seg = Segmenter(**seg_kwargs)
+    seg = Segmenter(**seg_kwargs, threads=1)  # as each Ray actor below (1 CPU each)
     local_out = tmp_path_factory.mktemp("local-out")
     local = run_segment(expand_inputs([str(folder)]), local_out, seg, viz="instance", progress=False)
     ray_out = tmp_path_factory.mktemp("ray-out")
     settings = {**seg.settings(), "viz": "instance"}
+    inference = InferenceSettings(**seg_kwargs)
     ray = run_segment_ray(
         expand_sources([str(folder)]),
         ray_out,
-        segmenter_kwargs=seg_kwargs,
+        inference=inference,
         settings=settings,
-        model_card=seg.spec.card(),
+        model_card=seg.card.to_json(),
         writer_kwargs={"viz": ["instance"]},
         num_workers=2,
         progress=False,
     )
-    yield {"local": (local, local_out), "ray": (ray, ray_out), "seg": seg, "kwargs": seg_kwargs, "settings": settings}
+    yield {"local": (local, local_out), "ray": (ray, ray_out), "seg": seg, "inference": inference, "settings": settings}
     torch.set_num_threads(threads_before)
 
 
@@ -227,8 +226,8 @@ def test_rerun_skips_finished_images_and_redoes_a_lost_part(runs, folder, tmp_pa
     kill between the two writes leaves it); a new image comes in as a file:// URI."""
     import pyarrow.parquet as pq
 
-    from masklab.engine.distributed import run_segment_ray
     from masklab.io.formats.writer import image_record
+    from masklab.runs import run_segment_ray
 
     _, ray_out = runs["ray"]
     ledger = {pq.read_table(p).column("stem")[0].as_py(): p for p in (ray_out / IMAGES_DIR).glob("*.parquet")}
@@ -242,7 +241,7 @@ def test_rerun_skips_finished_images_and_redoes_a_lost_part(runs, folder, tmp_pa
     again = run_segment_ray(
         expand_sources([str(folder), uri]),
         ray_out,
-        segmenter_kwargs=runs["kwargs"],
+        inference=runs["inference"],
         settings=runs["settings"],
         writer_kwargs={"viz": ["instance"]},
         num_workers=2,
@@ -270,9 +269,10 @@ def test_rerun_skips_finished_images_and_redoes_a_lost_part(runs, folder, tmp_pa
 def test_cli_passes_its_flags_to_the_ray_engine(tmp_path, small_weights, monkeypatch, capsys):
     """``masklab segment --engine ray`` hands the engine what every actor needs (absolute paths: workers
     do not share the driver's cwd) and reports its summary like the local engine's."""
+    from masklab import Segmenter
     from masklab.cli import main
-    from masklab.engine.batch import ImageResult, RunSummary
-    from masklab.engine.distributed import ray_engine
+    from masklab.runs import ImageResult, RunSummary
+    from masklab.runs.ray import engine as ray_engine
 
     (tmp_path / "in").mkdir()
     Image.fromarray(make_scene(seed=3)).save(tmp_path / "in" / "x.png")
@@ -283,6 +283,11 @@ def test_cli_passes_its_flags_to_the_ray_engine(tmp_path, small_weights, monkeyp
         return RunSummary(results=[ImageResult(items[0], error="x.png: broken on purpose")], seconds=1.0)
 
     monkeypatch.setattr(ray_engine, "run_segment_ray", fake_run)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("--engine ray built a model on the driver")
+
+    monkeypatch.setattr(Segmenter, "__init__", no_model)  # the actors build it; the driver reads the card
     monkeypatch.chdir(tmp_path)
     argv = ["segment", "in", "--out", "o", "--engine", "ray", "--ray-address", "auto", "--num-workers", "3", "--no-json"]
     argv += ["--model", small_weights.name, "--score-thresh", "0.25", "--min-size", "128", "--max-size", "192", "--viz", "none"]
@@ -290,12 +295,27 @@ def test_cli_passes_its_flags_to_the_ray_engine(tmp_path, small_weights, monkeyp
     assert main(argv) == 1
     assert "failed: x.png: broken on purpose" in capsys.readouterr().err
     assert [it.source for it in seen["items"]] == [os.path.join("in", "x.png")] and seen["out"] == "o"
-    assert seen["segmenter_kwargs"]["model"] == str(tmp_path / small_weights.name)
-    assert seen["segmenter_kwargs"]["score_thresh"] == 0.25 and seen["segmenter_kwargs"]["min_size"] == 128
-    assert seen["segmenter_kwargs"]["device"] == "auto"  # the actors choose GPU or CPU on the cluster
+    inference = seen["inference"]  # one InferenceSettings from the flags, sent to every actor as JSON
+    assert isinstance(inference, InferenceSettings) and inference.model == small_weights.name
+    assert ray_engine.worker_settings(inference, device="cpu", threads=1)["model"] == str(tmp_path / small_weights.name)
+    assert inference.score_thresh == 0.25 and inference.min_size == 128 and inference.max_size == 192
+    assert inference.device == "auto"  # the actors choose GPU or CPU on the cluster
     assert (seen["address"], seen["num_workers"], seen["save_json"]) == ("auto", 3, False)
     assert seen["writer_kwargs"]["viz"] == [] and seen["writer_kwargs"]["formats"] == ["json"]
     assert seen["settings"]["viz"] == [] and seen["settings"]["score_thresh"] == 0.25
+    # run.json's block from the card, without a model: defaults filled in, the card's name and arch
+    assert seen["settings"]["max_detections"] == 100 and seen["settings"]["arch"] == seen["model_card"]["arch"]
+
+
+def test_cli_ray_checks_class_names_on_the_driver(tmp_path, small_weights, monkeypatch, capsys):
+    from masklab.cli import main
+    from masklab.runs.ray import engine as ray_engine
+
+    monkeypatch.setattr(ray_engine, "run_segment_ray", lambda *a, **k: pytest.fail("the run started"))
+    Image.fromarray(make_scene()).save(tmp_path / "x.png")
+    argv = ["segment", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--engine", "ray", "--model", str(small_weights)]
+    assert main([*argv, "--classes", "class_1,zebra"]) == 2
+    assert "unknown class names ['zebra']" in capsys.readouterr().err
 
 
 def test_cli_refuses_ray_flags_without_the_ray_engine(tmp_path, capsys):
@@ -312,11 +332,12 @@ def test_worker_without_json_and_run_files_from_parquet(tmp_path, small_weights)
     through a scratch folder to the store (all but the JSON), the Parquet parts hold the records, and the
     run-level formats (COCO here) are rebuilt from them."""
     pytest.importorskip("pyarrow")
-    from masklab.engine.batch import ImageResult, RunSummary
-    from masklab.engine.distributed.ray_engine import _finish, _records_from_tables, _SegmentWorker
-    from masklab.engine.segmenter import Segmenter
+    from masklab import Segmenter
     from masklab.io.formats.writer import image_record
     from masklab.io.inputs import InputItem
+    from masklab.runs import ImageResult, RunLedger, RunSummary
+    from masklab.runs.ray.engine import _finish, _records_from_tables, worker_settings
+    from masklab.runs.ray.worker import SegmentWorker
 
     for i in range(2):
         Image.fromarray(make_scene(90, 120, seed=20 + i)).save(tmp_path / f"p{i}.png")
@@ -325,8 +346,9 @@ def test_worker_without_json_and_run_files_from_parquet(tmp_path, small_weights)
     cats = Segmenter(**kwargs).spec.categories
     writer_kwargs = {"viz": ["instance"], "formats": ["json", "png-masks", "coco"], "categories": cats}
     store_uri = (tmp_path / "out").as_uri()
-    worker = _SegmentWorker(
-        segmenter_kwargs=kwargs, writer_kwargs=writer_kwargs, out=store_uri, save_json=False, threads=1, model_batch=2, max_pixels=None
+    settings = worker_settings(InferenceSettings(**kwargs), device="cpu", threads=1)
+    worker = SegmentWorker(
+        settings=settings, writer_kwargs=writer_kwargs, out=store_uri, save_json=False, threads=1, model_batch=2, max_pixels=None
     )
     names = ["p0.png", "bad.png", "p1.png"]
     batch = {
@@ -353,7 +375,8 @@ def test_worker_without_json_and_run_files_from_parquet(tmp_path, small_weights)
     results = [ImageResult(items[0], n_instances=back["instances"][1]), ImageResult(items[1], error=back["error"][0])]
     results.append(ImageResult(items[2], n_instances=back["instances"][2]))
     summary = RunSummary(results=results, seconds=1.0)
-    _finish(store, summary, settings={"model": worker.model_name}, model_card=None, extra={}, writer_kwargs=writer_kwargs, save_json=False)
+    ledger = RunLedger.open(store, {"model": worker.model_name})
+    _finish(store, ledger, summary, model_card=None, extra={}, writer_kwargs=writer_kwargs, save_json=False)
     coco = json.loads((out / "coco_results.json").read_text())
     rles = sorted(d["segmentation"]["counts"] for d in coco)
     assert rles == sorted(d["rle"]["counts"] for r in records.values() for d in r["instances"]) and rles
@@ -365,10 +388,10 @@ def test_core_imports_no_ray_and_a_missing_ray_says_how_to_install(monkeypatch):
     import subprocess
     import sys
 
-    code = "import sys, masklab, masklab.cli, masklab.engine.distributed; print('ray' in sys.modules, 'pyarrow' in sys.modules)"
+    code = "import sys, masklab, masklab.cli, masklab.runs; print('ray' in sys.modules, 'pyarrow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["False", "False"]
-    from masklab.engine.distributed.ray_engine import require_ray
     from masklab.errors import MissingDependencyError
+    from masklab.runs.ray.cluster import require_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # what an install without the extra looks like to import
     with pytest.raises(MissingDependencyError, match=r'pip install "masklab\[ray\]"'):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from masklab.cli import main
-from masklab.engine.video import segment_video
 from masklab.errors import ImageLoadError, UsageError
+from masklab.runs import segment_video
 from masklab.structures.masks import decode_rle
 
 FPS, W, H, N = 12.0, 160, 120, 24

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from masklab.cli.options import add_model_arguments
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -25,30 +27,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
     p.add_argument("-r", "--recursive", action="store_true", help="scan folders recursively")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", "-m", default=None, help="model name (see `masklab models`) or weights file; default: maskrcnn_resnet50_fpn_v2")
-    g.add_argument("--weights", "-w", default=None, metavar="PATH", help="local weights file (.pth/.pt/.safetensors)")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    g.add_argument(
-        "--backend",
-        default="auto",
-        choices=("auto", "torch", "torch-fast", "openvino", "onnx", "torchscript"),
-        help="runtime (default: auto = eager torch on the CPU, torch-fast on CUDA; openvino is the fastest exact "
-        "CPU path; see README 'Speed')",
-    )
-    g.add_argument(
-        "--precision",
-        default="fp32",
-        choices=("fp32", "bf16", "fp16", "int8"),
-        help="fp32 is exact; bf16/fp16 are faster and change outputs slightly (default: fp32)",
-    )
-    g.add_argument("--proposals", type=int, default=None, help="proposals kept before the box head (speed knob; default: 1000)")
-    g.add_argument("--min-size", type=int, default=None, help="resize the shorter side to this many pixels (default: the model's, 800)")
-    g.add_argument("--max-size", type=int, default=None, help="cap the longer side at this many pixels (default: the model's, 1333)")
-    g = p.add_argument_group("filtering")
-    g.add_argument("--score-thresh", type=float, default=None, help="minimum score, 0..1 (default: the model's, 0.5; 0.7 for matterport_r101_coco)")
-    g.add_argument("--classes", default=None, help="comma-separated class names to keep, e.g. person,car")
-    g.add_argument("--max-detections", type=int, default=None, help="keep at most this many objects per image (default: the model's, 100)")
+    add_model_arguments(p)
     g = p.add_argument_group("output")
     g.add_argument(
         "--viz",
@@ -112,104 +91,87 @@ def _check_args(args) -> None:
         raise UsageError("--url-max-mb and --url-timeout must be > 0")
 
 
-def run(args) -> int:
-    from masklab.engine.batch import run_segment
-    from masklab.engine.segmenter import Segmenter
-    from masklab.engine.video import is_video_path, segment_video
-    from masklab.errors import ImageLoadError
-    from masklab.io.inputs import UrlLimits, expand_inputs
-    from masklab.models.zoo import DEFAULT_MODEL
+def _inputs(args) -> tuple[list[str | int], list]:
+    """The videos (paths, camera indices) and the image items the command names."""
+    from masklab.errors import UsageError
+    from masklab.io.inputs import expand_inputs
+    from masklab.runs import expand_sources, is_video_path
 
-    _check_args(args)
-    from masklab.engine.distributed.command import check_ray_args
-
-    check_ray_args(args)
     videos: list[str | int] = []
     if args.source is not None:
         videos.append(int(args.source) if args.source.isdigit() else args.source)
     image_args = []
     for raw in args.inputs:
         (videos if raw != "-" and is_video_path(raw) else image_args).append(raw)
-    if args.engine == "ray":  # also lists storage URIs (s3://, gs://, file://...) through pyarrow.fs
-        from masklab.engine.distributed import expand_sources
-        from masklab.errors import UsageError
+    if args.engine == "ray" and videos:
+        raise UsageError(f"videos run on the local engine; drop --engine ray for {videos[0]}")
+    # ray: also lists storage URIs (s3://, gs://, file://...) through pyarrow.fs
+    expand = expand_sources if args.engine == "ray" else expand_inputs
+    items = expand(image_args, recursive=args.recursive, allow_urls=args.allow_urls) if image_args else []
+    return videos, items
 
-        if videos:
-            raise UsageError(f"videos run on the local engine; drop --engine ray for {videos[0]}")
-        items = expand_sources(image_args, recursive=args.recursive, allow_urls=args.allow_urls) if image_args else []
-    else:
-        items = expand_inputs(image_args, recursive=args.recursive, allow_urls=args.allow_urls) if image_args else []
-    if not items and not videos:
-        print("masklab: no images found in the inputs", file=sys.stderr)
-        return 2
-    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-    from masklab.io.formats.writer import FORMATS, OutputWriter, parse_list
+
+def _writer_options(args) -> dict:
+    """The OutputWriter options (:data:`masklab.runs.ledger.OUTPUT_OPTIONS`), checked: a bad style,
+    format or unit fails before the model loads."""
+    from masklab.io.formats.measurements import check_unit
+    from masklab.io.formats.writer import FORMATS, parse_list
     from masklab.visualize import STYLES
 
-    # fail on a bad style or format before the model loads
-    viz = parse_list(args.viz, known=STYLES, what="visualisation style") or None
-    writer_kwargs = {
-        "viz": list(viz or ()),
+    check_unit(args.px_per_unit, args.unit)
+    return {
+        "viz": list(parse_list(args.viz, known=STYLES, what="visualisation style")),
         "formats": list(parse_list(args.save, known=FORMATS, what="output format")),
         "px_per_unit": args.px_per_unit,
         "unit": args.unit,
         "polygon_tolerance": args.polygon_tolerance,
     }
-    from masklab.io.formats.measurements import check_unit
 
-    check_unit(args.px_per_unit, args.unit)
-    seg = Segmenter(
-        args.model or DEFAULT_MODEL,
-        weights=args.weights,
-        device="cpu" if args.engine == "ray" else args.device,  # ray: the model here only checks the flags
-        score_thresh=args.score_thresh,
-        classes=classes,
-        min_size=args.min_size,
-        max_size=args.max_size,
-        max_detections=args.max_detections,
-        backend=args.backend,
-        precision=args.precision,
-        rpn_post_nms_top_n=args.proposals,
+
+def _report(summary, n: int, out: str) -> int:
+    """The run's lines on stderr (counts, rate, skipped, each failure); returns its exit code."""
+    rate = summary.images_per_s
+    done = f"segmented {summary.processed}/{n} images in {summary.seconds:.1f} s"
+    done += f" ({rate:.2f} images/s)" if rate else ""
+    if summary.skipped:
+        done += f"; {summary.skipped} already done, skipped (same settings)"
+    print(f"{done} -> {out}", file=sys.stderr)
+    for r in summary.failures:
+        print(f"  failed: {r.error}", file=sys.stderr)
+    return summary.exit_code
+
+
+def _segment_images(args, items, seg, writer_kwargs: dict, progress: bool | None) -> int:
+    from masklab.io.formats.writer import OutputWriter
+    from masklab.io.inputs import UrlLimits
+    from masklab.runs import run_segment
+
+    summary = run_segment(
+        items,
+        args.out,
+        seg,
+        viz=tuple(writer_kwargs["viz"]) or None,
+        # categories: the class list of yolo, the categories of coco
+        writer=OutputWriter(args.out, model_name=seg.spec.name, categories=seg.spec.categories, **writer_kwargs),
+        extra_settings=writer_kwargs,
+        progress=progress,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        skip_existing=args.skip_existing,
+        max_pixels=args.max_pixels,
+        url_limits=UrlLimits(max_bytes=int(args.url_max_mb * 2**20), timeout_s=args.url_timeout),
     )
-    writer_kwargs["categories"] = seg.spec.categories  # the class list of yolo, the categories of coco
-    progress = False if args.no_progress else None
-    code = 0
-    if items:
-        if args.engine == "ray":
-            from masklab.engine.distributed.command import segment_on_ray
+    return _report(summary, len(items), args.out)
 
-            # what the local engine records: the segmenter's, the overlay style(s), the writer's options
-            settings = {**seg.settings(), "viz": viz, **{k: v for k, v in writer_kwargs.items() if k != "categories"}}
-            summary = segment_on_ray(args, items, seg, writer_kwargs=writer_kwargs, settings=settings, progress=progress)
-        else:
-            summary = run_segment(
-                items,
-                args.out,
-                seg,
-                viz=viz,
-                writer=OutputWriter(args.out, model_name=seg.spec.name, **writer_kwargs),
-                extra_settings={k: v for k, v in writer_kwargs.items() if k != "categories"},
-                progress=progress,
-                batch_size=args.batch_size,
-                workers=args.workers,
-                skip_existing=args.skip_existing,
-                max_pixels=args.max_pixels,
-                url_limits=UrlLimits(max_bytes=int(args.url_max_mb * 2**20), timeout_s=args.url_timeout),
-            )
-        rate = summary.images_per_s
-        done = f"segmented {summary.processed}/{len(items)} images in {summary.seconds:.1f} s"
-        done += f" ({rate:.2f} images/s)" if rate else ""
-        if summary.skipped:
-            done += f"; {summary.skipped} already done, skipped (same settings)"
-        print(f"{done} -> {args.out}", file=sys.stderr)
-        for r in summary.failures:
-            print(f"  failed: {r.error}", file=sys.stderr)
-        code = summary.exit_code
+
+def _segment_videos(args, videos, seg, viz: tuple[str, ...] | None, progress: bool | None) -> int:
+    from masklab.errors import ImageLoadError
+    from masklab.runs import segment_video
+
+    code = 0
     for source in videos:
         try:
-            vs = segment_video(
-                source, args.out, seg, viz=viz, every=args.every, start_s=args.start, end_s=args.end, progress=progress
-            )
+            vs = segment_video(source, args.out, seg, viz=viz, every=args.every, start_s=args.start, end_s=args.end, progress=progress)
         except ImageLoadError as e:
             print(f"  failed: {str(e).splitlines()[0]}", file=sys.stderr)
             code = 1
@@ -217,3 +179,26 @@ def run(args) -> int:
         fps = f" ({vs.frames_per_s:.2f} frames/s)" if vs.frames_per_s else ""
         print(f"video {vs.source}: {vs.frames_processed} frames in {vs.seconds:.1f} s{fps} -> {vs.jsonl}", file=sys.stderr)
     return code
+
+
+def run(args) -> int:
+    from masklab import Segmenter
+    from masklab.inference.threads import configure_threads
+    from masklab.runs.ray.command import check_ray_args, segment_on_ray
+    from masklab.settings import InferenceSettings
+
+    _check_args(args)
+    check_ray_args(args)
+    settings = InferenceSettings.from_args(args)  # validated here; loads nothing
+    videos, items = _inputs(args)
+    if not items and not videos:
+        print("masklab: no images found in the inputs", file=sys.stderr)
+        return 2
+    writer_kwargs = _writer_options(args)
+    progress = False if args.no_progress else None
+    if args.engine == "ray":  # the actors build the model; this process builds none
+        return _report(segment_on_ray(args, items, settings, writer_kwargs=writer_kwargs, progress=progress), len(items), args.out)
+    configure_threads()
+    seg = Segmenter(settings=settings)
+    code = _segment_images(args, items, seg, writer_kwargs, progress) if items else 0
+    return max(code, _segment_videos(args, videos, seg, tuple(writer_kwargs["viz"]) or None, progress))

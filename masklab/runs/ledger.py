@@ -1,0 +1,287 @@
+"""The run ledger: what every engine (local folder, Ray) records about a run in its output folder.
+
+- ``run.json``: written at the start (``"complete": false``, the settings and their fingerprint, the
+  number of images) and again at the end (``"complete": true`` with the model card, versions, counts,
+  every failure with its one-line reason, and timings), so a killed run still tells the rerun which
+  settings its outputs came from.
+- ``summary.csv``: one row per input (image, status ok / skipped / failed, instances, one column per
+  label, error).
+- The resume decision: with ``skip_existing=None`` a run skips the images an earlier run finished when
+  the folder's ``run.json`` has the same settings fingerprint; any change of a setting that decides the
+  outputs starts over.
+
+The ledger writes through a *folder*: :class:`LocalFolder` here, or the Ray engine's
+:class:`~masklab.runs.ray.storage.Store` (a local folder or a ``pyarrow.fs`` URI); both offer
+``read_text(name)`` and ``write_bytes(name, data)`` with atomic whole-file writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from masklab.errors import ImageLoadError
+from masklab.io.atomic import atomic_write_bytes
+from masklab.io.inputs import InputItem
+from masklab.settings import RUNTIME_ONLY
+from masklab.structures.instances import Instances
+
+__all__ = [
+    "ImageResult",
+    "RunSummary",
+    "RunLedger",
+    "RunFolder",
+    "LocalFolder",
+    "OUTPUT_OPTIONS",
+    "SPEED_ONLY",
+    "run_settings",
+    "settings_fingerprint",
+    "read_run_json",
+    "summary_csv",
+    "one_line",
+    "versions",
+]
+
+#: Run options that change how fast a run goes, not what it writes: left out of the fingerprint, with
+#: :data:`masklab.settings.RUNTIME_ONLY` (device, threads).
+SPEED_ONLY = ("batch_size", "workers", "skip_existing", "progress", "engine")
+#: The :class:`~masklab.io.formats.writer.OutputWriter` options a run records in its settings block.
+OUTPUT_OPTIONS = ("viz", "formats", "px_per_unit", "unit", "polygon_tolerance")
+
+
+@dataclass
+class ImageResult:
+    """What happened to one input.
+
+    ``error`` is None on success (then ``counts`` holds instances per label and ``n_instances`` their
+    total), else a one-line reason. ``skipped``: done by an earlier run and not redone. ``instances``
+    is kept only when the run was asked to (``keep_instances=True``). ``seconds``: wall time from the
+    start of decoding to the last file written.
+    """
+
+    item: InputItem
+    instances: Instances | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+    n_instances: int = 0
+    skipped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class RunSummary:
+    """A finished run: one :class:`ImageResult` per input, in input order; ``seconds`` of wall time."""
+
+    results: list[ImageResult] = field(default_factory=list)
+    seconds: float = 0.0
+    fingerprint: str = ""
+    resumed: bool = False
+
+    @property
+    def failures(self) -> list[ImageResult]:
+        return [r for r in self.results if r.error is not None]
+
+    @property
+    def skipped(self) -> int:
+        return sum(r.skipped for r in self.results)
+
+    @property
+    def processed(self) -> int:
+        """Images segmented by this run (not failed, not skipped)."""
+        return sum(r.ok and not r.skipped for r in self.results)
+
+    @property
+    def images_per_s(self) -> float | None:
+        return self.processed / self.seconds if self.seconds > 0 else None
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every input succeeded, 1 when some failed."""
+        return 1 if self.failures else 0
+
+
+def one_line(e: BaseException | str) -> str:
+    """The first line of an error message (what summary.csv and run.json record)."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else ""
+    if isinstance(e, BaseException) and not isinstance(e, ImageLoadError):
+        first = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    return first
+
+
+def versions() -> dict[str, str]:
+    """The versions a run records: masklab, Python, torch, torchvision, numpy and the platform."""
+    import numpy
+    import torch
+    import torchvision
+
+    from masklab import __version__
+
+    return {
+        "masklab": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def run_settings(model: Mapping[str, Any], output: Mapping[str, Any]) -> dict[str, Any]:
+    """``run.json``'s settings block: the model's settings (``Segmenter.settings()``, or
+    ``InferenceSettings.to_run_json(card)`` where no model is built) followed by the writer's
+    :data:`OUTPUT_OPTIONS` found in ``output`` (OutputWriter keywords; others, such as ``categories``,
+    are not settings)."""
+    return {**model, **{k: output[k] for k in OUTPUT_OPTIONS if k in output}}
+
+
+def settings_fingerprint(settings: Mapping[str, Any]) -> str:
+    """16 hex digits identifying the settings that decide a run's outputs (model, weights, thresholds,
+    sizes, classes, formats...); runtime and speed-only settings (:data:`RUNTIME_ONLY` +
+    :data:`SPEED_ONLY`) are left out."""
+    relevant = {k: v for k, v in settings.items() if k not in RUNTIME_ONLY and k not in SPEED_ONLY}
+    blob = json.dumps(relevant, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class RunFolder(Protocol):
+    """Where a run's files go: relative names, atomic whole-file writes."""
+
+    def read_text(self, rel: str) -> str: ...
+
+    def write_bytes(self, rel: str, data: bytes) -> Any: ...
+
+
+class LocalFolder:
+    """A :class:`RunFolder` on the local file system (created on the first write)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def read_text(self, rel: str) -> str:
+        return (self.root / rel).read_text()
+
+    def write_bytes(self, rel: str, data: bytes) -> Path:
+        return atomic_write_bytes(self.root / rel, data)
+
+
+def _folder(out: str | os.PathLike | RunFolder) -> RunFolder:
+    return LocalFolder(out) if isinstance(out, (str, os.PathLike)) else out
+
+
+def read_run_json(out: str | os.PathLike | RunFolder) -> dict[str, Any] | None:
+    """The folder's ``run.json``, or None if missing or unreadable."""
+    try:
+        doc = json.loads(_folder(out).read_text("run.json"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def summary_csv(results: Sequence[ImageResult]) -> str:
+    """``summary.csv``'s text: image, status (ok / skipped / failed), instances, one column per label, error."""
+    classes: list[str] = []
+    for r in results:
+        for lab in r.counts:
+            if lab not in classes:
+                classes.append(lab)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["image", "status", "instances", *classes, "error"])
+    for r in results:
+        if r.error is not None:
+            w.writerow([r.item.source, "failed", "", *([""] * len(classes)), r.error])
+        else:
+            status = "skipped" if r.skipped else "ok"
+            w.writerow([r.item.source, status, r.n_instances, *(r.counts.get(c, 0) for c in classes), ""])
+    return buf.getvalue()
+
+
+def _timings(results: Sequence[ImageResult], seconds: float) -> dict[str, Any]:
+    """Total seconds, images/s over the images this run processed, per-image seconds mean/median/p95."""
+    per = sorted(r.seconds for r in results if r.error is None and not r.skipped)
+    return {
+        "total_s": round(seconds, 3),
+        "images_per_s": round(len(per) / seconds, 4) if seconds > 0 and per else None,
+        "per_image_s": {
+            "mean": round(sum(per) / len(per), 4),
+            "median": round(per[len(per) // 2], 4),
+            "p95": round(per[min(len(per) - 1, int(0.95 * len(per)))], 4),
+        }
+        if per
+        else None,
+    }
+
+
+def _json_bytes(doc: Mapping[str, Any]) -> bytes:
+    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+@dataclass
+class RunLedger:
+    """One run's record in its output folder (see the module docstring).
+
+    Use: :meth:`open` (reads the earlier ``run.json``, decides ``resume``), then the engine prepares
+    (e.g. clears stale tables when not resuming), :meth:`start`, the work, :meth:`finish`.
+    """
+
+    folder: RunFolder
+    settings: dict[str, Any]
+    fingerprint: str
+    #: skip the images an earlier run finished
+    resume: bool
+
+    @classmethod
+    def open(cls, out: str | os.PathLike | RunFolder, settings: Mapping[str, Any], *, skip_existing: bool | None = None) -> RunLedger:
+        """``skip_existing``: True skip finished images, False redo everything, None (default) skip
+        when ``out/run.json`` has the same settings fingerprint."""
+        folder = _folder(out)
+        fingerprint = settings_fingerprint(settings)
+        previous = read_run_json(folder)
+        same = previous is not None and previous.get("fingerprint") == fingerprint
+        return cls(folder, dict(settings), fingerprint, same if skip_existing is None else bool(skip_existing))
+
+    def start(self, *, images: int, extra: Mapping[str, Any] | None = None) -> None:
+        """The first ``run.json`` (``"complete": false``)."""
+        doc = {"complete": False, "fingerprint": self.fingerprint, "settings": self.settings, "images": images, **(extra or {})}
+        self.folder.write_bytes("run.json", _json_bytes(doc))
+
+    def summary(self, results: Sequence[ImageResult], *, seconds: float) -> RunSummary:
+        return RunSummary(results=list(results), seconds=seconds, fingerprint=self.fingerprint, resumed=self.resume)
+
+    def finish(self, summary: RunSummary, *, model_card: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> list[Any]:
+        """``summary.csv`` and the final ``run.json``; returns where they were written."""
+        results = summary.results
+        ok = [r for r in results if r.error is None]
+        processed = sum(not r.skipped for r in ok)
+        doc = {
+            "complete": True,
+            "fingerprint": self.fingerprint,
+            "settings": self.settings,
+            "model_card": model_card,
+            "versions": versions(),
+            "images": len(results),
+            "succeeded": len(ok),
+            "processed": processed,
+            "skipped": len(ok) - processed,
+            "failed": [{"image": r.item.source, "error": r.error} for r in results if r.error is not None],
+            "timings": _timings(results, summary.seconds),
+            **(extra or {}),
+        }
+        return [
+            self.folder.write_bytes("summary.csv", summary_csv(results).encode("utf-8")),
+            self.folder.write_bytes("run.json", _json_bytes(doc)),
+        ]
