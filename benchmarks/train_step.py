@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from train_budget import write_dataset
 
     from masklab.data import open_dataset
-    from masklab.engine.segmenter import configure_threads
+    from masklab.inference.threads import configure_threads
     from masklab.models.roi_pool import use_fast_roi_pooling
     from masklab.models.zoo import get_spec
     from masklab.training.data import TorchDataset, collate

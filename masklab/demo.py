@@ -53,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from masklab import Segmenter
     from masklab.cli import _print_error
+    from masklab.inference import configure_threads
     from masklab.io.inputs import expand_inputs
     from masklab.runs import run_segment
 
+    configure_threads()  # an entry point: every CPU this process may use
     items = expand_inputs([args.samples])
     try:
         seg = Segmenter()
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"masklab demo: COCO weights unavailable ({reason}); using the offline demo model "
               f"{DEMO_MODEL.name} on generated shapes scenes instead", file=sys.stderr)
         try:
-            seg = Segmenter(str(DEMO_MODEL), score_thresh=0.5)
+            seg = Segmenter(str(DEMO_MODEL))
         except MasklabError as e2:
             _print_error(e2)
             return e2.exit_code

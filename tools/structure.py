@@ -235,7 +235,9 @@ def option_declarations(tree: ast.AST) -> list[tuple[str, int]]:
 
 def _is_value(node: ast.AST | None) -> bool:
     """A default that sets a value (not None, which means "not given: the model's default")."""
-    return node is not None and not (isinstance(node, ast.Constant) and node.value is None)
+    if node is None or (isinstance(node, ast.Constant) and node.value is None):
+        return False
+    return not (isinstance(node, ast.Attribute) and node.attr == "SUPPRESS")  # argparse: no default at all
 
 
 def layer_of(folder: str) -> int | None:

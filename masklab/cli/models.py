@@ -16,7 +16,7 @@ def run(args) -> int:
     from masklab.models.zoo import DEFAULT_MODEL, MODELS
 
     if args.json:
-        print(json.dumps([{**s.card(), "cached": s.weights is not None and is_cached(s.weights)} for s in MODELS.values()], indent=2))
+        print(json.dumps([{**s.card().to_json(), "cached": s.weights is not None and is_cached(s.weights)} for s in MODELS.values()], indent=2))
         return 0
     rows = [("model", "box AP", "mask AP", "weights", "tags")]
     for s in MODELS.values():

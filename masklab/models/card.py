@@ -72,8 +72,8 @@ class ModelCard:
     name: str
     arch: str
     categories: tuple[str, ...]
-    min_size: int = 800
-    max_size: int = 1333
+    min_size: int
+    max_size: int
     image_mean: tuple[float, ...] = IMAGENET_MEAN
     image_std: tuple[float, ...] = IMAGENET_STD
     # None: the architecture's default (its zoo entry, :class:`~masklab.models.zoo.ModelSpec`)
@@ -179,8 +179,8 @@ class ModelCard:
             name=str(doc["name"]),
             arch=str(doc["arch"]),
             categories=tuple(doc["categories"]),
-            min_size=int(doc.get("min_size", 800)),
-            max_size=int(doc.get("max_size", 1333)),
+            min_size=int(doc["min_size"]),
+            max_size=int(doc["max_size"]),
             weights=WeightsRef(file=str(doc["weights"]), storage=str(doc.get("storage", "float32"))),
             metrics=score,
             description=str(doc.get("description", "")),
@@ -225,8 +225,8 @@ class ModelCard:
             name=str(doc["name"]),
             arch=str(doc["arch"]),
             categories=tuple(doc["categories"]),
-            min_size=int(doc.get("min_size", 800)),
-            max_size=int(doc.get("max_size", 1333)),
+            min_size=int(doc["min_size"]),
+            max_size=int(doc["max_size"]),
             score_thresh=None if doc.get("score_thresh") is None else float(doc["score_thresh"]),
             weights=weights,
             metrics=dict(doc.get("published") or {}),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from masklab.errors import UsageError
 from masklab.models.card import ModelCard, WeightsRef
 from masklab.models.categories import COCO_MRCNN, COCO_TORCHVISION
+from masklab.models.matterport.config import MatterportConfig
 from masklab.models.weights import WeightsSpec
 from masklab.settings import DEFAULT_MODEL
 
@@ -93,7 +94,7 @@ class ModelSpec:
         )
 
 
-def _build_tv_v1(*, num_classes: int, min_size: int = 800, max_size: int = 1333, **kwargs):
+def _build_tv_v1(*, num_classes: int, min_size: int, max_size: int, **kwargs):
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
     return maskrcnn_resnet50_fpn(
@@ -101,7 +102,7 @@ def _build_tv_v1(*, num_classes: int, min_size: int = 800, max_size: int = 1333,
     )
 
 
-def _build_tv_v2(*, num_classes: int, min_size: int = 800, max_size: int = 1333, **kwargs):
+def _build_tv_v2(*, num_classes: int, min_size: int, max_size: int, **kwargs):
     from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
 
     return maskrcnn_resnet50_fpn_v2(
@@ -115,7 +116,7 @@ _SMALL_CHANNELS = 128
 _SMALL_REPRESENTATION = 128
 
 
-def _build_small(*, num_classes: int, min_size: int = 512, max_size: int = 768, **kwargs):
+def _build_small(*, num_classes: int, min_size: int, max_size: int, **kwargs):
     """Mask R-CNN on a MobileNetV3-Large FPN backbone: ~10x less arithmetic than ResNet-50, for fast CPU
     training on your own classes (no published COCO weights).
 
@@ -153,8 +154,7 @@ def _build_small(*, num_classes: int, min_size: int = 512, max_size: int = 768, 
     defaults = {
         "rpn_pre_nms_top_n_train": 1000,
         "rpn_post_nms_top_n_train": 500,
-        "rpn_pre_nms_top_n_test": 500,
-        "rpn_post_nms_top_n_test": 300,
+        "rpn_pre_nms_top_n_test": 500,  # test-time proposals kept after NMS: the entry's ``proposals`` (300)
         "box_batch_size_per_image": 64,
     }
     kwargs = {**defaults, **kwargs}
@@ -238,6 +238,8 @@ def _build_matterport(*, num_classes: int, **kwargs):
     return build_module(num_classes=num_classes, **kwargs)
 
 
+_MP = MatterportConfig()
+
 #: The classic tutorial's weights (matterport/Mask_RCNN release v2.0), run by a PyTorch port of its graph.
 #: matterport publishes no checksum; the sha256 is left empty (unverified) and only the size is recorded.
 MODELS["matterport_r101_coco"] = ModelSpec(
@@ -252,16 +254,20 @@ MODELS["matterport_r101_coco"] = ModelSpec(
         size_bytes=257_557_808,
         license="MIT",
     ),
-    min_size=800,
-    max_size=1024,
+    # the port's defaults are matterport's own config (the tutorial's DETECTION_MIN_CONFIDENCE 0.7...)
+    min_size=_MP.IMAGE_MIN_DIM,
+    max_size=_MP.IMAGE_MAX_DIM,
+    score_thresh=_MP.DETECTION_MIN_CONFIDENCE,
+    nms_thresh=_MP.DETECTION_NMS_THRESHOLD,
+    max_detections=_MP.DETECTION_MAX_INSTANCES,
+    proposals=_MP.POST_NMS_ROIS_INFERENCE,
     published={"box_ap": 34.7, "dataset": "COCO minival (matterport)"},
     tags=("coco", "matterport"),
-    score_thresh=0.7,  # matterport's DETECTION_MIN_CONFIDENCE, as the tutorial
-    nms_thresh=0.3,  # DETECTION_NMS_THRESHOLD
     description="matterport's Mask R-CNN, ResNet-101 FPN (the tutorial's mask_rcnn_coco.h5), ported to PyTorch.",
     license="MIT",
     mrcnn_class_names=COCO_MRCNN,
 )
+
 
 def get_spec(name: str) -> ModelSpec:
     """The entry called ``name``; a clear error listing the known names otherwise."""

@@ -136,13 +136,14 @@ def add_model_routes(app: FastAPI, svc: Service) -> None:
 def add_segment_routes(app: FastAPI, svc: Service) -> None:
     """``POST /v1/segment`` and ``POST /v1/render``: one image in, its instances filtered per request."""
     floor = svc.settings.score_floor
-    score_q = Query(0.5, ge=0.0, le=1.0, description=f"keep instances scoring at least this (the model keeps >= {floor} anyway)")
+    score_q = Query(None, ge=0.0, le=1.0, description="keep instances scoring at least this; default: the model's own "
+                    f"threshold (0.5; 0.7 for matterport_r101_coco). The model keeps >= {floor} anyway")
     classes_q = Query(None, max_length=2000, description="comma-separated class names to keep, e.g. person,car")
 
     @app.post("/v1/segment", summary="Segment an image: the CLI's per-image JSON", openapi_extra=_BODY_DOC, responses=_ERRORS_DOC)
     async def segment(
         request: Request,
-        score_thresh: float = score_q,
+        score_thresh: float | None = score_q,
         classes: str | None = classes_q,
         formats: list[Literal["json", "coco"]] = Query(["json"], max_length=2, description="`json`: the per-image record (always); `coco`: also a `coco` list of COCO results entries"),
     ) -> dict:
@@ -151,7 +152,7 @@ def add_segment_routes(app: FastAPI, svc: Service) -> None:
 
         def job(data: bytes, name: str) -> dict:
             _, inst = svc.instances_for(data, name)
-            sel = inst.filter(min_score=score_thresh, classes=wanted)
+            sel = inst.filter(min_score=_or_model_default(score_thresh, seg), classes=wanted)
             record = image_record(name, sel, seg.spec.name)
             if "coco" in formats:
                 record["coco"] = sel.to_coco(image_id=name)
@@ -169,22 +170,27 @@ def add_segment_routes(app: FastAPI, svc: Service) -> None:
     async def render(
         request: Request,
         style: StyleName = Query("instance", description="overlay style"),
-        score_thresh: float = score_q,
+        score_thresh: float | None = score_q,
         classes: str | None = classes_q,
         hide: str | None = Query(None, max_length=20000, pattern=r"^\d{1,6}(,\d{1,6})*$", description="comma-separated instance ids (as in /v1/segment with the same options) to leave out"),
     ) -> Response:
-        svc.require_ready()
+        seg = svc.require_ready()
         wanted = svc.check_classes(classes)
         hidden = {int(v) for v in hide.split(",")} if hide else set()
         visualizer = get_visualizer(style)
 
         def job(data: bytes, name: str) -> bytes:
             image, inst = svc.instances_for(data, name)
-            sel = inst.filter(min_score=score_thresh, classes=wanted)
+            sel = inst.filter(min_score=_or_model_default(score_thresh, seg), classes=wanted)
             sel = sel[np.array([i not in hidden for i in range(len(sel))], bool)]
             return _png(visualizer.annotate(image, sel))
 
         return Response(await svc.handle(request, job), media_type="image/png")
+
+
+def _or_model_default(score_thresh: float | None, seg) -> float:
+    """A request's threshold, or the model entry's own default (the server itself keeps a lower floor)."""
+    return seg.spec.score_thresh if score_thresh is None else score_thresh
 
 
 def _png(image: np.ndarray) -> bytes:

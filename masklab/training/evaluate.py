@@ -8,7 +8,7 @@ from torch import nn
 
 from masklab.data.dataset import SegmentationDataset
 from masklab.evaluation.evaluator import evaluate_instances
-from masklab.models.backend import TorchBackend
+from masklab.runtime.torch import TorchRuntime
 from masklab.structures.instances import Instances
 
 __all__ = ["evaluate_model"]
@@ -18,7 +18,7 @@ def evaluate_model(module: nn.Module, val: SegmentationDataset, *, device: str, 
     """Box and mask AP / AP50 of ``module`` on ``val`` (fractions in [0, 1]; None where undefined),
     with :func:`masklab.evaluation.evaluator.evaluate_instances`. The module's train/eval mode is restored."""
     was_training = module.training
-    backend = TorchBackend(module, device=device)
+    backend = TorchRuntime(module, device=device)
     preds = {}
     for image_id in val.image_ids:
         image = val.gt.load_image(image_id).array
