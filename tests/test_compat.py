@@ -12,6 +12,7 @@ from masklab.compat.mrcnn import model as modellib
 from masklab.compat.mrcnn.config import Config
 from masklab.errors import MasklabError, UsageError
 from masklab.models.categories import COCO_MRCNN
+from masklab.structures.instances import Instances
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,10 +116,17 @@ def test_display_instances_draws_what_the_visualiser_draws():
     assert shown.shape == image.shape
     assert tuple(shown[25, 25]) == (178, 50, 50) and tuple(shown[75, 130]) == (50, 50, 178)  # 50 % colour fills
     assert (shown[95, 5] == 100).all()  # background untouched
+    # ... and the whole picture is the instance visualiser's: boxes from the rois (y1, x1, y2, x2 ->
+    # x1, y1, x2, y2), the colours scaled to 0..255, matterport's "label score" captions.
+    inst = Instances(boxes=rois[:, [1, 0, 3, 2]].astype(np.float32), masks=masks.transpose(2, 0, 1), scores=scores,
+                     class_ids=class_ids, labels=["cat", "cat"], image_size=image.shape[:2])
+    expected = InstanceVisualizer(alpha=0.5).annotate(
+        image, inst, colors=[(255, 0, 0), (0, 0, 255)], captions=["cat 0.900", "cat 0.800"]
+    )
+    assert (shown == expected).all()
     plt.close(fig)
     with pytest.raises(ValueError, match="agree on N"):
         visualize.display_instances(image, rois, masks[..., :1], class_ids, list(COCO_MRCNN), scores, ax=ax)
-    assert InstanceVisualizer is not None
 
 
 def test_display_top_masks_random_colors_apply_mask(capsys):

@@ -112,11 +112,23 @@ def test_outline_draws_contours_only():
 def test_every_style_handles_no_instances_and_side_by_side():
     img = make_scene(50, 70)
     empty = Instances.empty((50, 70))
+    # With nothing detected, every pixel is background: each style shows what it does to background.
+    grey = np.round(img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8)
+    expected = {
+        "instance": img,  # nothing to fill, outline or caption
+        "semantic": img,  # and no legend without classes
+        "outline": img,
+        "splash": np.repeat(grey[..., None], 3, axis=2),  # all of it greyed (ITU-R 601 luma)
+    }
+    assert set(expected) | {"blur"} == set(STYLES)  # a new style needs its own expectation here
     for style in STYLES:
         out = get_visualizer(style).annotate(img, empty)
-        assert out.shape == img.shape
-        if style != "blur":
-            assert (out == img).all() or style == "splash"
+        assert out.shape == img.shape and out.dtype == np.uint8, style
+        if style == "blur":  # all of it blurred: changed, and smoother than the input
+            assert np.abs(out.astype(int) - img.astype(int)).mean() > 5
+            assert np.abs(np.diff(out.astype(int), axis=1)).mean() < np.abs(np.diff(img.astype(int), axis=1)).mean()
+        else:
+            assert (out == expected[style]).all(), style
     pair = render(img, _scene_instances(50, 70), ("instance", "semantic"))
     assert pair.shape[1] == 2 * 70 + 4 and pair.shape[0] > 50  # two panels, a gap, a title strip
     assert (pair[-50:, :70] == get_visualizer("instance").annotate(img, _scene_instances(50, 70))).all()
