@@ -215,7 +215,9 @@ def test_measurements_csv_with_calibration(run_dir):
     assert len(rows) == 8
     inst = truth["a"][1]
     areas, perims = inst.areas(), inst.perimeters()
-    for k, row in enumerate(r for r in rows if r["image"].endswith("a.png")):
+    rows_a = [r for r in rows if r["image"].endswith("a.png")]
+    assert len(rows_a) == len(inst) == 4  # one row per object of image a, in order
+    for k, row in enumerate(rows_a):
         assert row["label"] == inst.labels[k] and int(row["area_px"]) == areas[k]
         assert float(row["area_mm2"]) == pytest.approx(areas[k] / 4.0)  # 2 px per mm -> 4 px per mm²
         assert float(row["perimeter_mm"]) == pytest.approx(perims[k] / 2.0, abs=1e-3)
@@ -279,6 +281,7 @@ def test_cli_save_flags_end_to_end(tmp_path, small_weights, capsys):
     classes = read_yolo_classes(out / "yolo" / "classes.txt")
     assert classes == ("class_1", "class_2", "class_3")
     got = read_yolo(out / "yolo" / "p.txt", class_names=classes, image_size=(H, W))
+    assert 1 <= len(got.instances) <= n  # objects too small for a polygon have no line
     assert set(got.instances.labels) <= set(classes)
     with open(out / "measurements.csv") as f:
         rows = list(csv.DictReader(f))
