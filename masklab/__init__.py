@@ -10,6 +10,7 @@ from masklab.errors import MasklabError
 from masklab.inference import Segmenter
 from masklab.io.images import load_image
 from masklab.models.zoo import MODELS, ModelSpec
+from masklab.settings import InferenceSettings
 from masklab.structures.instances import Instances
 
-__all__ = ["__version__", "Segmenter", "Instances", "load_image", "MODELS", "ModelSpec", "MasklabError"]
+__all__ = ["__version__", "Segmenter", "InferenceSettings", "Instances", "load_image", "MODELS", "ModelSpec", "MasklabError"]

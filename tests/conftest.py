@@ -86,3 +86,20 @@ def small_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "small_random.pth"
     torch.save(module.state_dict(), path)
     return path
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--accept",
+        action="store_true",
+        default=False,
+        help="rewrite the golden expect-files (tests/golden/) from this run's outputs; review the diff before committing",
+    )
+
+
+@pytest.fixture
+def accept(request) -> bool:
+    """True under ``pytest --accept`` (or MASKLAB_ACCEPT=1): golden tests write their expect-files."""
+    import os
+
+    return bool(request.config.getoption("--accept")) or os.environ.get("MASKLAB_ACCEPT") == "1"

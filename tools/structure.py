@@ -237,6 +237,8 @@ def _is_value(node: ast.AST | None) -> bool:
     """A default that sets a value (not None, which means "not given: the model's default")."""
     if node is None or (isinstance(node, ast.Constant) and node.value is None):
         return False
+    if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value is None:
+        return False  # Query(None, ...) and the like: a parameter with no default value
     return not (isinstance(node, ast.Attribute) and node.attr == "SUPPRESS")  # argparse: no default at all
 
 

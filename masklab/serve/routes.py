@@ -136,14 +136,14 @@ def add_model_routes(app: FastAPI, svc: Service) -> None:
 def add_segment_routes(app: FastAPI, svc: Service) -> None:
     """``POST /v1/segment`` and ``POST /v1/render``: one image in, its instances filtered per request."""
     floor = svc.settings.score_floor
-    score_q = Query(None, ge=0.0, le=1.0, description="keep instances scoring at least this; default: the model's own "
-                    f"threshold (0.5; 0.7 for matterport_r101_coco). The model keeps >= {floor} anyway")
+    score_doc = (f"keep instances scoring at least this; default: the model's own threshold (0.5; 0.7 for "
+                 f"matterport_r101_coco). The model keeps >= {floor} anyway")
     classes_q = Query(None, max_length=2000, description="comma-separated class names to keep, e.g. person,car")
 
     @app.post("/v1/segment", summary="Segment an image: the CLI's per-image JSON", openapi_extra=_BODY_DOC, responses=_ERRORS_DOC)
     async def segment(
         request: Request,
-        score_thresh: float | None = score_q,
+        score_thresh: float | None = Query(None, ge=0.0, le=1.0, description=score_doc),
         classes: str | None = classes_q,
         formats: list[Literal["json", "coco"]] = Query(["json"], max_length=2, description="`json`: the per-image record (always); `coco`: also a `coco` list of COCO results entries"),
     ) -> dict:
@@ -170,7 +170,7 @@ def add_segment_routes(app: FastAPI, svc: Service) -> None:
     async def render(
         request: Request,
         style: StyleName = Query("instance", description="overlay style"),
-        score_thresh: float | None = score_q,
+        score_thresh: float | None = Query(None, ge=0.0, le=1.0, description=score_doc),
         classes: str | None = classes_q,
         hide: str | None = Query(None, max_length=20000, pattern=r"^\d{1,6}(,\d{1,6})*$", description="comma-separated instance ids (as in /v1/segment with the same options) to leave out"),
     ) -> Response:
