@@ -87,7 +87,7 @@ def test_segment_json_equals_the_cli_json(client, scene_png, small_weights, tmp_
     assert {k: v for k, v in api.items() if k != "image"} == {k: v for k, v in cli.items() if k != "image"}
 
 
-def test_raw_body_multipart_and_options(client, scene_png):
+def test_raw_body_multipart_and_options(client, settings, scene_png):
     multi = client.post("/v1/segment?score_thresh=0", files={"file": ("a.png", scene_png, "image/png")}).json()
     # A wrong but image/* content type is fine: the bytes decide.
     raw = client.post("/v1/segment?score_thresh=0", content=scene_png, headers={"content-type": "image/jpeg"})
@@ -99,11 +99,18 @@ def test_raw_body_multipart_and_options(client, scene_png):
     high = client.post(f"/v1/segment?score_thresh={cut}", content=scene_png, headers={"content-type": "image/png"}).json()
     assert [d["score"] for d in high["instances"]] == [d["score"] for d in multi["instances"] if d["score"] >= cut]
 
-    label = multi["instances"][0]["label"]
-    assert {d["label"] for d in multi["instances"]} - {label}  # other classes too: the filter has some to drop
-    only = client.post(f"/v1/segment?score_thresh=0&classes={label}", content=scene_png, headers={"content-type": "image/png"}).json()
+    # The class filter needs an answer with two classes: this random model's 100 best detections are all
+    # class_2 here; its 200 best add class_3.
+    wide = dataclasses.replace(settings, inference=settings.inference.replace(max_detections=200))
+    with TestClient(create_app(wide)) as c:
+        _wait_ready(c)
+        every = c.post("/v1/segment?score_thresh=0", content=scene_png, headers={"content-type": "image/png"}).json()
+        label = every["instances"][-1]["label"]
+        assert label != every["instances"][0]["label"]  # two classes, and the one asked for is not the top one
+        only = c.post(f"/v1/segment?score_thresh=0&classes={label}", content=scene_png, headers={"content-type": "image/png"}).json()
     assert only["instances"] and {d["label"] for d in only["instances"]} == {label}
-    assert len(only["instances"]) == sum(d["label"] == label for d in multi["instances"])
+    assert len(only["instances"]) == sum(d["label"] == label for d in every["instances"])
+    assert [d["score"] for d in only["instances"]] == [d["score"] for d in every["instances"] if d["label"] == label]
 
     bad = client.post("/v1/segment?classes=zebra", content=scene_png, headers={"content-type": "image/png"})
     assert bad.status_code == 422 and "zebra" in bad.json()["detail"]
