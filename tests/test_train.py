@@ -278,10 +278,14 @@ def test_freeze_modes(mode, trains, frozen):
 
     module = build_model(dataclasses.replace(get_spec("small"), categories=("__background__", "a")))
     module.train()
+    # Start from another mode, so that each one must change what it lists (a fresh module trains everything:
+    # "none" on it would pass doing nothing).
+    apply_freeze(module, "none" if mode == "heads" else "heads")
     apply_freeze(module, mode)
     params = dict(module.named_parameters())
     assert all(params[k].requires_grad for k in trains)
     assert not any(params[k].requires_grad for k in frozen)
+    assert all(p.requires_grad for p in params.values()) == (mode == "none")  # only "none" trains all
     bn = module.backbone.body["0"][1]  # the stem's BatchNorm: statistics frozen with the trunk
     assert bn.training == (mode == "none")
 
