@@ -81,12 +81,7 @@ class Segmenter:
         self.loaded: LoadedModel = load_model(asked)
         self.card: ModelCard = self.loaded.card
         self.spec: ModelSpec = self.loaded.spec
-        if asked.classes is not None:
-            known = set(self.spec.categories) - _NOT_CLASSES
-            unknown = [c for c in asked.classes if c not in known]
-            if unknown:
-                raise UsageError(f"unknown class names {unknown} for model {self.spec.name!r}; its classes: "
-                                 f"{', '.join(sorted(known)[:20])}{' ...' if len(known) > 20 else ''}")
+        self.card.check_classes(asked.classes)
         #: the settings in force: the model's defaults filled in, the device resolved
         self.inference: InferenceSettings = asked.replace(device=device).with_model_defaults(self.card.defaults())
         self.runtime: Runtime = make_runtime(self.loaded, self.inference, device=device)

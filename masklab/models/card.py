@@ -17,7 +17,7 @@ wrote before it:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +119,16 @@ class ModelCard:
         }
         return {k: v for k, v in values.items() if v is not None}
 
+    def check_classes(self, classes: Sequence[str] | None) -> None:
+        """Raise a clear error when ``classes`` (names to keep) holds a name this model does not predict."""
+        if classes is None:
+            return
+        known = set(self.categories) - {"__background__", "BG", "N/A"}
+        unknown = [c for c in classes if c not in known]
+        if unknown:
+            raise UsageError(f"unknown class names {unknown} for model {self.name!r}; its classes: "
+                             f"{', '.join(sorted(known)[:20])}{' ...' if len(known) > 20 else ''}")
+
     def replace(self, **changes: Any) -> ModelCard:
         return dataclasses.replace(self, **changes)
 
@@ -176,11 +186,7 @@ class ModelCard:
                 "weights", "score", "trained", "description", "license", "storage", "reproduce", "notes", "base_model"}
         score = dict(doc.get("score") or {})
         return cls(
-            name=str(doc["name"]),
-            arch=str(doc["arch"]),
-            categories=tuple(doc["categories"]),
-            min_size=int(doc["min_size"]),
-            max_size=int(doc["max_size"]),
+            **_identity(doc),
             weights=WeightsRef(file=str(doc["weights"]), storage=str(doc.get("storage", "float32"))),
             metrics=score,
             description=str(doc.get("description", "")),
@@ -222,11 +228,7 @@ class ModelCard:
         elif isinstance(w, str):
             weights = WeightsRef(file=w)
         return cls(
-            name=str(doc["name"]),
-            arch=str(doc["arch"]),
-            categories=tuple(doc["categories"]),
-            min_size=int(doc["min_size"]),
-            max_size=int(doc["max_size"]),
+            **_identity(doc),
             score_thresh=None if doc.get("score_thresh") is None else float(doc["score_thresh"]),
             weights=weights,
             metrics=dict(doc.get("published") or {}),
@@ -234,3 +236,14 @@ class ModelCard:
             description=str(doc.get("description", "")),
             license=str(doc.get("license", "")),
         )
+
+
+def _identity(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields every card schema has had, under the same names."""
+    return {
+        "name": str(doc["name"]),
+        "arch": str(doc["arch"]),
+        "categories": tuple(doc["categories"]),
+        "min_size": int(doc["min_size"]),
+        "max_size": int(doc["max_size"]),
+    }

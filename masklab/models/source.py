@@ -48,6 +48,7 @@ __all__ = [
     "detect_arch",
     "spec_for_state",
     "spec_from_card",
+    "weights_source_for",
 ]
 
 KINDS = ("zoo", "matterport_h5", "exported", "card", "state_dict")
@@ -197,6 +198,26 @@ def spec_from_card(card: ModelCard, *, exported: bool = False) -> ModelSpec:
 
 def _not_buildable(**_kwargs):
     raise UsageError("this model exists only as an exported file; masklab cannot rebuild its network")
+
+
+def weights_source_for(settings) -> str | None:
+    """Where the weights of the model ``settings`` names come from, as the Segmenter records it
+    (``loaded.weights_source``), without loading them: a file path, ``"random(seed=0)"``, or the cache
+    path of published weights (which may not be downloaded yet)."""
+    from masklab.models.weights import weights_path
+
+    src = find_source(settings.model, settings.weights)
+    if src.weights == "random":
+        return "random(seed=0)"
+    if src.kind in ("zoo", "matterport_h5"):
+        spec = get_spec(src.name)
+        if src.weights is not None:
+            return src.weights
+        return None if spec.weights is None else str(weights_path(spec.weights))
+    if src.kind == "card":
+        card = read_card_file(src.card_path)
+        return str(src.card_path.parent / card.weights.file) if card.weights and card.weights.file else None
+    return str(src.path)
 
 
 def model_card_for(settings) -> ModelCard:

@@ -22,7 +22,7 @@ from masklab.models.weights import cache_dir, weights_path
 
 __all__ = ["build_module", "load_h5_module", "default_weights", "converted_path"]
 
-# torchvision keyword (what ModelOptions produce) -> matterport config name
+# torchvision keyword (what masklab.models.loading.module_kwargs passes) -> matterport config name
 _KW_TO_CONFIG = {
     "box_score_thresh": "DETECTION_MIN_CONFIDENCE",
     "box_nms_thresh": "DETECTION_NMS_THRESHOLD",

@@ -36,6 +36,7 @@ def segment_on_ray(args, items, settings: InferenceSettings, *, writer_kwargs: d
     that writer). Returns the local engine's :class:`~masklab.runs.ledger.RunSummary`, so the CLI reports
     both engines alike.
     """
+    from masklab.models.source import weights_source_for
     from masklab.runs.ray import engine
 
     card = engine.driver_card(settings)
@@ -43,7 +44,7 @@ def segment_on_ray(args, items, settings: InferenceSettings, *, writer_kwargs: d
         items,
         args.out,
         inference=settings,
-        settings=run_settings(settings.to_run_json(card), writer_kwargs),
+        settings=run_settings(settings.to_run_json(card, weights_source=weights_source_for(settings)), writer_kwargs),
         model_card=card.to_json(),
         writer_kwargs={**writer_kwargs, "categories": card.categories},
         save_json=args.json,

@@ -70,12 +70,7 @@ def driver_card(settings: InferenceSettings) -> ModelCard:
     """The card of the model ``settings`` names, read without building the network (the driver only
     checks and records; the actors build), with ``settings.classes`` checked against its classes."""
     card = model_card_for(settings)
-    if settings.classes is not None:
-        known = set(card.categories) - {"__background__", "N/A"}
-        unknown = [c for c in settings.classes if c not in known]
-        if unknown:
-            raise UsageError(f"unknown class names {unknown} for model {card.name!r}; its classes: "
-                             f"{', '.join(sorted(known)[:20])}{' ...' if len(known) > 20 else ''}")
+    card.check_classes(settings.classes)
     return card
 
 
