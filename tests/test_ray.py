@@ -204,7 +204,8 @@ def test_parquet_rows_match_the_json(runs):
     _, ray_out = runs["ray"]
     table = pq.read_table(ray_out / INSTANCES_DIR)
     frame = pd.read_parquet(ray_out / INSTANCES_DIR)  # what a pandas user does
-    assert len(frame) == table.num_rows == sum(len(json.loads((ray_out / f"{s}.json").read_text())["instances"]) for s in STEMS)
+    n_json = sum(len(json.loads((ray_out / f"{s}.json").read_text())["instances"]) for s in STEMS)
+    assert len(frame) == table.num_rows == n_json > 0  # every image has instances (checked against local above)
     images = pq.read_table(ray_out / IMAGES_DIR).to_pylist()
     assert sorted(r["stem"] for r in images) == STEMS  # the failed file is not in the ledger
     rows = table.to_pylist()
