@@ -142,16 +142,20 @@ def test_mismatched_weights_name_the_keys(v2_weights, tmp_path, scene):
 def test_pickled_code_is_never_executed(tmp_path):
     import pickle
 
+    marker = tmp_path / "pwned"  # an absolute path: the check below looks where the code would write
+
     class Evil:
         def __reduce__(self):
-            return (exec, ("import pathlib; pathlib.Path('pwned').touch()",))
+            return (exec, (f"import pathlib; pathlib.Path({str(marker)!r}).touch()",))
 
     p = tmp_path / "evil.pth"
     with open(p, "wb") as f:
         pickle.dump({"x": Evil()}, f)
     with pytest.raises(WeightsMismatchError, match="weights_only"):
         W.load_state_dict(p)
-    assert not (tmp_path / "pwned").exists()
+    assert not marker.exists()
+    pickle.loads(p.read_bytes())  # the check can fail: unpickled without the guard, the payload does run
+    assert marker.exists()
 
 
 def test_safetensors_and_model_as_path(v2_weights, tmp_path):
