@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import struct
-import time
 import tracemalloc
 import zlib
 from pathlib import Path
@@ -237,16 +236,16 @@ def test_non_allowlisted_bytes_never_reach_pillow(corpus, monkeypatch):
 
 
 @pytest.mark.parametrize("side", [100_000, 12_000])  # over Pillow's own hard limit; under it but over our 100 MP cap
-def test_bomb_is_refused_fast_without_allocating(side):
+def test_bomb_is_refused_without_allocating(side):
     data = bomb_png(side, side)
     tracemalloc.start()
-    t0 = time.perf_counter()
     with pytest.raises(ImageLoadError, match="over the pixel cap|is over the cap"):
         load_image(data, name="bomb.png")
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert peak < 2_000_000, peak  # the declared image is >= 432 MB; we allow 2 MB of bookkeeping
-    assert time.perf_counter() - t0 < 5  # generous: a decode attempt would take far longer or run out of memory
+    # the declared image is >= 432 MB; 2 MB of bookkeeping means no pixel was decoded (no timing asserted:
+    # speed belongs in benchmarks)
+    assert peak < 2_000_000, peak
 
 
 _BOUNDED = """
