@@ -31,17 +31,6 @@ from masklab.settings import MODEL_OPTIONS, InferenceSettings
 
 __all__ = ["LoadedModel", "load_model", "build_module", "module_kwargs"]
 
-# InferenceSettings field -> torchvision MaskRCNN keyword (the matterport builder maps these onto its config)
-_TV_KEYWORDS = {
-    "score_thresh": "box_score_thresh",
-    "nms_thresh": "box_nms_thresh",
-    "max_detections": "box_detections_per_img",
-    "proposals": "rpn_post_nms_top_n_test",
-    "min_size": "min_size",
-    "max_size": "max_size",
-}
-
-
 @dataclass
 class LoadedModel:
     """A model ready for a runtime.
@@ -64,9 +53,10 @@ class LoadedModel:
 
 
 def module_kwargs(spec: ModelSpec, settings: InferenceSettings | None = None) -> dict[str, Any]:
-    """The builder keywords for ``spec`` with ``settings``' options, the card's defaults filling the rest."""
+    """``spec.build``'s keywords: every :data:`~masklab.settings.MODEL_OPTIONS` field, ``settings``' value
+    or else the card's default (each builder maps them onto its network's own names)."""
     s = (settings or InferenceSettings(model=spec.name)).with_model_defaults(spec.card().defaults())
-    return {_TV_KEYWORDS[k]: getattr(s, k) for k in MODEL_OPTIONS}
+    return {k: getattr(s, k) for k in MODEL_OPTIONS}
 
 
 def build_module(spec: ModelSpec, settings: InferenceSettings | None = None):

@@ -94,19 +94,32 @@ class ModelSpec:
         )
 
 
-def _build_tv_v1(*, num_classes: int, min_size: int, max_size: int, **kwargs):
+#: InferenceSettings field -> torchvision ``MaskRCNN`` keyword (other keywords pass through unchanged)
+_TV_KEYWORDS = {
+    "score_thresh": "box_score_thresh",
+    "nms_thresh": "box_nms_thresh",
+    "max_detections": "box_detections_per_img",
+    "proposals": "rpn_post_nms_top_n_test",
+}
+
+
+def _tv(options: dict) -> dict:
+    return {_TV_KEYWORDS.get(k, k): v for k, v in options.items() if v is not None}
+
+
+def _build_tv_v1(*, num_classes: int, min_size: int, max_size: int, **options):
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
     return maskrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs
+        weights=None, weights_backbone=None, num_classes=num_classes, min_size=min_size, max_size=max_size, **_tv(options)
     )
 
 
-def _build_tv_v2(*, num_classes: int, min_size: int, max_size: int, **kwargs):
+def _build_tv_v2(*, num_classes: int, min_size: int, max_size: int, **options):
     from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
 
     return maskrcnn_resnet50_fpn_v2(
-        weights=None, weights_backbone=None, num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs
+        weights=None, weights_backbone=None, num_classes=num_classes, min_size=min_size, max_size=max_size, **_tv(options)
     )
 
 
@@ -116,7 +129,7 @@ _SMALL_CHANNELS = 128
 _SMALL_REPRESENTATION = 128
 
 
-def _build_small(*, num_classes: int, min_size: int, max_size: int, **kwargs):
+def _build_small(*, num_classes: int, min_size: int, max_size: int, **options):
     """Mask R-CNN on a MobileNetV3-Large FPN backbone: ~10x less arithmetic than ResNet-50, for fast CPU
     training on your own classes (no published COCO weights).
 
@@ -157,7 +170,7 @@ def _build_small(*, num_classes: int, min_size: int, max_size: int, **kwargs):
         "rpn_pre_nms_top_n_test": 500,  # test-time proposals kept after NMS: the entry's ``proposals`` (300)
         "box_batch_size_per_image": 64,
     }
-    kwargs = {**defaults, **kwargs}
+    kwargs = {**defaults, **_tv(options)}
     return MaskRCNN(
         backbone,
         num_classes=None,
@@ -231,11 +244,11 @@ MODELS["small"] = ModelSpec(
 )
 
 
-def _build_matterport(*, num_classes: int, **kwargs):
+def _build_matterport(*, num_classes: int, **options):
     """matterport's ResNet-101 Mask R-CNN graph in PyTorch (random weights; load a ``.h5`` into it)."""
     from masklab.models.matterport.entry import build_module
 
-    return build_module(num_classes=num_classes, **kwargs)
+    return build_module(num_classes=num_classes, **options)
 
 
 _MP = MatterportConfig()

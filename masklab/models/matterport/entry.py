@@ -1,7 +1,7 @@
 """How the ``matterport_r101_coco`` entry is built and loaded (kept here, out of the shared loader).
 
-``build_module`` accepts the torchvision-style keyword names the rest of masklab passes
-(``box_score_thresh``, ``min_size``...) and maps them onto matterport's config names;
+``build_module`` accepts the option names the rest of masklab passes
+(``score_thresh``, ``min_size``...: the settings field names) and maps them onto matterport's config names;
 :func:`load_h5_module` loads a ``.h5`` into a freshly built network.
 """
 
@@ -22,19 +22,20 @@ from masklab.models.weights import cache_dir, weights_path
 
 __all__ = ["build_module", "load_h5_module", "default_weights", "converted_path"]
 
-# torchvision keyword (what masklab.models.loading.module_kwargs passes) -> matterport config name
+# InferenceSettings field (what masklab.models.loading.module_kwargs passes) -> matterport config name
 _KW_TO_CONFIG = {
-    "box_score_thresh": "DETECTION_MIN_CONFIDENCE",
-    "box_nms_thresh": "DETECTION_NMS_THRESHOLD",
-    "box_detections_per_img": "DETECTION_MAX_INSTANCES",
+    "score_thresh": "DETECTION_MIN_CONFIDENCE",
+    "nms_thresh": "DETECTION_NMS_THRESHOLD",
+    "max_detections": "DETECTION_MAX_INSTANCES",
     "min_size": "IMAGE_MIN_DIM",
     "max_size": "IMAGE_MAX_DIM",
-    "rpn_post_nms_top_n_test": "POST_NMS_ROIS_INFERENCE",
+    "proposals": "POST_NMS_ROIS_INFERENCE",
 }
 
 
 def build_module(*, num_classes: int = 81, **kwargs) -> MatterportMaskRCNN:
-    """The network with random weights; ``kwargs`` use the torchvision names listed in ``_KW_TO_CONFIG``.
+    """The network with random weights; ``kwargs`` are :class:`~masklab.settings.InferenceSettings` field
+    names (listed in ``_KW_TO_CONFIG``), mapped onto matterport's config.
 
     ``max_size`` (``IMAGE_MAX_DIM``) is the side of the square input and must be a multiple of 64.
     """
