@@ -2,8 +2,9 @@
 
 Each line is ``frame,id,bb_left,bb_top,bb_width,bb_height,conf,x,y,z`` (MOT15/16/17 results format):
 ``frame`` counts from 1 (masklab's video frame index + 1), ``id`` is a positive track id, the box is in
-pixels (left, top, width, height of the xyxy box), ``conf`` the detection score, and ``x,y,z`` are
-``-1`` (no world coordinates). Rows are sorted by frame, then id. ``motmetrics.io.loadtxt`` and
+pixels (left, top, width, height of the xyxy box) with MOTChallenge's 1-based left/top (masklab's
+0-based ``x1 + 1``; :func:`read_mot` and motmetrics' loader subtract the 1 again), ``conf`` the
+detection score, and ``x,y,z`` are ``-1`` (no world coordinates). Rows are sorted by frame, then id. ``motmetrics.io.loadtxt`` and
 TrackEval read these files as they are.
 """
 
@@ -23,7 +24,7 @@ __all__ = ["MotRow", "write_mot", "read_mot"]
 @dataclass(frozen=True)
 class MotRow:
     """One tracked box: ``frame`` >= 1, ``track_id`` >= 1, ``x, y, w, h`` (left, top, width, height) in
-    pixels, ``score`` in [0, 1]."""
+    masklab's 0-based pixel coordinates (the file holds ``x + 1, y + 1``), ``score`` in [0, 1]."""
 
     frame: int
     track_id: int
@@ -34,7 +35,7 @@ class MotRow:
     score: float = 1.0
 
     def line(self) -> str:
-        return f"{self.frame},{self.track_id},{self.x:.2f},{self.y:.2f},{self.w:.2f},{self.h:.2f},{self.score:.4f},-1,-1,-1"
+        return f"{self.frame},{self.track_id},{self.x + 1:.2f},{self.y + 1:.2f},{self.w:.2f},{self.h:.2f},{self.score:.4f},-1,-1,-1"
 
 
 def write_mot(path: str | os.PathLike, rows: Iterable[MotRow]) -> Path:
@@ -60,6 +61,7 @@ def read_mot(path: str | os.PathLike) -> list[MotRow]:
         try:
             frame, tid = int(float(parts[0])), int(float(parts[1]))
             x, y, w, h = (float(v) for v in parts[2:6])
+            x, y = x - 1, y - 1  # MOTChallenge's left/top are 1-based
             score = float(parts[6]) if len(parts) > 6 else 1.0
         except (ValueError, IndexError):
             raise UsageError(f"{path}:{n}: expected frame,id,left,top,width,height[,conf,...], found {raw!r}") from None
