@@ -80,8 +80,7 @@ class TrackDrawer:
             p1, p2 = (int(round(ln.x1)), int(round(ln.y1))), (int(round(ln.x2)), int(round(ln.y2)))
             cv2.arrowedLine(img, p1, p2, (255, 255, 255), 2, cv2.LINE_AA, tipLength=0.06)
             c = counter.line_counts(ln.name)
-            mid = ((p1[0] + p2[0]) // 2, (p1[1] + p2[1]) // 2)
-            _text(img, f"{ln.name} in {c['in']['total']} out {c['out']['total']}", (mid[0] + 4, mid[1]), (255, 255, 120))
+            _text(img, f"{ln.name} in {c['in']['total']} out {c['out']['total']}", (p2[0] + 6, p2[1] + 14), (255, 255, 120))
         for z in counter.zones:
             pts = np.round(np.asarray(z.points)).astype(np.int32).reshape(-1, 1, 2)
             cv2.polylines(img, [pts], True, (120, 255, 120), 2, cv2.LINE_AA)
