@@ -48,6 +48,7 @@ LAYERS = (
     ("(top)",),
     ("data",),
     ("evaluation",),
+    ("tracking",),
     ("runs", "training", "bench", "serve"),
     ("compat",),
     ("cli",),

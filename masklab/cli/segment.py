@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from masklab.cli.options import add_model_arguments
 
@@ -70,7 +71,21 @@ def add_parser(sub) -> None:
     g.add_argument("--every", type=int, default=1, metavar="N", help="process every N-th frame (default: 1)")
     g.add_argument("--start", type=float, default=0.0, metavar="SEC", help="start at this time in seconds (default: 0)")
     g.add_argument("--end", type=float, default=None, metavar="SEC", help="stop at this time in seconds (default: the end)")
+    _add_tracking_arguments(p)
     p.set_defaults(run=run)
+
+
+def _add_tracking_arguments(p) -> None:
+    g = p.add_argument_group("tracking and counting (videos, cameras, folders of frames; pip install \"masklab[track]\")")
+    g.add_argument("--track", action="store_true", help="track objects across frames: each instance gets a track_id; writes "
+                   "DIR/<name>.mot.txt, <name>.counts.json, <name>.events.jsonl; a folder INPUT is read as a video (frames in name order)")
+    g.add_argument("--track-buffer", type=int, default=30, metavar="N", help="processed frames a lost track keeps its id (default: 30)")
+    g.add_argument("--count-line", "--line", dest="count_lines", action="append", default=[], metavar="X1,Y1,X2,Y2[:NAME]",
+                   help="count tracks crossing this line (repeatable); 'in' = from the left of the arrow X1,Y1->X2,Y2 to its right, on screen")
+    g.add_argument("--zone", dest="zones", action="append", default=[], metavar="X1,Y1,X2,Y2,X3,Y3,...[:NAME]",
+                   help="a polygon zone (repeatable): entries, exits, occupancy and dwell time per track")
+    g.add_argument("--trails", type=int, default=20, metavar="N", help="trail length in frames on the annotated video; 0 = none (default: 20)")
+    g.add_argument("--fps", type=float, default=None, help="frame rate of a folder of frames (default: 30)")
 
 
 def _check_args(args) -> None:
@@ -89,6 +104,25 @@ def _check_args(args) -> None:
             raise UsageError(f"{flag} must be >= {low}, found {value}")
     if args.url_max_mb <= 0 or args.url_timeout <= 0:
         raise UsageError("--url-max-mb and --url-timeout must be > 0")
+    if not args.track and (args.count_lines or args.zones):
+        raise UsageError("--count-line and --zone count tracks: add --track")
+    for flag, value in (("--track-buffer", args.track_buffer), ("--trails", args.trails)):
+        if value < 0:
+            raise UsageError(f"{flag} must be >= 0, found {value}")
+
+
+def _tracking_options(args):
+    """The TrackingOptions of --track and its flags (None without --track); bad lines fail here."""
+    if not args.track:
+        return None
+    from masklab.tracking import TrackerSettings, TrackingOptions, parse_line, parse_zone
+
+    return TrackingOptions(
+        tracker=TrackerSettings(buffer_frames=args.track_buffer),
+        lines=tuple(parse_line(t, index=i) for i, t in enumerate(args.count_lines)),
+        zones=tuple(parse_zone(t, index=i) for i, t in enumerate(args.zones)),
+        trail=args.trails,
+    )
 
 
 def _inputs(args) -> tuple[list[str | int], list]:
@@ -102,7 +136,8 @@ def _inputs(args) -> tuple[list[str | int], list]:
         videos.append(int(args.source) if args.source.isdigit() else args.source)
     image_args = []
     for raw in args.inputs:
-        (videos if raw != "-" and is_video_path(raw) else image_args).append(raw)
+        sequence = args.track and raw != "-" and Path(raw).is_dir()  # with --track, a folder of frames is a video
+        (videos if sequence or (raw != "-" and is_video_path(raw)) else image_args).append(raw)
     if args.engine == "ray" and videos:
         raise UsageError(f"videos run on the local engine; drop --engine ray for {videos[0]}")
     # ray: also lists storage URIs (s3://, gs://, file://...) through pyarrow.fs
@@ -164,14 +199,15 @@ def _segment_images(args, items, seg, writer_kwargs: dict, progress: bool | None
     return _report(summary, len(items), args.out)
 
 
-def _segment_videos(args, videos, seg, viz: tuple[str, ...] | None, progress: bool | None) -> int:
+def _segment_videos(args, videos, seg, viz: tuple[str, ...] | None, progress: bool | None, tracking=None) -> int:
     from masklab.errors import ImageLoadError
     from masklab.runs import segment_video
 
     code = 0
     for source in videos:
         try:
-            vs = segment_video(source, args.out, seg, viz=viz, every=args.every, start_s=args.start, end_s=args.end, progress=progress)
+            vs = segment_video(source, args.out, seg, viz=viz, every=args.every, start_s=args.start, end_s=args.end,
+                               progress=progress, tracking=tracking, fps=args.fps)
         except ImageLoadError as e:
             print(f"  failed: {str(e).splitlines()[0]}", file=sys.stderr)
             code = 1
@@ -190,7 +226,12 @@ def run(args) -> int:
     _check_args(args)
     check_ray_args(args)
     settings = InferenceSettings.from_args(args)  # validated here; loads nothing
+    tracking = _tracking_options(args)
     videos, items = _inputs(args)
+    if tracking is not None and not videos:
+        from masklab.errors import UsageError
+
+        raise UsageError("--track needs a video, a camera (--source) or a folder of frames")
     if not items and not videos:
         print("masklab: no images found in the inputs", file=sys.stderr)
         return 2
@@ -201,4 +242,4 @@ def run(args) -> int:
     configure_threads()
     seg = Segmenter(settings=settings)
     code = _segment_images(args, items, seg, writer_kwargs, progress) if items else 0
-    return max(code, _segment_videos(args, videos, seg, tuple(writer_kwargs["viz"]) or None, progress))
+    return max(code, _segment_videos(args, videos, seg, tuple(writer_kwargs["viz"]) or None, progress, tracking))

@@ -8,6 +8,12 @@ Outputs in ``out_dir`` for a source named ``<stem>``:
   camera) and ``instances`` is the per-image JSON's list (COCO RLE masks, boxes in pixels).
 - ``<stem>.annotated.mp4``: the processed frames drawn in the ``viz`` style(s) at ``fps / every``
   frames per second (``mp4v``).
+- with ``tracking`` (:class:`~masklab.tracking.TrackingOptions`): each JSONL instance gains ``track_id``
+  (None while untracked), the video is coloured by track with trails, lines and zones, and
+  ``<stem>.mot.txt``, ``<stem>.counts.json``, ``<stem>.events.jsonl`` are written
+  (:mod:`masklab.tracking.session`).
+
+A folder of images is read as a video too (its frames in name order, at ``fps``, 30 by default).
 
 Both are written under hidden partial names and moved into place at the end, so a killed run never
 leaves a file that looks finished. A camera (``source=0``) goes through the same code; it ends at
@@ -32,8 +38,9 @@ from masklab.errors import ImageLoadError, UsageError
 from masklab.io.atomic import atomic_write_json
 from masklab.io.images import LoadedImage
 from masklab.runs.ledger import run_settings
+from masklab.tracking import TrackingOptions, TrackingSession, tracked_dicts
 
-__all__ = ["VIDEO_SUFFIXES", "VideoSummary", "segment_video", "is_video_path"]
+__all__ = ["VIDEO_SUFFIXES", "VideoSummary", "segment_video", "is_video_path", "image_sequence"]
 
 #: Suffixes the CLI treats as videos.
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -85,10 +92,47 @@ class _Clip:
     position: int = 0
 
 
-def _open_clip(source: str | os.PathLike | int, start_s: float, end_s: float | None) -> _Clip:
+def image_sequence(folder: str | os.PathLike) -> list[Path]:
+    """The image files directly in ``folder``, in name order (hidden files left out)."""
+    from masklab.io.images import IMAGE_SUFFIXES
+
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+class _ImageSequence:
+    """A folder of frames behind the small part of ``cv2.VideoCapture`` that :func:`_frames` uses."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.files, self.pos = files, 0
+
+    def grab(self) -> bool:
+        self.pos += 1
+        return self.pos <= len(self.files)
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        from masklab.io.images import load_image
+
+        if self.pos >= len(self.files):
+            return False, None
+        rgb = load_image(self.files[self.pos]).array
+        self.pos += 1
+        return True, np.ascontiguousarray(rgb[..., ::-1])
+
+    def release(self) -> None:
+        self.files = []
+
+
+def _open_clip(source: str | os.PathLike | int, start_s: float, end_s: float | None, fps: float | None = None) -> _Clip:
     import cv2
 
     camera = isinstance(source, int)
+    if not camera and Path(source).is_dir():
+        files = image_sequence(source)
+        if not files:
+            raise ImageLoadError(f"{source}: no image files in this folder")
+        rate = fps or _CAMERA_DEFAULT_FPS
+        stop = min(math.ceil(end_s * rate - 1e-9), len(files)) if end_s is not None else len(files)
+        return _Clip(_ImageSequence(files), str(source), False, rate, math.ceil(start_s * rate - 1e-9), stop)
     if not camera and not Path(source).is_file():
         raise ImageLoadError(f"{source}: no such video file")
     name = f"camera {source}" if camera else str(source)
@@ -162,13 +206,17 @@ def segment_video(
     end_s: float | None = None,
     stem: str | None = None,
     progress: bool | None = None,
+    tracking: TrackingOptions | None = None,
+    fps: float | None = None,
 ) -> VideoSummary:
     """Segment every ``every``-th frame of ``source`` between ``start_s`` and ``end_s`` seconds.
 
     Args:
-        source: a video file path, or an int camera index (``0`` = the first camera).
+        source: a video file path, a folder of frames (name order), or an int camera index (``0``).
         viz: overlay style(s) for the annotated video; None writes only the JSON Lines.
         stem: output name (default: the file's stem, ``camera<N>`` for a camera).
+        tracking: track, count and write the tracking files (see the module docstring).
+        fps: frame rate of a folder of frames (default 30); a video file's own rate is used.
     Raises:
         ImageLoadError: the source cannot be opened or decoded as a video.
         UsageError: bad ``every``/``start_s``/``end_s``.
@@ -178,9 +226,12 @@ def segment_video(
     from masklab.visualize import render
 
     _check_times(every, start_s, end_s)
-    clip = _open_clip(source, start_s, end_s)
-    stem = stem or (f"camera{source}" if clip.camera else Path(source).stem)
     styles = [] if viz is None else [viz] if isinstance(viz, str) else list(viz)
+    if fps is not None and not (fps > 0 and math.isfinite(fps)):
+        raise UsageError(f"--fps must be > 0, found {fps}")
+    clip = _open_clip(source, start_s, end_s, fps)
+    stem = stem or (f"camera{source}" if clip.camera else Path(source).stem)
+    session = TrackingSession(tracking, styles=styles if viz is not None else ()) if tracking else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jsonl_path, video_path = out / f"{stem}.jsonl", (out / f"{stem}.annotated.mp4" if styles else None)
@@ -195,14 +246,19 @@ def segment_video(
             for idx, t, rgb in _frames(clip, every=every, start_s=start_s, end_s=end_s):
                 size_wh = (rgb.shape[1], rgb.shape[0])
                 inst = segmenter.predict([LoadedImage(rgb, f"{clip.name}#{idx}")])[0]
-                rec = {"frame": idx, "time_s": round(t, 6), "width": size_wh[0], "height": size_wh[1], "instances": inst.to_dict()}
+                if session is not None:
+                    inst = session.step(inst, frame=idx, time_s=t)
+                dicts = tracked_dicts(inst) if session is not None else inst.to_dict()
+                rec = {"frame": idx, "time_s": round(t, 6), "width": size_wh[0], "height": size_wh[1], "instances": dicts}
                 jf.write(json.dumps(rec) + "\n")
                 if styles:
-                    video.write(render(rgb, inst, styles))
+                    video.write(session.draw(rgb, inst) if session is not None else render(rgb, inst, styles))
                 processed += 1
                 bar.update(1)
             jf.flush()
             os.fsync(jf.fileno())
+        if session is not None:
+            session.write(out, stem)
         if video.close():
             os.replace(video.path, video_path)
         elif processed == 0:
@@ -216,6 +272,7 @@ def segment_video(
         video.path.unlink(missing_ok=True)
     summary = VideoSummary(clip.name, jsonl_path, video_path, clip.fps, clip.position, processed, time.perf_counter() - t_run, size_wh)
     settings = run_settings(segmenter.settings(), {"viz": styles}) | {"every": every, "start_s": start_s, "end_s": end_s}
+    settings |= {"fps": fps, "tracking": tracking.to_json() if tracking else None}
     _write_record(out / f"{stem}.video.json", summary, settings, every=every)
     return summary
 
