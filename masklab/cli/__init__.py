@@ -15,7 +15,8 @@ from masklab.errors import MasklabError
 __all__ = ["main", "build_parser"]
 
 #: Sub-command modules under ``masklab.cli`` (one line each; no registry).
-COMMANDS = ("segment", "models", "serve", "eval", "data", "train", "export", "bench", "validate", "convert")
+COMMANDS = ("segment", "models", "serve", "eval", "data", "train", "export", "bench", "validate", "convert",
+            "explain")
 
 
 def build_parser() -> argparse.ArgumentParser:
