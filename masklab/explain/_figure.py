@@ -75,8 +75,8 @@ def feature_rgb(features: np.ndarray) -> np.ndarray:
     x = x - x.mean(0)
     if min(x.shape) < 3 or not np.any(x):
         return np.zeros((h, w, 3))
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    pcs = x @ vt[:3].T
+    _, vecs = np.linalg.eigh(x.T @ x)  # the C x C covariance: cheaper than an SVD of the (h*w, C) matrix
+    pcs = x @ vecs[:, ::-1][:, :3]
     return np.stack([_stretch(pcs[:, i]) for i in range(3)], -1).reshape(h, w, 3)
 
 

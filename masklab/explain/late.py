@@ -16,12 +16,17 @@ _MASKS = 6
 
 
 def best_proposals(trace: Trace, n: int) -> np.ndarray:
-    """int64 indices of the ``n`` proposals the box head finds most object-like (highest non-background
-    class probability), best first."""
+    """int64 indices of ``n`` proposals the box head finds most object-like (highest non-background class
+    probability), best first, overlapping each other by IoU 0.5 at most (so they show different objects)."""
+    import torch
+    from torchvision.ops import nms
+
     p = trace.box_head.class_probs
     if p.shape[0] == 0:
         return np.zeros(0, np.int64)
-    return np.argsort(-p[:, 1:].max(1), kind="stable")[:n].astype(np.int64)
+    fg = torch.from_numpy(p[:, 1:].max(1).astype(np.float32))
+    keep = nms(torch.from_numpy(trace.rpn.proposals.astype(np.float32)), fg, 0.5)
+    return keep[:n].numpy().astype(np.int64)
 
 
 def roi_pool_crop(trace: Trace, index: int) -> np.ndarray:
@@ -57,11 +62,9 @@ def roi_picture(trace: Trace) -> Picture:
         a.set_xlim(max(x1 - 3, -0.5), min(x2 + 3, m.shape[1] - 0.5))
         a.set_ylim(min(y2 + 3, m.shape[0] - 0.5), max(y1 - 3, -0.5))
         pooled, aligned = channel_mean(roi_pool_crop(trace, int(i))), channel_mean(trace.roi.pooled[i])
-        lo, hi = float(min(pooled.min(), aligned.min())), float(max(pooled.max(), aligned.max()))
         for col, (crop, name) in enumerate(((pooled, "RoI pooling (rounded to cells)"), (aligned, method)), 1):
             image_axes(ax[row, col], crop, f"{name}: {crop.shape[0]}x{crop.shape[1]}")
-            ax[row, col].images[0].set_cmap("magma")
-            ax[row, col].images[0].set_clim(lo, hi)
+            ax[row, col].images[0].set_cmap("magma")  # each on its own scale: maxima run higher than averages
     if not len(picks):
         ax[0, 0].text(0.5, 0.5, "no proposals", ha="center")
     n = trace.roi.output_size
@@ -69,7 +72,8 @@ def roi_picture(trace: Trace) -> Picture:
         f"The box head needs a fixed-size input, so every proposal is cut out of one feature map as a {n}x{n} grid "
         "(large proposals from coarse maps, small ones from fine maps). Left: the proposal on its map, the cyan box "
         "where it really is and the white dashed box where the old RoI pooling puts it after rounding its edges to "
-        "whole cells. Middle: RoI pooling's crop (rounded box, rounded bins, the maximum of each bin). Right: what "
+        "whole cells. Middle: RoI pooling's crop (rounded box, rounded bins, the maximum of each bin; each crop has "
+        "its own colour scale, since maxima run higher than averages). Right: what "
         f"this model actually uses, {method}: no rounding, each bin sampled by bilinear interpolation at exact "
         "positions. The shift of a fraction of a cell is small on the map but, at this stride, several pixels in the "
         "image: for masks that line up with object edges, Mask R-CNN replaced RoI pooling with RoIAlign."
@@ -117,6 +121,7 @@ def box_head_picture(trace: Trace) -> Picture:
     ys = list(range(len(steps)))[::-1]
     ax[0, 2].barh(ys, [max(v, 0.5) for _, v in steps], color="#9db4f0", log=True)
     ax[0, 2].set_yticks([])
+    ax[0, 2].set_xlim(0.5, max(v for _, v in steps) * 4 + 1)
     for y, (name, v) in zip(ys, steps):
         ax[0, 2].text(0.6, y, f"{name}: {v}", va="center", fontsize=9)
     ax[0, 2].set_title("what is kept at each step (log scale)", fontsize=9)
