@@ -274,3 +274,16 @@ def test_notebook_runs(tmp_path, monkeypatch):
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 6  # the stages are drawn inline
     text = "".join(o.get("text", "") for o in outputs)
     assert "instances equal seg(image): True" in text
+
+
+def test_image_with_nothing_in_it(demo, tmp_path):
+    """A flat grey image: no detections; the trace and every picture still come out, saying so."""
+    from masklab.explain import write_explanation
+
+    trace = demo.explain(np.full((100, 120, 3), 128, np.uint8))
+    assert len(trace.instances) == 0 == len(demo(np.full((100, 120, 3), 128, np.uint8)))
+    assert trace.box_head.counts["kept"] == 0 and trace.mask.probs.shape == (0, 28, 28)
+    assert trace.rpn.counts()["after_nms"] > 0  # proposals are always made; the box head rejects them
+    result = write_explanation(trace, tmp_path / "empty")
+    masks = next(p for p in result.pictures if p.name == "7_masks")
+    assert "0 detections" in masks.caption and _png(masks.png).shape[1] >= 600
