@@ -46,6 +46,7 @@ LAYERS = (
     ("runtime",),
     ("inference",),
     ("(top)",),
+    ("explain",),
     ("data",),
     ("evaluation",),
     ("tracking",),

@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
                    help="score at or above which a detection counts, for the confusion matrix and counting accuracy (default: 0.5)")
     g.add_argument("--iou-thresh", type=float, default=0.5, help="IoU for a match in the confusion matrix (default: 0.5)")
     g.add_argument("--no-plots", action="store_true", help="skip the PNG pictures")
+    g.add_argument("--diff", action="store_true",
+                   help="also draw ground truth vs prediction per image (DIR/diff/<image id>.png: correct, wrong class, "
+                   "false positives, missed; at --count-thresh and --iou-thresh), linked from report.md")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -91,7 +94,15 @@ def run(args) -> int:
         settings["model"] = seg.settings()
     result = evaluator.evaluate_results(gt, results, count_thresh=args.count_thresh, iou_thresh=args.iou_thresh, notes=notes)
     result.failures = failures
-    write_report(result, out, plots=not args.no_plots, settings=settings)
+    differences = None
+    if args.diff:
+        from masklab.evaluation.differences import write_differences
+
+        differences = write_differences(gt, results, out, iou_thresh=args.iou_thresh, score_thresh=args.count_thresh)
+        for d in differences:
+            if d.error:
+                print(f"note: --diff: image {d.image_id} not drawn: {d.error}", file=sys.stderr)
+    write_report(result, out, plots=not args.no_plots, settings=settings, differences=differences)
     print(format_table(result))
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)

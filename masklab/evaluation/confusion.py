@@ -13,7 +13,7 @@ since a crowd region is "many objects, not individually labelled".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,12 +27,16 @@ class ImageMatch:
     """Matching of one image's kept predictions to its ground truth.
 
     ``gt_classes``/``pred_classes``: int64 category ids of the non-crowd ground truth and the kept
-    (score >= threshold, not ignored) predictions; ``pairs``: int64 (M, 2) ``(gt index, pred index)``.
+    (score >= threshold, not ignored) predictions; ``pairs``: int64 (M, 2) ``(gt index, pred index)``;
+    ``pred_index``: int64 (P,) each kept prediction's index in the list given to :func:`match_image`
+    (best score first); ``pair_ious``: float64 (M,) the IoU of each pair.
     """
 
     gt_classes: np.ndarray
     pred_classes: np.ndarray
     pairs: np.ndarray
+    pred_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    pair_ious: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 @dataclass
@@ -73,7 +77,8 @@ def match_image(gt_anns: list[dict], preds: list[dict], *, image_size: tuple[int
 
     gts = [a for a in gt_anns if not a["iscrowd"]]
     crowds = [a for a in gt_anns if a["iscrowd"]]
-    kept = sorted((p for p in preds if p["score"] >= score_thresh), key=lambda p: -p["score"])
+    kept_index = sorted((k for k, p in enumerate(preds) if p["score"] >= score_thresh), key=lambda k: -preds[k]["score"])
+    kept = [preds[k] for k in kept_index]
     gt_cls = np.array([a["category_id"] for a in gts], np.int64)
     pred_cls = np.array([p["category_id"] for p in kept], np.int64)
 
@@ -108,7 +113,9 @@ def match_image(gt_anns: list[dict], preds: list[dict], *, image_size: tuple[int
     keep = matched_pred | ~in_crowd
     new_index = np.cumsum(keep) - 1
     pairs_arr = np.array([(j, new_index[i]) for j, i in pairs], np.int64).reshape(-1, 2)
-    return ImageMatch(gt_classes=gt_cls, pred_classes=pred_cls[keep], pairs=pairs_arr)
+    return ImageMatch(gt_classes=gt_cls, pred_classes=pred_cls[keep], pairs=pairs_arr,
+                      pred_index=np.array(kept_index, np.int64).reshape(-1)[keep],
+                      pair_ious=np.array([ious[i, j] for j, i in pairs], np.float64).reshape(-1))
 
 
 def confusion_matrix(matches: list[ImageMatch], categories: dict[int, str], *, iou_thresh: float,

@@ -7,6 +7,8 @@
 - ``confusion.json`` and ``confusion.png``: the class confusion matrix at IoU 0.5;
 - ``pr/overall.png`` and ``pr/<id>_<name>.png``: precision-recall curves (mask and box, IoU 0.50 and 0.75);
 - ``counts.csv``: true and predicted object counts per image and class;
+- ``diff/<image id>.png`` (with ``differences``, from :func:`~masklab.evaluation.differences.write_differences`):
+  ground truth vs prediction per image, linked from the report;
 - ``report.md``: the tables and the pictures.
 """
 
@@ -92,7 +94,7 @@ def _counts_csv(result: EvalResult) -> str:
 
 
 def write_report(result: EvalResult, out_dir: str | os.PathLike, *, plots: bool = True,
-                 settings: dict | None = None) -> dict[str, Path]:
+                 settings: dict | None = None, differences: list | None = None) -> dict[str, Path]:
     """Write the evaluation folder (see the module docstring); ``settings`` are stored in ``eval.json``.
 
     Returns ``{kind: path}`` of what was written (``eval_json``, ``report_md``, ``confusion_png``, ...).
@@ -123,7 +125,8 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike, *, plots: bool 
             save_figure(pr_picture(result, cid), out / rel)
             pictures[name] = rel
         files["pr_dir"] = out / "pr"
-    files["report_md"] = atomic_write_text(out / "report.md", _markdown(result, pictures, plots))
+    text = _markdown(result, pictures, plots) + (_differences_md(result, differences) if differences else "")
+    files["report_md"] = atomic_write_text(out / "report.md", text)
     return files
 
 
@@ -175,6 +178,20 @@ def _markdown(result: EvalResult, pictures: dict[str, str], plots: bool) -> str:
         lines += [f"![{name}]({rel})" for name, rel in pictures.items()]
     lines.append("")
     return "\n".join(lines)
+
+
+def _differences_md(result: EvalResult, differences: list) -> str:
+    """The report's "Ground truth vs prediction" section: one row and link per image."""
+    cm = result.confusion
+    lines = ["## Ground truth vs prediction", "",
+             f"Per image, predictions with score >= {cm.score_thresh:g} matched at IoU >= {cm.iou_thresh:g}: green = "
+             "correct (captioned with IoU and score), orange = matched an object of another class, red = false "
+             "positive, blue = missed object.", "",
+             "| image | correct | wrong class | false positives | missed | picture |", "|---:|---:|---:|---:|---:|---|"]
+    for d in differences:
+        link = f"[{d.file}]({d.file})" if d.file else f"not drawn: {d.error}"
+        lines.append(f"| {d.image_id} | {d.true_positives} | {d.confused} | {d.false_positives} | {d.missed} | {link} |")
+    return "\n".join(lines + [""])
 
 
 def format_table(result: EvalResult) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from masklab.errors import UsageError
+from masklab.inference.explain import Trace, build_trace, explain_runtime, record
 from masklab.inference.threads import configure_threads, resolve_device
 from masklab.io.images import LoadedImage, load_image
 from masklab.models.card import ModelCard
@@ -150,6 +151,18 @@ class Segmenter:
         if self.classes is not None:
             inst = inst.filter(classes=self.classes)
         return inst
+
+    def explain(self, image: Any) -> Trace:
+        """One image (path, PIL, numpy (H, W, 3) uint8 RGB) through the model stage by stage: the input
+        tensor, feature maps, anchors, RPN, RoIAlign crops, box head, 28x28 masks (see
+        :mod:`masklab.inference.explain`). ``trace.instances`` equals ``seg(image)``: the pass is this
+        segmenter's own eager runtime with hooks on its modules (another runtime: the eager torch module
+        of the same weights, as ``trace.note`` says)."""
+        array = load_image(image).array
+        runtime, note = explain_runtime(self.runtime, self.loaded, device=self.device)
+        stages = record(runtime, array)
+        inst = self._to_instances(stages.detections, array.shape[:2])
+        return build_trace(stages, instances=inst, model=self.spec.name, categories=self.spec.categories, note=note)
 
     def detect(self, images: Sequence[Any], verbose: int = 0) -> list[dict[str, np.ndarray]]:
         """The tutorial's ``model.detect(images)``: one dict per image with ``rois`` int32 (N, 4)
