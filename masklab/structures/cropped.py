@@ -116,6 +116,15 @@ class CroppedMasks:
             out[i, y0 : y0 + b.shape[0], x0 : x0 + b.shape[1]] = b
         return out
 
+    def any(self, axis: int = 0) -> np.ndarray:
+        """bool (H, W): the union of the masks (``axis`` must be 0, as for a dense (N, H, W) array)."""
+        if axis != 0:
+            raise ValueError("CroppedMasks.any: only axis=0 (the union over instances) is supported")
+        out = np.zeros(self.image_size, bool)
+        for b, (x0, y0) in zip(self.bitmaps, self.offsets.tolist()):
+            out[y0 : y0 + b.shape[0], x0 : x0 + b.shape[1]] |= b
+        return out
+
     def crop(self, i: int) -> tuple[np.ndarray, int, int]:
         """``(bitmap, x0, y0)`` of mask ``i``."""
         x0, y0 = self.offsets[i].tolist()
