@@ -239,6 +239,7 @@ def test_tile_auto_does_not_tile_an_image_no_larger_than_the_model_input(demo_se
     assert rt.shapes == [(128, 128)]  # one pass over the whole image
 
 
+@pytest.mark.slow
 def test_demo_model_tiled_finds_small_shapes_the_whole_image_pass_misses(demo_segmenters):
     from masklab.data.shapes import large_scene
 
@@ -258,6 +259,7 @@ def test_demo_model_tiled_finds_small_shapes_the_whole_image_pass_misses(demo_se
     assert len(tiled) <= 16  # duplicates merged: about one detection per shape
 
 
+@pytest.mark.slow
 def test_eval_with_tile_scores_the_stitched_outputs(tmp_path):
     from masklab.cli import main
     from masklab.data.shapes import write_large_shapes
@@ -275,3 +277,59 @@ def test_eval_with_tile_scores_the_stitched_outputs(tmp_path):
     assert tiled[seg_key]["AP50"] > 0.8 > whole[seg_key]["AP50"] + 0.5
     pred = json.loads((tmp_path / "tiled" / "predictions.json").read_text())
     assert pred and all(p["segmentation"]["size"] == [384, 512] for p in pred)  # full-image masks, stitched
+
+
+# -- bounded memory on a huge image -------------------------------------------------------------------
+_HUGE_CHILD = r"""
+import json, resource, sys
+sys.path.insert(0, sys.argv[3])
+from tiling_helpers import BlobRuntime
+from masklab import Segmenter
+from masklab.io.formats.writer import OutputWriter
+from masklab.io.inputs import expand_inputs
+from masklab.runs import run_segment
+
+seg = Segmenter(sys.argv[4], device="cpu", tile=1024)
+seg.runtime = BlobRuntime()  # exact and fast: the model would need ~9000 tiles at 128 px here
+summary = run_segment(expand_inputs([sys.argv[1]]), sys.argv[2], seg, progress=False, max_pixels=200_000_000,
+                      writer=OutputWriter(sys.argv[2], model_name="blobs", categories=seg.spec.categories),
+                      keep_instances=True)
+inst = summary.results[0].instances
+print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "n": len(inst),
+                  "cropped": inst.is_cropped, "tiles": seg.runtime.calls, "failures": len(summary.failures)}))
+"""
+
+
+@pytest.mark.slow
+def test_huge_image_runs_in_bounded_memory(tmp_path):
+    """12000 x 12000 (144 MP, over the default 100 MP cap) with 2500 objects, many across tile borders:
+    per-image JSON and a reduced overlay written, peak RSS of the whole process under 3 GB."""
+    import subprocess
+    import sys
+
+    import cv2
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    h = w = 12000
+    grid = [(x, y) for y in range(150, h - 150, 230) for x in range(150, w - 150, 230)]
+    chosen = rng.choice(len(grid), 2500, replace=False)
+    discs = [(1 + int(k) % 3, grid[k][0] + int(rng.integers(-40, 41)), grid[k][1] + int(rng.integers(-40, 41)),
+              int(rng.integers(12, 60))) for k in chosen]
+    im = disc_scene(h, w, discs)
+    path = tmp_path / "huge.png"
+    cv2.imwrite(str(path), im[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    del im
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", _HUGE_CHILD, str(path), str(out), str(Path(__file__).parent), DEMO],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert doc["failures"] == 0 and doc["cropped"] and doc["tiles"] == 15 * 15
+    assert doc["n"] == 2500  # every disc once: none split at a border, no duplicate
+    assert doc["peak_rss_mb"] < 3 * 1024, doc
+    print("peak RSS MB", doc["peak_rss_mb"])
+    record = json.loads((out / "huge.json").read_text())
+    assert (record["width"], record["height"], len(record["instances"])) == (w, h, 2500)
+    with Image.open(out / "huge.png") as overlay:
+        assert overlay.size == (4096, 4096)

@@ -79,10 +79,10 @@ def random_scene(rng: np.random.Generator, *, size: int = 128, max_shapes: int =
                        tuple(classes[i] for i in keep))
 
 
-def large_scene(rng: np.random.Generator, *, height: int, width: int, n_shapes: int, min_size: int = 10,
-                max_size: int = 31) -> ShapesScene:
+def large_scene(rng: np.random.Generator, *, height: int, width: int, n_shapes: int, smallest: int = 10,
+                largest: int = 31) -> ShapesScene:
     """A large canvas (one plain background) with ``n_shapes`` shapes of the demo model's training size
-    (half-size ``min_size``..``max_size`` px), placed without overlaps at random positions, so many of
+    (half-size ``smallest``..``largest`` px), placed without overlaps at random positions, so many of
     them cross the borders of any tile grid. ``masks`` is a
     :class:`~masklab.structures.cropped.CroppedMasks` (a dense (N, H, W) array would not fit for
     huge canvases). Raises :class:`~masklab.errors.UsageError` when the shapes do not fit."""
@@ -96,7 +96,7 @@ def large_scene(rng: np.random.Generator, *, height: int, width: int, n_shapes: 
         tries += 1
         if tries > 50 * n_shapes:
             raise UsageError(f"{n_shapes} shapes do not fit on a {width}x{height} canvas; use fewer or a larger canvas")
-        s = int(rng.integers(min_size, max_size + 1))
+        s = int(rng.integers(smallest, largest + 1))
         r = int(np.ceil(s / np.sin(np.pi / 3))) + 2  # the triangle's half-width, plus a margin
         x, y = int(rng.integers(r, width - r)), int(rng.integers(r, height - r))
         if taken[y - r : y + r, x - r : x + r].any():
