@@ -55,9 +55,20 @@ def _predict_sahi(data: dict, images: Path, args) -> list[dict]:
     from masklab import Segmenter
     from masklab.io.images import load_image
 
+    class _Model(TorchVisionDetectionModel):
+        """SAHI raises "Invalid segmentation mask" on a detection whose thresholded mask is empty (SAHI #235);
+        drop those, as masklab's tiler does."""
+
+        def perform_inference(self, image, image_size=None):
+            super().perform_inference(image, image_size)
+            for p in self._original_predictions:
+                keep = (p["masks"] > self.mask_threshold).flatten(1).sum(1) >= 3
+                for k in ("boxes", "scores", "labels", "masks"):
+                    p[k] = p[k][keep]
+
     seg = Segmenter(DEMO, device="cpu", score_thresh=SCORE_THRESH)
     names = {str(i): c for i, c in enumerate(seg.spec.categories) if i > 0}
-    model = TorchVisionDetectionModel(model=seg.loaded.module, confidence_threshold=SCORE_THRESH, device="cpu",
+    model = _Model(model=seg.loaded.module, confidence_threshold=SCORE_THRESH, device="cpu",
                                       category_mapping=names, load_at_init=True)
     out = []
     for im in data["images"]:
@@ -70,6 +81,9 @@ def _predict_sahi(data: dict, images: Path, args) -> list[dict]:
 
 
 def _child(method: str, gt_path: Path, args) -> None:
+    from masklab.inference import configure_threads
+
+    configure_threads()  # as every masklab entry point does (torch's default oversubscribes a shared machine)
     data = json.loads(gt_path.read_text())
     images = gt_path.parent
     t0 = time.perf_counter()
@@ -93,8 +107,11 @@ def _score(gt_path: Path, pred_path: Path) -> dict:
     ap = ap50 = 0.0
     if preds:
         ev = COCOeval(gt, gt.loadRes(preds), "segm")
-        ev.evaluate(), ev.accumulate(), ev.summarize()
-        ap, ap50 = float(ev.stats[0]), float(ev.stats[1])
+        ev.params.maxDets = [1, 10, 1000]  # canvases hold more than COCO's 100 objects
+        ev.evaluate(), ev.accumulate()
+        prec = ev.eval["precision"][:, :, :, 0, -1]  # (IoU, recall, class), area all, maxDets 1000
+        ap = float(prec[prec > -1].mean()) if (prec > -1).any() else 0.0
+        ap50 = float(prec[0][prec[0] > -1].mean()) if (prec[0] > -1).any() else 0.0
     kept = [p for p in preds if p["score"] >= COUNT_THRESH]
     n_gt = len(gt.getAnnIds())
     split = 0
