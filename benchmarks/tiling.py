@@ -56,13 +56,17 @@ def _predict_sahi(data: dict, images: Path, args) -> list[dict]:
     from masklab.io.images import load_image
 
     class _Model(TorchVisionDetectionModel):
-        """SAHI raises "Invalid segmentation mask" on a detection whose thresholded mask is empty (SAHI #235);
-        drop those, as masklab's tiler does."""
+        """SAHI raises "Invalid segmentation mask" on a detection whose thresholded mask gives no polygon
+        (empty, or a line of pixels; SAHI #235); drop those, as masklab's tiler drops empty masks."""
 
         def perform_inference(self, image, image_size=None):
             super().perform_inference(image, image_size)
+            import torch
+            from sahi.utils.cv import get_coco_segmentation_from_bool_mask
+
             for p in self._original_predictions:
-                keep = (p["masks"] > self.mask_threshold).flatten(1).sum(1) >= 3
+                masks = (p["masks"] > self.mask_threshold).cpu().numpy()
+                keep = torch.tensor([bool(get_coco_segmentation_from_bool_mask(m)) for m in masks], dtype=torch.bool)
                 for k in ("boxes", "scores", "labels", "masks"):
                     p[k] = p[k][keep]
 
@@ -93,7 +97,7 @@ def _child(method: str, gt_path: Path, args) -> None:
         preds = _predict_masklab(data, images, args, tile=args.tile if method == "masklab" else None)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    (gt_path.parent / f"pred-{method}.json").write_text(json.dumps(preds))
+    (gt_path.parent / f"pred-{method}.json").write_text(json.dumps(preds, default=float))  # SAHI: numpy scalars
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak}))
 
 
