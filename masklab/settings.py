@@ -22,6 +22,11 @@ proposals      --proposals         RPN proposals kept before the box head       
 min_size       --min-size          resize the shorter image side to this (px)    min_size / IMAGE_MIN_DIM
 max_size       --max-size          cap the longer image side at this (px)        max_size / IMAGE_MAX_DIM
 ============== =================== ============================================= ===================
+
+Tiled inference (large images, small objects; :mod:`masklab.inference.tiling`): ``tile`` (``--tile``:
+None = off; an int SIZE or ``(w, h)`` in original-image pixels, or ``"auto"``), ``tile_overlap``
+(``--tile-overlap``, fraction of the tile in [0, 0.9], default 0.2), ``tile_full_pass``
+(``--tile-full-pass``: also one whole-image pass, merged with the tiles, for objects larger than a tile).
 """
 
 from __future__ import annotations
@@ -75,6 +80,12 @@ class InferenceSettings:
         max_detections, proposals, min_size, max_size: positive int, or None for the model's default.
         classes: class names to keep (e.g. ``("person", "car")``), or None for all.
         threads: CPU threads for the runtime; None leaves torch's setting as the entry point made it.
+        tile: None (no tiling: the whole image in one pass), an int SIZE (square tiles of SIZE x SIZE
+            original-image pixels), ``(w, h)``, or ``"auto"`` (from the model's input size and the image;
+            no tiling when the image is not larger than the model input). The CLI's ``SIZE``/``WxH``
+            strings are parsed here.
+        tile_overlap: float in [0, 0.9]: how much neighbouring tiles overlap, as a fraction of the tile.
+        tile_full_pass: also run the whole image once and merge it with the tiles (objects larger than a tile).
     """
 
     model: str = DEFAULT_MODEL
@@ -90,6 +101,9 @@ class InferenceSettings:
     max_size: int | None = None
     classes: tuple[str, ...] | None = None
     threads: int | None = None
+    tile: int | tuple[int, int] | str | None = None
+    tile_overlap: float = 0.2
+    tile_full_pass: bool = False
 
     def __post_init__(self) -> None:
         # normalise what callers naturally pass (paths, lists) so equal settings compare and hash equal
@@ -100,6 +114,7 @@ class InferenceSettings:
             if isinstance(self.classes, str):
                 raise UsageError(f"classes must be a list of names, found the string {self.classes!r}")
             object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        object.__setattr__(self, "tile", _parse_tile(self.tile))
         self._validate()
 
     def _validate(self) -> None:
@@ -123,6 +138,10 @@ class InferenceSettings:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
                 raise UsageError(f"{name} must be a positive integer, found {v}")
+        if isinstance(self.tile_overlap, bool) or not 0.0 <= float(self.tile_overlap) <= 0.9:
+            raise UsageError(f"tile_overlap must be a fraction in [0, 0.9], found {self.tile_overlap!r}")
+        if not isinstance(self.tile_full_pass, bool):
+            raise UsageError(f"tile_full_pass must be true or false, found {self.tile_full_pass!r}")
         if self.min_size is not None and self.max_size is not None and self.min_size > self.max_size:
             raise UsageError(f"min_size ({self.min_size}) must not exceed max_size ({self.max_size})")
 
@@ -157,6 +176,7 @@ class InferenceSettings:
         argument); :meth:`from_json` reads it back."""
         doc = dataclasses.asdict(self)
         doc["classes"] = list(self.classes) if self.classes is not None else None
+        doc["tile"] = list(self.tile) if isinstance(self.tile, tuple) else self.tile
         return doc
 
     def to_run_json(self, card: Any, *, weights_source: str | None = None) -> dict[str, Any]:
@@ -170,6 +190,31 @@ class InferenceSettings:
     def model_options(self) -> dict[str, Any]:
         """The :data:`MODEL_OPTIONS` that are set (None dropped: the model's own default stays in force)."""
         return {k: getattr(self, k) for k in MODEL_OPTIONS if getattr(self, k) is not None}
+
+
+def _parse_tile(value: Any) -> tuple[int, int] | str | None:
+    """``tile`` as None, ``"auto"`` or ``(w, h)`` positive ints; accepts an int, ``"SIZE"``, ``"WxH"``,
+    ``"auto"`` or a pair (JSON gives a list)."""
+    if value is None or value == "auto":
+        return value
+    raw = value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return "auto"
+        parts = text.split("x")
+        if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+            raise UsageError(f"tile must be SIZE, WxH (pixels) or auto, found {raw!r}")
+        value = [int(p) for p in parts]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    elif not isinstance(value, (list, tuple)) or len(value) not in (1, 2):
+        raise UsageError(f"tile must be SIZE, (w, h) or 'auto', found {raw!r}")
+    if len(value) == 1:
+        value = [value[0], value[0]]
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < 16 for v in value):
+        raise UsageError(f"tile sizes must be integers of at least 16 pixels, found {raw!r}")
+    return (int(value[0]), int(value[1]))
 
 
 def _hint(value: str, valid: Sequence[str]) -> str:

@@ -18,7 +18,7 @@ from masklab.settings import BACKENDS, DEFAULT_MODEL, PRECISIONS
 __all__ = ["add_model_arguments", "GROUPS"]
 
 #: flag groups a command may leave out with ``exclude=``
-GROUPS = ("source", "runtime", "postprocess", "input", "classes")
+GROUPS = ("source", "runtime", "postprocess", "input", "classes", "tiling")
 
 
 def add_model_arguments(
@@ -73,3 +73,19 @@ def add_model_arguments(
         help="cap the longer side at this many pixels (default: the model's, 1333)")
     add("classes", "--classes", dest="classes", metavar="NAMES",
         help="comma-separated class names to keep, e.g. person,car (default: all)")
+    if "tiling" not in skip:
+        _add_tiling(parser, d)
+
+
+def _add_tiling(parser: argparse.ArgumentParser, d: Mapping[str, Any]) -> None:
+    """``--tile --tile-overlap --tile-full-pass`` (README, "Large images, small objects")."""
+    g = parser.add_argument_group("tiling (large images, small objects)")
+    g.add_argument("--tile", dest="tile", default=d.get("tile"), metavar="SIZE|WxH|auto",
+                   help="run the model on overlapping tiles of SIZE (or WxH) original-image pixels and merge the "
+                   "detections across tile borders; auto: from the model's input size (no tiling when the image is "
+                   "not larger); default: off")
+    g.add_argument("--tile-overlap", dest="tile_overlap", type=float, default=d.get("tile_overlap"), metavar="F",
+                   help="overlap of neighbouring tiles, a fraction of the tile in [0, 0.9] (default: 0.2)")
+    g.add_argument("--tile-full-pass", dest="tile_full_pass", action="store_true", default=d.get("tile_full_pass"),
+                   help="also run the whole image once and merge it with the tiles, so objects larger than a tile "
+                   "survive (off by default: on a huge image a small-object model mostly adds false detections)")

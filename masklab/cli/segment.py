@@ -46,6 +46,8 @@ def add_parser(sub) -> None:
     g.add_argument("--px-per-unit", type=float, default=None, metavar="PX", help="calibration for measurements.csv: pixels per unit of length (adds area_<unit>2, perimeter_<unit>)")
     g.add_argument("--unit", default="mm", help="unit name for --px-per-unit (default: mm)")
     g.add_argument("--polygon-tolerance", type=float, default=1.0, metavar="PX", help="polygon simplification for labelme/yolo, in pixels; 0 = exact contours (default: 1.0)")
+    g.add_argument("--overlay-full-size", action="store_true",
+                   help="draw overlays of huge images at full size (default: images over 4096 px are drawn at 4096 px)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("inputs and limits")
     g.add_argument("--allow-urls", action="store_true", help="accept http(s):// inputs (downloaded with the limits below)")
@@ -154,13 +156,16 @@ def _writer_options(args) -> dict:
     from masklab.visualize import STYLES
 
     check_unit(args.px_per_unit, args.unit)
-    return {
+    options = {
         "viz": list(parse_list(args.viz, known=STYLES, what="visualisation style")),
         "formats": list(parse_list(args.save, known=FORMATS, what="output format")),
         "px_per_unit": args.px_per_unit,
         "unit": args.unit,
         "polygon_tolerance": args.polygon_tolerance,
     }
+    if getattr(args, "overlay_full_size", False):  # only when asked: earlier runs' settings stay the same
+        options["overlay_max_side"] = 0
+    return options
 
 
 def _report(summary, n: int, out: str) -> int:

@@ -18,9 +18,10 @@ import numpy as np
 
 from masklab.errors import UsageError
 from masklab.io.atomic import atomic_save_image, atomic_write_json
+from masklab.structures.cropped import CroppedMasks
 from masklab.structures.masks import encode_rle, masks_to_boxes
 
-__all__ = ["SHAPE_CLASSES", "ShapesScene", "random_scene", "write_shapes"]
+__all__ = ["SHAPE_CLASSES", "ShapesScene", "random_scene", "write_shapes", "large_scene", "write_large_shapes"]
 
 #: Category names, in category-id order (ids 1, 2, 3).
 SHAPE_CLASSES = ("square", "circle", "triangle")
@@ -76,6 +77,70 @@ def random_scene(rng: np.random.Generator, *, size: int = 128, max_shapes: int =
     keep = [i for i, m in enumerate(masks) if m.sum() >= 20]
     return ShapesScene(image, np.stack([masks[i] for i in keep]) if keep else np.zeros((0, size, size), bool),
                        tuple(classes[i] for i in keep))
+
+
+def large_scene(rng: np.random.Generator, *, height: int, width: int, n_shapes: int, smallest: int = 10,
+                largest: int = 31) -> ShapesScene:
+    """A large canvas (one plain background) with ``n_shapes`` shapes of the demo model's training size
+    (half-size ``smallest``..``largest`` px), placed without overlaps at random positions, so many of
+    them cross the borders of any tile grid. ``masks`` is a
+    :class:`~masklab.structures.cropped.CroppedMasks` (a dense (N, H, W) array would not fit for
+    huge canvases). Raises :class:`~masklab.errors.UsageError` when the shapes do not fit."""
+    bg = tuple(int(v) for v in rng.integers(0, 256, 3))
+    image = np.empty((height, width, 3), np.uint8)
+    image[:] = bg
+    taken = np.zeros((height, width), bool)
+    bitmaps, offsets, classes = [], [], []
+    tries = 0
+    while len(classes) < n_shapes:
+        tries += 1
+        if tries > 50 * n_shapes:
+            raise UsageError(f"{n_shapes} shapes do not fit on a {width}x{height} canvas; use fewer or a larger canvas")
+        s = int(rng.integers(smallest, largest + 1))
+        r = int(np.ceil(s / np.sin(np.pi / 3))) + 2  # the triangle's half-width, plus a margin
+        x, y = int(rng.integers(r, width - r)), int(rng.integers(r, height - r))
+        if taken[y - r : y + r, x - r : x + r].any():
+            continue
+        taken[y - r : y + r, x - r : x + r] = True
+        while True:
+            color = tuple(int(v) for v in rng.integers(0, 256, 3))
+            if sum(abs(a - b) for a, b in zip(color, bg)) > 120:
+                break
+        shape = SHAPE_CLASSES[int(rng.integers(0, len(SHAPE_CLASSES)))]
+        local = np.zeros((2 * r, 2 * r), np.uint8)
+        _draw(shape, local, r, r, s, (1,))
+        region = image[y - r : y + r, x - r : x + r]
+        region[local.astype(bool)] = color
+        bitmaps.append(local.astype(bool))  # visible = whole: shapes never overlap
+        offsets.append((x - r, y - r))
+        classes.append(shape)
+    tight = [CroppedMasks.from_dense(b[None]) for b in bitmaps]  # each shape's own tight box
+    masks = CroppedMasks([t.bitmaps[0] for t in tight],
+                         [(ox + int(t.offsets[0, 0]), oy + int(t.offsets[0, 1])) for t, (ox, oy) in zip(tight, offsets)],
+                         image_size=(height, width))
+    return ShapesScene(image, masks, tuple(classes))
+
+
+def write_large_shapes(out: str | os.PathLike, *, n: int, height: int, width: int, n_shapes: int, seed: int = 0) -> Path:
+    """Write ``n`` :func:`large_scene` canvases as ``out/images/NNNNNN.png`` and ``out/annotations.json``
+    (COCO, masks as RLE computed from the crops). Returns the path of ``annotations.json``."""
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    cats = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPE_CLASSES)]
+    cat_id = {c["name"]: c["id"] for c in cats}
+    images, anns = [], []
+    for image_id in range(1, n + 1):
+        scene = large_scene(rng, height=height, width=width, n_shapes=n_shapes)
+        name = f"images/{image_id:06d}.png"
+        atomic_save_image(out / name, scene.image)
+        images.append({"id": image_id, "file_name": name, "height": height, "width": width})
+        for rle, box, cls, area in zip(scene.masks.to_rle(), scene.masks.boxes(), scene.classes, scene.masks.areas()):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cat_id[cls], "segmentation": rle,
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": float(area), "iscrowd": 0})
+    doc = {"info": {"description": f"masklab large shapes canvases (n={n}, {width}x{height}, {n_shapes} shapes, seed={seed})"},
+           "images": images, "annotations": anns, "categories": cats}
+    return atomic_write_json(out / "annotations.json", doc)
 
 
 def write_shapes(out: str | os.PathLike, *, n: int = 500, size: int = 128, seed: int = 0, progress: bool = False) -> Path:

@@ -24,6 +24,7 @@ import numpy as np
 from masklab.errors import UsageError
 from masklab.inference.explain import Trace, build_trace, explain_runtime, record
 from masklab.inference.threads import configure_threads, resolve_device
+from masklab.inference.tiling import TILE_BATCH, predict_tiled, resolve_tile
 from masklab.io.images import LoadedImage, load_image
 from masklab.models.card import ModelCard
 from masklab.models.loading import LoadedModel, load_model
@@ -32,7 +33,11 @@ from masklab.runtime import Runtime, make_runtime
 from masklab.settings import InferenceSettings
 from masklab.structures.instances import Instances
 
-__all__ = ["Segmenter"]
+__all__ = ["Segmenter", "DENSE_MASK_BYTES"]
+
+#: tiled results keep dense (N, H, W) masks, as every untiled result, up to this many bytes; above it
+#: (huge images, many objects) ``Instances.masks`` is a :class:`~masklab.structures.cropped.CroppedMasks`
+DENSE_MASK_BYTES = 512 * 2**20
 
 _NOT_CLASSES = frozenset({"N/A", "__background__"})
 _FIELDS = tuple(f.name for f in fields(InferenceSettings))
@@ -70,7 +75,9 @@ class Segmenter:
             ``precision`` (``"fp32"`` exact; ``"bf16"``/``"fp16"`` only when asked for), ``score_thresh``
             (None: the model's, 0.5; 0.7 for ``matterport_r101_coco``), ``classes`` (names to keep),
             ``nms_thresh``, ``max_detections``, ``proposals`` (``rpn_post_nms_top_n`` is accepted too),
-            ``min_size``, ``max_size``, ``threads`` (set torch's CPU threads; None leaves them as they are).
+            ``min_size``, ``max_size``, ``threads`` (set torch's CPU threads; None leaves them as they are),
+            ``tile`` (None: off; SIZE, ``(w, h)`` or ``"auto"``: tiled inference, see
+            :mod:`masklab.inference.tiling`), ``tile_overlap`` (fraction, 0.2), ``tile_full_pass``.
     """
 
     def __init__(self, model: str | os.PathLike | None = None, *, settings: InferenceSettings | None = None,
@@ -133,7 +140,24 @@ class Segmenter:
         arrays = [im.array if isinstance(im, LoadedImage) else load_image(im).array for im in images]
         if not arrays:
             return []
+        if self.inference.tile is not None:
+            return [self._predict_tiled(a) for a in arrays]
         return [self._to_instances(d, a.shape[:2]) for d, a in zip(self.runtime.predict(arrays), arrays)]
+
+    def tile_for(self, size_hw: tuple[int, int]) -> tuple[int, int] | None:
+        """The tile ``(w, h)`` this segmenter uses for an image of ``size_hw``, or None (one pass)."""
+        o = self.inference
+        return resolve_tile(o.tile, image_hw=size_hw, min_size=o.min_size, max_size=o.max_size)
+
+    def _predict_tiled(self, array: np.ndarray) -> Instances:
+        tile = self.tile_for(array.shape[:2])
+        if tile is None:  # auto, and the model would not shrink this image: one pass, as untiled
+            return self._to_instances(self.runtime.predict([array])[0], array.shape[:2])
+        o = self.inference
+        batch = TILE_BATCH["cuda" if self.device.startswith("cuda") else "cpu"]
+        det = predict_tiled(self.runtime, array, tile_wh=tile, overlap=o.tile_overlap, full_pass=o.tile_full_pass, batch=batch)
+        inst = self._to_instances(det, array.shape[:2])
+        return inst.dense() if inst.masks.size <= DENSE_MASK_BYTES else inst
 
     def _to_instances(self, det, size_hw) -> Instances:
         cats = self.spec.categories

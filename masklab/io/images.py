@@ -180,7 +180,9 @@ def _pil_to_rgb(img) -> np.ndarray:
     from PIL import Image, ImageOps
 
     try:
-        img = ImageOps.exif_transpose(img)
+        # a copy only when the EXIF orientation asks for a turn (a 144 MP image is 576 MB in Pillow)
+        if img.getexif().get(0x0112, 1) != 1:
+            img = ImageOps.exif_transpose(img)
     except Exception:  # malformed EXIF block: keep the pixels as stored rather than refuse the image
         pass
     mode = img.mode
@@ -197,7 +199,24 @@ def _pil_to_rgb(img) -> np.ndarray:
         img = img.convert("RGBA")
         bg = Image.new("RGBA", img.size, (*_NEUTRAL_GREY, 255))
         img = Image.alpha_composite(bg, img)
-    return np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return _rgb_pixels(img)
+
+
+def _rgb_pixels(img) -> np.ndarray:
+    """uint8 (H, W, 3), a writable copy (torch.from_numpy warns on read-only) of an RGB Pillow image.
+
+    Large images are copied in strips of rows: ``np.array(img)`` goes through ``img.tobytes()``, a
+    second full copy (432 MB more for 144 MP)."""
+    w, h = img.size
+    if w * h <= 1 << 24:
+        return np.array(img, dtype=np.uint8)
+    out = np.empty((h, w, 3), np.uint8)
+    step = max(1, (1 << 22) // w)
+    for y in range(0, h, step):
+        out[y : y + step] = np.asarray(img.crop((0, y, w, min(y + step, h))))
+    return out
 
 
 def _open_bytes(data: bytes | None, path: Path | None, name: str, cap: int) -> LoadedImage:

@@ -55,7 +55,7 @@ __all__ = [
 #: :data:`masklab.settings.RUNTIME_ONLY` (device, threads).
 SPEED_ONLY = ("batch_size", "workers", "skip_existing", "progress", "engine")
 #: The :class:`~masklab.io.formats.writer.OutputWriter` options a run records in its settings block.
-OUTPUT_OPTIONS = ("viz", "formats", "px_per_unit", "unit", "polygon_tolerance")
+OUTPUT_OPTIONS = ("viz", "formats", "px_per_unit", "unit", "polygon_tolerance", "overlay_max_side")
 
 
 @dataclass

@@ -19,7 +19,8 @@ class Detections:
     """Raw model output for one image, in original-image pixels.
 
     ``boxes`` float32 (N, 4) xyxy; ``scores`` float32 (N,) in [0, 1]; ``class_ids`` int64 (N,) the model's
-    ids (index into the model card's categories); ``masks`` bool (N, H, W).
+    ids (index into the model card's categories); ``masks`` bool (N, H, W): a dense array, or (tiled
+    inference) a :class:`~masklab.structures.cropped.CroppedMasks` of that shape.
     """
 
     boxes: np.ndarray

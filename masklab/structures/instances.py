@@ -8,7 +8,10 @@ Fields (all numpy, N = number of instances, H, W = original image height and wid
 
 - ``boxes``: float32 (N, 4), ``x1, y1, x2, y2`` in pixels of the original image (x2, y2 are the
   right/bottom edges, so a box covering one pixel at (0, 0) is ``[0, 0, 1, 1]``).
-- ``masks``: bool (N, H, W), ``True`` inside the object.
+- ``masks``: bool (N, H, W), ``True`` inside the object: a dense numpy array (the default, and what
+  every untiled run gives), or a :class:`~masklab.structures.cropped.CroppedMasks` (box-local bitmaps,
+  same shape and indexing, dense on demand) where the dense array would be too large: tiled inference
+  on huge images returns those (:meth:`Instances.dense` / :meth:`Instances.cropped` convert).
 - ``scores``: float32 (N,), in [0, 1] for predictions; 1.0 for ground truth.
 - ``class_ids``: int64 (N,), the model's (or dataset's) own category ids.
 - ``labels``: tuple of N str, the category names.
@@ -17,11 +20,14 @@ Fields (all numpy, N = number of instances, H, W = original image height and wid
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from masklab.structures.cropped import CroppedMasks
 
 __all__ = ["Instances"]
 
@@ -67,10 +73,13 @@ class Instances:
         if boxes.shape[1:] != (4,) and boxes.shape[0] != 0:
             raise ValueError(f"Instances.boxes: expected shape (N, 4), found {boxes.shape}")
         boxes = boxes.reshape(-1, 4)
-        masks = np.asarray(self.masks)
-        if masks.size == 0:
-            masks = np.zeros((0, h, w), dtype=bool)
-        masks = _as_array(masks, np.bool_, "masks", 3)
+        if isinstance(self.masks, CroppedMasks):
+            masks = self.masks
+        else:
+            masks = np.asarray(self.masks)
+            if masks.size == 0:
+                masks = np.zeros((0, h, w), dtype=bool)
+            masks = _as_array(masks, np.bool_, "masks", 3)
         if masks.shape[1:] != (h, w):
             raise ValueError(f"Instances.masks: expected shape (N, {h}, {w}), found {masks.shape}")
         scores = _as_array(self.scores, np.float32, "scores", 1)
@@ -177,15 +186,46 @@ class Instances:
         if len(sizes) != 1:
             raise ValueError(f"Instances.cat: all image sizes must match, found {sorted(sizes)}")
         keys = set(items[0].extra)
+        cropped = any(isinstance(i.masks, CroppedMasks) for i in items)
         return Instances(
             boxes=np.concatenate([i.boxes for i in items]),
-            masks=np.concatenate([i.masks for i in items]),
+            masks=CroppedMasks.cat([i.masks for i in items]) if cropped else np.concatenate([i.masks for i in items]),
             scores=np.concatenate([i.scores for i in items]),
             class_ids=np.concatenate([i.class_ids for i in items]),
             labels=sum((i.labels for i in items), ()),
             image_size=items[0].image_size,
             extra={k: np.concatenate([i.extra[k] for i in items]) for k in keys if all(k in i.extra for i in items)},
         )
+
+    # -- mask storage -------------------------------------------------------------------------------
+    @property
+    def is_cropped(self) -> bool:
+        """True when ``masks`` is a :class:`~masklab.structures.cropped.CroppedMasks`."""
+        return isinstance(self.masks, CroppedMasks)
+
+    def dense(self) -> Instances:
+        """The same instances with a dense bool (N, H, W) ``masks`` array (N x H x W bytes)."""
+        return self._with_masks(np.asarray(self.masks)) if self.is_cropped else self
+
+    def cropped(self) -> Instances:
+        """The same instances with :class:`~masklab.structures.cropped.CroppedMasks` masks."""
+        return self if self.is_cropped else self._with_masks(CroppedMasks.from_dense(self.masks))
+
+    def mask_crop(self, i: int) -> tuple[np.ndarray, int, int]:
+        """``(bitmap, x0, y0)``: mask ``i`` cropped to its pixels' tight box (bool (h, w)), at ``(x0, y0)``."""
+        return self.masks.crop(i) if self.is_cropped else CroppedMasks.from_dense(self.masks[i : i + 1]).crop(0)
+
+    def resized(self, image_size: tuple[int, int]) -> Instances:
+        """The instances scaled to an image of ``image_size`` (H, W): boxes scaled, masks resized (nearest)
+        per crop; the result has cropped masks (overlays of huge images are drawn from it)."""
+        nh, nw = (int(v) for v in image_size)
+        h, w = self.image_size
+        scale = np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
+        return dataclasses.replace(self, boxes=self.boxes * scale, masks=self.cropped().masks.resized((nh, nw)),
+                                   image_size=(nh, nw))
+
+    def _with_masks(self, masks) -> Instances:
+        return dataclasses.replace(self, masks=masks)
 
     # -- selection helpers --------------------------------------------------------------------------
     def filter(self, *, min_score: float | None = None, classes: Sequence[str] | None = None) -> Instances:
@@ -208,19 +248,21 @@ class Instances:
     # -- measurements -------------------------------------------------------------------------------
     def areas(self) -> np.ndarray:
         """int64 (N,): mask area in pixels."""
+        if self.is_cropped:
+            return self.masks.areas()
         return self.masks.sum(axis=(1, 2), dtype=np.int64)
 
     def centroids(self) -> np.ndarray:
         """float64 (N, 2): mask centroid ``(x, y)`` in pixel coordinates (pixel centres at +0.5); NaN if empty."""
         from masklab.structures.masks import mask_centroids
 
-        return mask_centroids(self.masks)
+        return self.masks.centroids() if self.is_cropped else mask_centroids(self.masks)
 
     def perimeters(self) -> np.ndarray:
         """float64 (N,): length in pixels of every outer and hole contour of each mask (OpenCV)."""
         from masklab.structures.masks import mask_perimeters
 
-        return mask_perimeters(self.masks)
+        return self.masks.perimeters() if self.is_cropped else mask_perimeters(self.masks)
 
     def measurements(self) -> list[dict[str, Any]]:
         """One dict per instance: id, label, class_id, score, area_px, perimeter_px, centroid_xy, bbox_xyxy.
@@ -251,7 +293,7 @@ class Instances:
         """
         from masklab.structures.masks import encode_rle
 
-        rles = encode_rle(self.masks)
+        rles = self.masks.to_rle() if self.is_cropped else encode_rle(self.masks)
         out = []
         for i in range(len(self)):
             x1, y1, x2, y2 = (float(v) for v in self.boxes[i])
@@ -281,7 +323,7 @@ class Instances:
         b = np.round(self.boxes).astype(np.int32).reshape(-1, 4)
         rois = b[:, [1, 0, 3, 2]] if len(b) else np.zeros((0, 4), np.int32)
         h, w = self.image_size
-        masks = np.ascontiguousarray(self.masks.transpose(1, 2, 0)) if len(self) else np.zeros((h, w, 0), bool)
+        masks = np.ascontiguousarray(np.asarray(self.masks).transpose(1, 2, 0)) if len(self) else np.zeros((h, w, 0), bool)
         return {
             "rois": rois,
             "masks": masks,
@@ -293,7 +335,7 @@ class Instances:
         """The per-image JSON's ``instances`` list (see README, "JSON format")."""
         from masklab.structures.masks import encode_rle
 
-        rles = encode_rle(self.masks)
+        rles = self.masks.to_rle() if self.is_cropped else encode_rle(self.masks)
         meas = self.measurements()
         out = []
         for m, rle in zip(meas, rles):

@@ -43,10 +43,10 @@ class InstanceVisualizer:
         order = np.argsort(-instances.areas(), kind="stable")
         if self.masks:
             for i in order:
-                m = instances.masks[i]
+                region, m = _mask_region(out, instances, i)
                 c = cols[i].astype(np.float32)
-                out[m] = (out[m] * (1 - self.alpha) + c * self.alpha).round().astype(np.uint8)
-                draw_contours(out, m, cols[i], 2)
+                region[m] = (region[m] * (1 - self.alpha) + c * self.alpha).round().astype(np.uint8)
+                draw_contours(region, m, cols[i], 2)
         placed: list[tuple[int, int, int, int]] = []
         # captions of the higher-scoring objects first, so they get the best spots
         for i in sorted(order, key=lambda k: -instances.scores[k]):
@@ -61,3 +61,17 @@ class InstanceVisualizer:
                     # above the box, else inside its top, else below it
                     draw_caption(out, text, x1, y1, avoid=placed, alt_y=(y1 + 18, y2 + 18, y2))
         return out
+
+
+def _mask_region(out: np.ndarray, instances: Instances, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a view of ``out``, bool mask of that view's shape) for instance ``i``: the whole image for dense
+    masks; for cropped masks (huge images) the crop and a 3-pixel margin, so contours are drawn whole."""
+    if not instances.is_cropped:
+        return out, instances.masks[i]
+    b, x0, y0 = instances.mask_crop(i)
+    h, w = out.shape[:2]
+    ax, ay = max(x0 - 3, 0), max(y0 - 3, 0)
+    bx, by = min(x0 + b.shape[1] + 3, w), min(y0 + b.shape[0] + 3, h)
+    m = np.zeros((by - ay, bx - ax), bool)
+    m[y0 - ay : y0 - ay + b.shape[0], x0 - ax : x0 - ax + b.shape[1]] = b
+    return out[ay:by, ax:bx], m

@@ -30,8 +30,17 @@ def instance_id_map(instances: Instances) -> np.ndarray:
         raise ValueError(f"an instance-id map holds at most 65535 instances, found {len(instances)}")
     out = np.zeros(instances.image_size, np.uint16)
     for k in _paint_order(instances):
-        out[instances.masks[k]] = k + 1
+        _paint(out, instances, k, k + 1)
     return out
+
+
+def _paint(out: np.ndarray, instances: Instances, k: int, value) -> None:
+    """``out[mask k] = value``; on cropped masks only the crop is touched."""
+    if instances.is_cropped:
+        b, x0, y0 = instances.mask_crop(k)
+        out[y0 : y0 + b.shape[0], x0 : x0 + b.shape[1]][b] = value
+    else:
+        out[instances.masks[k]] = value
 
 
 def semantic_map(instances: Instances) -> np.ndarray:
@@ -40,7 +49,7 @@ def semantic_map(instances: Instances) -> np.ndarray:
         raise ValueError(f"a semantic PNG holds class ids 0..255, found {instances.class_ids.min()}..{instances.class_ids.max()}")
     out = np.zeros(instances.image_size, np.uint8)
     for k in _paint_order(instances):
-        out[instances.masks[k]] = instances.class_ids[k]
+        _paint(out, instances, k, instances.class_ids[k])
     return out
 
 

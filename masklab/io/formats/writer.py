@@ -32,7 +32,11 @@ from masklab.io.atomic import atomic_save_image, atomic_write_json
 from masklab.io.formats.common import class_list
 from masklab.structures.instances import Instances
 
-__all__ = ["OutputWriter", "image_record", "FORMATS", "DEFAULT_FORMATS", "parse_list"]
+__all__ = ["OutputWriter", "image_record", "FORMATS", "DEFAULT_FORMATS", "parse_list", "OVERLAY_MAX_SIDE"]
+
+#: overlays of larger images are drawn on a copy scaled so its longer side is this many pixels
+#: (a 12000 x 12000 overlay would be 432 MB and unreadable on screen); 0 = always full size
+OVERLAY_MAX_SIDE = 4096
 
 #: Every ``--save`` format. ``json`` is always written (the other files are rebuilt from it).
 FORMATS = ("json", "coco", "png-masks", "labelme", "yolo", "csv")
@@ -59,6 +63,19 @@ def parse_list(value: str | Sequence[str] | None, *, known: Sequence[str], what:
     return tuple(dict.fromkeys(items))
 
 
+def _overlay_input(image: np.ndarray, instances: Instances, max_side: int) -> tuple[np.ndarray, Instances]:
+    """The image and instances an overlay is drawn from: as they are, or scaled so that the longer side
+    is ``max_side`` (0: never scaled)."""
+    h, w = image.shape[:2]
+    if max_side == 0 or max(h, w) <= max_side:
+        return image, instances
+    import cv2
+
+    s = max_side / max(h, w)
+    size = (max(1, round(h * s)), max(1, round(w * s)))
+    return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA), instances.resized(size)
+
+
 class OutputWriter:
     """Writes a run's outputs into ``out_dir``.
 
@@ -72,6 +89,8 @@ class OutputWriter:
             for ``yolo`` (the class list) and names COCO's categories.
         px_per_unit, unit: calibration for ``measurements.csv`` (e.g. 12.5 pixels per ``"mm"``).
         polygon_tolerance: polygon simplification in pixels for LabelMe and YOLO (0 = exact contours).
+        overlay_max_side: overlays of images whose longer side exceeds this are drawn at that size
+            (image and masks scaled down); 0 = full size (default :data:`OVERLAY_MAX_SIDE`).
     """
 
     def __init__(
@@ -85,6 +104,7 @@ class OutputWriter:
         px_per_unit: float | None = None,
         unit: str = "mm",
         polygon_tolerance: float = 1.0,
+        overlay_max_side: int = OVERLAY_MAX_SIDE,
     ) -> None:
         from masklab.io.formats.measurements import check_unit
         from masklab.visualize import STYLES, get_visualizer
@@ -101,6 +121,9 @@ class OutputWriter:
         if polygon_tolerance < 0:
             raise UsageError(f"polygon tolerance must be >= 0 pixels, found {polygon_tolerance}")
         self.px_per_unit, self.unit, self.polygon_tolerance = px_per_unit, unit, float(polygon_tolerance)
+        if overlay_max_side < 0:
+            raise UsageError(f"overlay_max_side must be >= 0 pixels (0 = full size), found {overlay_max_side}")
+        self.overlay_max_side = int(overlay_max_side)
         self._visualizers = [get_visualizer(style) for style in self.viz]  # bad style: error before any work
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -143,7 +166,8 @@ class OutputWriter:
         if self._visualizers:
             from masklab.visualize import render
 
-            written.append(atomic_save_image(self.out_dir / f"{stem}.png", render(image, instances, self.viz)))
+            small, shown = _overlay_input(image, instances, self.overlay_max_side)
+            written.append(atomic_save_image(self.out_dir / f"{stem}.png", render(small, shown, self.viz)))
         if "png-masks" in self.formats:
             written += write_label_maps(self.out_dir / "masks", stem, instances)
         if "labelme" in self.formats:
