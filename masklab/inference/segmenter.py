@@ -13,6 +13,7 @@ as keywords (the easy tier); ``seg.inference`` holds what is in force, model def
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 from collections.abc import Sequence
@@ -39,6 +40,8 @@ __all__ = ["Segmenter", "DENSE_MASK_BYTES"]
 #: (huge images, many objects) ``Instances.masks`` is a :class:`~masklab.structures.cropped.CroppedMasks`
 DENSE_MASK_BYTES = 512 * 2**20
 
+#: options a loaded segmenter can change per call (:meth:`Segmenter.with_options`): how images are cut, not the network
+PER_CALL_OPTIONS = ("tile", "tile_overlap", "tile_full_pass")
 _NOT_CLASSES = frozenset({"N/A", "__background__"})
 _FIELDS = tuple(f.name for f in fields(InferenceSettings))
 #: older keyword names still accepted (torchvision's)
@@ -144,10 +147,25 @@ class Segmenter:
             return [self._predict_tiled(a) for a in arrays]
         return [self._to_instances(d, a.shape[:2]) for d, a in zip(self.runtime.predict(arrays), arrays)]
 
+    def with_options(self, **changes: Any) -> Segmenter:
+        """A segmenter sharing this one's loaded model and runtime, with other :data:`PER_CALL_OPTIONS`
+        (tiling: ``tile``, ``tile_overlap``, ``tile_full_pass``), e.g. for one web request. Options that
+        shape the network itself need a new :class:`Segmenter`."""
+        bad = sorted(set(changes) - set(PER_CALL_OPTIONS))
+        if bad:
+            raise UsageError(f"{bad} cannot change per call (they are built into the model); per call: {', '.join(PER_CALL_OPTIONS)}")
+        other = copy.copy(self)
+        other.inference = self.inference.replace(**changes)
+        return other
+
     def tile_for(self, size_hw: tuple[int, int]) -> tuple[int, int] | None:
         """The tile ``(w, h)`` this segmenter uses for an image of ``size_hw``, or None (one pass)."""
         o = self.inference
-        return resolve_tile(o.tile, image_hw=size_hw, min_size=o.min_size, max_size=o.max_size)
+        stats = self.card.data_stats or {}
+        native = None
+        if stats.get("image_short_side_px"):  # trained with masklab: objects at their training scale
+            native = stats["image_short_side_px"] * o.min_size / self.card.min_size
+        return resolve_tile(o.tile, image_hw=size_hw, min_size=o.min_size, max_size=o.max_size, native_side=native)
 
     def _predict_tiled(self, array: np.ndarray) -> Instances:
         tile = self.tile_for(array.shape[:2])

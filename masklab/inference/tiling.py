@@ -42,21 +42,30 @@ FULL_PASS_SIDE = 2048
 TILE_BATCH = {"cpu": 2, "cuda": 16}
 
 
-def resolve_tile(tile, *, image_hw: tuple[int, int], min_size: int, max_size: int) -> tuple[int, int] | None:
+def resolve_tile(tile, *, image_hw: tuple[int, int], min_size: int, max_size: int,
+                 native_side: float | None = None) -> tuple[int, int] | None:
     """The tile ``(w, h)`` in pixels for one image, or None for one whole-image pass.
 
     ``tile``: None, ``(w, h)`` or ``"auto"`` (:class:`~masklab.settings.InferenceSettings` parsed it).
     ``auto``: square tiles of the model's input size (``min_size``, at most ``max_size``: the scale the
     model was trained at, so objects keep their size); None when the model would not shrink the image
-    (its shorter side <= ``min_size`` and longer side <= ``max_size``). A given size larger than the
-    image is clipped to it."""
+    (its shorter side <= ``min_size`` and longer side <= ``max_size``). ``native_side``: for a model
+    whose card records its training data (``data_stats``), the tile side at which objects appear as large
+    as in training (the training images' median shorter side, scaled by a changed ``min_size``); then
+    ``auto`` uses square tiles of that side, and no tiling for an image not larger than one. A given size
+    larger than the image is clipped to it."""
     h, w = image_hw
     if tile is None:
         return None
     if tile == "auto":
-        if min(h, w) <= min_size and max(h, w) <= max_size:
-            return None
-        side = min(min_size, max_size)
+        if native_side:
+            side = max(16, int(round(native_side)))
+            if min(h, w) <= side and max(h, w) <= side * max_size / min_size:
+                return None
+        else:
+            if min(h, w) <= min_size and max(h, w) <= max_size:
+                return None
+            side = min(min_size, max_size)
         tile = (side, side)
     tw, th = tile
     return (min(int(tw), w), min(int(th), h))

@@ -65,6 +65,8 @@ class ModelCard:
         class_names: the tutorial-style ``class_names`` (``"BG"`` first) that ``detect()`` indexes, when
             they differ from the categories.
         base_model, trained, reproduce, notes: provenance (``trained``: data, init, epochs, steps, command).
+        data_stats: the training set's image and object sizes in original pixels
+            (:func:`masklab.data.stats.dataset_stats`); ``--tile auto`` uses them.
         export_format, source_weights, outputs: for exported files (format, what was exported, output specs).
         extra: keys this version does not know, kept so that a card read and written again loses nothing.
     """
@@ -90,6 +92,7 @@ class ModelCard:
     class_names: tuple[str, ...] | None = None
     base_model: str | None = None
     trained: dict | None = None
+    data_stats: dict | None = None
     reproduce: tuple[str, ...] = ()
     notes: str = ""
     export_format: str | None = None

@@ -114,7 +114,8 @@ def _load_card(src: ModelSource, settings: InferenceSettings, seed: int) -> tupl
     card = read_card_file(src.card_path)
     if card.weights is None or not card.weights.file:
         raise UsageError(f"{src.card_path}: the model card names no weights file")
-    return _with_state(spec_from_card(card), src.card_path.parent / card.weights.file, settings)
+    spec, module, weights = _with_state(spec_from_card(card), src.card_path.parent / card.weights.file, settings)
+    return spec, module, weights, card
 
 
 def _load_state_dict(src: ModelSource, settings: InferenceSettings, seed: int) -> tuple:
@@ -151,8 +152,11 @@ def load_model(
     """Build and load the model ``settings.model`` / ``settings.weights`` name (``source``: already
     decided by :func:`~masklab.models.source.find_source`). ``seed`` seeds ``weights="random"``."""
     src = source if source is not None else find_source(settings.model, settings.weights)
-    spec, module, weights_source = _LOADERS[src.kind](src, settings, seed)
+    spec, module, weights_source, *file_card = _LOADERS[src.kind](src, settings, seed)
     card = spec.card()
     if src.kind == "exported":
         card = card.replace(export_format=src.export_format)
+    if file_card:  # a trained model: its card's record of the training data and provenance stays with it
+        c = file_card[0]
+        card = card.replace(data_stats=c.data_stats, trained=c.trained, base_model=c.base_model, metrics=dict(c.metrics))
     return LoadedModel(spec=spec, card=card, module=module, weights_source=weights_source, source=src)

@@ -136,6 +136,8 @@ def add_model_routes(app: FastAPI, svc: Service) -> None:
 def add_segment_routes(app: FastAPI, svc: Service) -> None:
     """``POST /v1/segment`` and ``POST /v1/render``: one image in, its instances filtered per request."""
     floor = svc.settings.score_floor
+    tile_doc = ("tiled inference for this request (large images, small objects): SIZE or WxH pixels, or auto; "
+                "default: the server's --tile")
     score_doc = (f"keep instances scoring at least this; default: the model's own threshold (0.5; 0.7 for "
                  f"matterport_r101_coco). The model keeps >= {floor} anyway")
     classes_q = Query(None, max_length=2000, description="comma-separated class names to keep, e.g. person,car")
@@ -145,13 +147,16 @@ def add_segment_routes(app: FastAPI, svc: Service) -> None:
         request: Request,
         score_thresh: float | None = Query(None, ge=0.0, le=1.0, description=score_doc),
         classes: str | None = classes_q,
+        tile: str | None = Query(None, max_length=20, pattern=_TILE_PATTERN, description=tile_doc),
+        tile_overlap: float | None = Query(None, ge=0.0, le=0.9, description="overlap of neighbouring tiles, a fraction of the tile"),
         formats: list[Literal["json", "coco"]] = Query(["json"], max_length=2, description="`json`: the per-image record (always); `coco`: also a `coco` list of COCO results entries"),
     ) -> dict:
         seg = svc.require_ready()
         wanted = svc.check_classes(classes)
+        tiling = svc.check_tiling(tile=tile, tile_overlap=tile_overlap)
 
         def job(data: bytes, name: str) -> dict:
-            _, inst = svc.instances_for(data, name)
+            _, inst = svc.instances_for(data, name, tiling)
             sel = inst.filter(min_score=_or_model_default(score_thresh, seg), classes=wanted)
             record = image_record(name, sel, seg.spec.name)
             if "coco" in formats:
@@ -172,20 +177,26 @@ def add_segment_routes(app: FastAPI, svc: Service) -> None:
         style: StyleName = Query("instance", description="overlay style"),
         score_thresh: float | None = Query(None, ge=0.0, le=1.0, description=score_doc),
         classes: str | None = classes_q,
+        tile: str | None = Query(None, max_length=20, pattern=_TILE_PATTERN, description=tile_doc),
+        tile_overlap: float | None = Query(None, ge=0.0, le=0.9, description="overlap of neighbouring tiles, a fraction of the tile"),
         hide: str | None = Query(None, max_length=20000, pattern=r"^\d{1,6}(,\d{1,6})*$", description="comma-separated instance ids (as in /v1/segment with the same options) to leave out"),
     ) -> Response:
         seg = svc.require_ready()
         wanted = svc.check_classes(classes)
+        tiling = svc.check_tiling(tile=tile, tile_overlap=tile_overlap)
         hidden = {int(v) for v in hide.split(",")} if hide else set()
         visualizer = get_visualizer(style)
 
         def job(data: bytes, name: str) -> bytes:
-            image, inst = svc.instances_for(data, name)
+            image, inst = svc.instances_for(data, name, tiling)
             sel = inst.filter(min_score=_or_model_default(score_thresh, seg), classes=wanted)
             sel = sel[np.array([i not in hidden for i in range(len(sel))], bool)]
             return _png(visualizer.annotate(image, sel))
 
         return Response(await svc.handle(request, job), media_type="image/png")
+
+
+_TILE_PATTERN = r"^(auto|\d{2,5}(x\d{2,5})?)$"
 
 
 def _or_model_default(score_thresh: float | None, seg) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -25,7 +26,7 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from masklab.errors import ImageLoadError
+from masklab.errors import ImageLoadError, UsageError
 from masklab.inference import Segmenter
 from masklab.inference.threads import configure_threads
 from masklab.io.images import load_image, sniff_format
@@ -147,6 +148,18 @@ class Service:
             raise HTTPException(422, f"unknown class names {unknown[:10]}; this model knows {known}")
         return wanted
 
+    def check_tiling(self, **given: Any) -> dict | None:
+        """A request's tiling query values (None where not given) as validated settings changes; 422 for a
+        bad value. None when the request keeps the server's own tiling."""
+        changes = {k: v for k, v in given.items() if v is not None}
+        if not changes:
+            return None
+        try:
+            checked = self.segmenter.inference.replace(**changes)
+        except UsageError as e:
+            raise HTTPException(422, str(e)) from None
+        return {k: getattr(checked, k) for k in changes}
+
     async def handle(self, request: Request, job: Callable[[bytes, str], Any]) -> Any:
         """Admission, body upload and ``job(data, name)`` in a worker, all under one deadline."""
         limiter = self.limiter
@@ -159,17 +172,21 @@ class Service:
                 raise DeadlineExceeded(limiter.timeout_s, "receiving the upload") from None
             return await limiter.run(job, data, name, deadline=deadline)
 
-    def instances_for(self, data: bytes, name: str) -> tuple[np.ndarray, Instances]:
-        """(image RGB uint8 (H, W, 3), Instances at the server's score floor). Runs in a worker thread."""
+    def instances_for(self, data: bytes, name: str, tiling: dict | None = None) -> tuple[np.ndarray, Instances]:
+        """(image RGB uint8 (H, W, 3), Instances at the server's score floor). Runs in a worker thread.
+
+        ``tiling``: a request's own ``tile``/``tile_overlap``/``tile_full_pass`` (validated already, see
+        :meth:`request_segmenter`); results are cached per image and tiling."""
         cap = self.settings.max_pixels
         try:
             image = load_image(data, name=name, max_pixels=cap).array
         except ImageLoadError as e:
             raise image_error(data, e, cap) from None
-        key = hashlib.sha256(data).hexdigest()
+        key = hashlib.sha256(data).hexdigest() + (json.dumps(tiling, sort_keys=True) if tiling else "")
         inst = self.cache.get(key)
         if inst is None:
-            inst = self.segmenter.predict([image])[0]
+            seg = self.segmenter.with_options(**tiling) if tiling else self.segmenter
+            inst = seg.predict([image])[0]
             self.cache.put(key, inst)
         return image, inst
 

@@ -97,9 +97,11 @@ def plot_curves(run_dir: Path, rows: list[dict]) -> None:
 
 
 # -- model.json -------------------------------------------------------------------------------------
-def trained_card(cfg: TrainConfig, spec: ModelSpec, weights_file: str, score: dict | None, *, step: int, epoch: int) -> ModelCard:
+def trained_card(cfg: TrainConfig, spec: ModelSpec, weights_file: str, score: dict | None, *, step: int, epoch: int,
+                 data_stats: dict | None = None) -> ModelCard:
     """The run's model card: ``spec``'s classes and input size, ``weights_file`` (relative to the run
-    directory), the val ``score`` of those weights (fractions; None without ``--val``) and provenance."""
+    directory), the val ``score`` of those weights (fractions; None without ``--val``), provenance and the
+    training set's sizes (``data_stats``, for ``--tile auto``)."""
     return spec.card().replace(  # the architecture's defaults (NMS, proposals...) written out in full
         weights=WeightsRef(file=weights_file, storage="float32"),
         metrics={} if score is None else {"dataset": cfg.val, **score},
@@ -107,6 +109,7 @@ def trained_card(cfg: TrainConfig, spec: ModelSpec, weights_file: str, score: di
         base_model=cfg.model,
         trained={"data": cfg.data, "init": cfg.init, "epochs": epoch, "steps": step, "command": cfg.command},
         masklab_version=__version__,
+        data_stats=data_stats,
     )
 
 

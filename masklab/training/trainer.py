@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from masklab.data.dataset import open_dataset
+from masklab.data.stats import dataset_stats
 from masklab.errors import UsageError
 from masklab.inference.threads import resolve_device
 from masklab.models.weights import check_state_dict
@@ -263,7 +264,7 @@ class Trainer:
             self.best_score = card_metrics(self.run_dir)
         best = checkpoint_paths(self.run_dir, "best") or checkpoint_paths(self.run_dir, "last")
         card = trained_card(self.cfg, self.spec, str(best.weights.relative_to(self.run_dir)), self.best_score,
-                            step=self.counters.step, epoch=self.counters.epoch)
+                            step=self.counters.step, epoch=self.counters.epoch, data_stats=self.data_stats)
         write_card(self.run_dir, card)
         write_metrics(self.run_dir, self.history)
         plot_curves(self.run_dir, self.history)
@@ -309,6 +310,7 @@ class Trainer:
     def _load_data(self) -> None:
         cfg = self.cfg
         self.train_ds = open_dataset(cfg.data)
+        self.data_stats = dataset_stats(self.train_ds.gt)  # recorded in the card: --tile auto reads it
         val_kw = {"split": "val"} if str(cfg.val).endswith((".yaml", ".yml")) else {}
         self.val_ds = open_dataset(cfg.val, **val_kw) if cfg.val else None
         self.class_names = self.train_ds.class_names
