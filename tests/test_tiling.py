@@ -281,7 +281,7 @@ def test_eval_with_tile_scores_the_stitched_outputs(tmp_path):
 
 # -- bounded memory on a huge image -------------------------------------------------------------------
 _HUGE_CHILD = r"""
-import json, resource, sys
+import json, sys
 sys.path.insert(0, sys.argv[3])
 from tiling_helpers import BlobRuntime
 from masklab import Segmenter
@@ -295,7 +295,9 @@ summary = run_segment(expand_inputs([sys.argv[1]]), sys.argv[2], seg, progress=F
                       writer=OutputWriter(sys.argv[2], model_name="blobs", categories=seg.spec.categories),
                       keep_instances=True)
 inst = summary.results[0].instances
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "n": len(inst),
+# VmHWM is this process's own peak; ru_maxrss is inherited across fork+exec (it would report pytest's peak)
+hwm_kb = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+print(json.dumps({"peak_rss_mb": hwm_kb / 1024, "n": len(inst),
                   "cropped": inst.is_cropped, "tiles": seg.runtime.calls, "failures": len(summary.failures)}))
 """
 
