@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -96,7 +95,8 @@ def _child(method: str, gt_path: Path, args) -> None:
     else:
         preds = _predict_masklab(data, images, args, tile=args.tile if method == "masklab" else None)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # this process's own peak (VmHWM); ru_maxrss is inherited across fork+exec and would include the parent's
+    peak = int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1]) / 1024
     (gt_path.parent / f"pred-{method}.json").write_text(json.dumps(preds, default=float))  # SAHI: numpy scalars
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak}))
 
