@@ -210,3 +210,13 @@ def test_structure_tool_sees_a_cycle_hidden_in_a_function(tmp_path):
     finally:
         structure.ROOT = old_root
     assert found == [("masklab.high", 2, True)]
+
+
+def test_background_names_are_never_classes():
+    from masklab.models.zoo import get_spec
+
+    card = get_spec("matterport_r101_coco").card()  # matterport calls its background "BG"
+    card.check_classes(["person", "dog"])
+    for name in ("BG", "__background__", "N/A"):
+        with pytest.raises(UsageError, match="unknown class names"):
+            card.check_classes([name])

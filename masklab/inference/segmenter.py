@@ -26,6 +26,7 @@ from masklab.errors import UsageError
 from masklab.inference.explain import Trace, build_trace, explain_runtime, record
 from masklab.inference.threads import configure_threads, resolve_device
 from masklab.inference.tiling import TILE_BATCH, predict_tiled, resolve_tile
+from masklab.io.formats.common import NOT_CLASSES
 from masklab.io.images import LoadedImage, load_image
 from masklab.models.card import ModelCard
 from masklab.models.loading import LoadedModel, load_model
@@ -42,7 +43,6 @@ DENSE_MASK_BYTES = 512 * 2**20
 
 #: options a loaded segmenter can change per call (:meth:`Segmenter.with_options`): how images are cut, not the network
 PER_CALL_OPTIONS = ("tile", "tile_overlap", "tile_full_pass")
-_NOT_CLASSES = frozenset({"N/A", "__background__"})
 _FIELDS = tuple(f.name for f in fields(InferenceSettings))
 #: older keyword names still accepted (torchvision's)
 _ALIASES = {"rpn_post_nms_top_n": "proposals"}
@@ -189,7 +189,7 @@ class Segmenter:
             image_size=size_hw,
         )
         # COCO's unused ids ("N/A") are not classes: a detection there (seen with untrained heads) is dropped.
-        inst = inst[np.array([lab not in _NOT_CLASSES for lab in inst.labels], bool)]
+        inst = inst[np.array([lab not in NOT_CLASSES for lab in inst.labels], bool)]
         if self.classes is not None:
             inst = inst.filter(classes=self.classes)
         return inst

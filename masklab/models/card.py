@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from masklab.errors import UsageError
+from masklab.io.formats.common import NOT_CLASSES
 
 __all__ = ["ModelCard", "WeightsRef", "CARD_SCHEMA", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -126,7 +127,7 @@ class ModelCard:
         """Raise a clear error when ``classes`` (names to keep) holds a name this model does not predict."""
         if classes is None:
             return
-        known = set(self.categories) - {"__background__", "BG", "N/A"}
+        known = set(self.categories) - NOT_CLASSES
         unknown = [c for c in classes if c not in known]
         if unknown:
             raise UsageError(f"unknown class names {unknown} for model {self.name!r}; its classes: "

@@ -126,13 +126,17 @@ def make_runtime(loaded: LoadedModel, settings: InferenceSettings, *, device: st
 
 
 def _file_runtime(fmt: str, path: str, settings: InferenceSettings, *, device: str) -> Runtime:
+    import torch
+
     from masklab.runtime import exported
 
     kw = {"precision": settings.precision, "score_thresh": settings.score_thresh}
+    # threads not given: as many as the process's torch uses (which entry points set to every CPU)
+    threads = settings.threads or torch.get_num_threads()
     if fmt == "openvino":
         if device.startswith("cuda"):
             raise UsageError("an OpenVINO export runs on the CPU here; use --device cpu")
-        return exported.OpenVINORuntime(path, threads=settings.threads, **kw)
+        return exported.OpenVINORuntime(path, threads=threads, **kw)
     if fmt == "onnx":
-        return exported.OnnxRuntime(path, threads=settings.threads, device=device, **kw)
+        return exported.OnnxRuntime(path, threads=threads, device=device, **kw)
     return exported.TorchScriptRuntime(path, device=device, **kw)

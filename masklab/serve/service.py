@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException
 from masklab.errors import ImageLoadError, UsageError
 from masklab.inference import Segmenter
 from masklab.inference.threads import configure_threads
+from masklab.io.formats.common import NOT_CLASSES
 from masklab.io.images import load_image, sniff_format
 from masklab.serve.limits import DeadlineExceeded, WorkLimiter
 from masklab.serve.metrics import ServeMetrics
@@ -43,7 +44,6 @@ log = logging.getLogger("masklab.serve")
 #: The app's routes: the metrics' ``path`` label values (anything else is folded into ``other``).
 PATHS = ("/", "/healthz", "/readyz", "/metrics", "/v1/models", "/v1/segment", "/v1/render", "/docs", "/openapi.json")
 #: Category names that are not classes a request can ask for.
-NOT_CLASSES = frozenset({"__background__", "N/A"})
 
 
 def build_segmenter(inference: InferenceSettings) -> Segmenter:

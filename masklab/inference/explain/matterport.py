@@ -20,15 +20,14 @@ from masklab.inference.explain.trace import (
     RoIStage,
     RPNStage,
 )
+from masklab.inference.explain.trace import (
+    to_numpy as _np,
+)
 from masklab.models.matterport import ops
 from masklab.models.matterport.runtime import MatterportRun, MatterportRuntime
 from masklab.structures.detections import Detections
 
 __all__ = ["MatterportStages", "record_matterport"]
-
-
-def _np(t) -> np.ndarray:
-    return t.detach().float().cpu().numpy()
 
 
 class MatterportStages:

@@ -38,14 +38,13 @@ from masklab.inference.explain.trace import (
     RoIStage,
     RPNStage,
 )
+from masklab.inference.explain.trace import (
+    to_numpy as _np,
+)
 from masklab.runtime.torch import TorchRuntime
 from masklab.structures.detections import Detections
 
 __all__ = ["TorchvisionStages", "record_torchvision"]
-
-
-def _np(t) -> np.ndarray:
-    return t.detach().float().cpu().numpy()
 
 
 class _Tape:

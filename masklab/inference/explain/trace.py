@@ -17,6 +17,7 @@ import numpy as np
 from masklab.structures.instances import Instances
 
 __all__ = [
+    "to_numpy",
     "InputStage",
     "FeatureLevel",
     "AnchorLevel",
@@ -26,6 +27,11 @@ __all__ = [
     "MaskStage",
     "Trace",
 ]
+
+
+def to_numpy(t) -> np.ndarray:
+    """A recorded tensor as a float32 numpy array (detached, on the CPU)."""
+    return t.detach().float().cpu().numpy()
 
 
 @dataclass(frozen=True)
