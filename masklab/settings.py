@@ -62,7 +62,7 @@ MODEL_OPTIONS = ("score_thresh", "nms_thresh", "max_detections", "proposals", "m
 #: precision-recall curve and a request can choose its own threshold above it.
 LOW_SCORE_THRESH = 0.05
 #: Settings that change how fast a run goes, not what it writes: left out of a run's resume fingerprint.
-RUNTIME_ONLY = ("device", "threads")
+RUNTIME_ONLY = ("device", "threads", "strict_precision")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +86,8 @@ class InferenceSettings:
             strings are parsed here.
         tile_overlap: float in [0, 0.9]: how much neighbouring tiles overlap, as a fraction of the tile.
         tile_full_pass: also run the whole image once and merge it with the tiles (objects larger than a tile).
+        strict_precision: refuse a reduced ``precision`` this CPU only emulates (default: warn once and
+            run fp32, which is faster there; see :mod:`masklab.hardware`).
     """
 
     model: str = DEFAULT_MODEL
@@ -104,6 +106,7 @@ class InferenceSettings:
     tile: int | tuple[int, int] | str | None = None
     tile_overlap: float = 0.2
     tile_full_pass: bool = False
+    strict_precision: bool = False
 
     def __post_init__(self) -> None:
         # normalise what callers naturally pass (paths, lists) so equal settings compare and hash equal
@@ -122,11 +125,6 @@ class InferenceSettings:
             raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, found {self.backend!r}{_hint(self.backend, BACKENDS)}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, found {self.precision!r}{_hint(self.precision, PRECISIONS)}")
-        if self.precision == "int8":
-            raise UsageError(
-                "precision 'int8' is not available yet (post-training quantisation is not implemented); "
-                "for speed use --precision bf16 and the knobs --min-size/--max-size, fewer proposals"
-            )
         d = self.device
         if d not in ("auto", "cpu", "cuda") and not (d.startswith("cuda:") and d[5:].isdigit()):
             raise UsageError(f"device must be auto, cpu or cuda[:N], found {d!r}")

@@ -37,7 +37,7 @@ MAX_FUNCTION_LINES = 100
 
 #: top-level folders (and modules) of masklab/, low to high. "(top)" is masklab/__init__.py, the facade.
 LAYERS = (
-    ("errors", "_version", "optional", "settings"),
+    ("errors", "_version", "optional", "settings", "hardware"),
     ("structures",),
     ("visualize",),
     ("io",),

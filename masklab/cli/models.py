@@ -6,12 +6,42 @@ import json
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("models", help="list the available models", description="List models, their published accuracy and whether their weights are cached.")
+    from masklab.cli.options import add_model_arguments
+
+    p = sub.add_parser(
+        "models", help="list the available models, or prepare one's fast path",
+        description="List models, their published accuracy and whether their weights are cached. "
+        "With --prepare MODEL: convert it once to OpenVINO (the fast exact CPU path that backend 'auto' then "
+        "uses, without importing torch), e.g. while building a container image.")
     p.add_argument("--json", action="store_true", help="print model cards as JSON")
+    p.add_argument("--prepare", metavar="MODEL",
+                   help="model name, weights file or training run folder to prepare (with --weights and the baked "
+                   "options below, as the runs that will use it pass them)")
+    add_model_arguments(p, exclude=("model", "runtime", "classes", "tiling"), title="what --prepare bakes in")
     p.set_defaults(run=run)
 
 
+def _prepare(args) -> int:
+    import time
+
+    from masklab import Segmenter
+    from masklab.inference.threads import configure_threads
+    from masklab.settings import InferenceSettings
+
+    configure_threads()
+    t0 = time.perf_counter()
+    seg = Segmenter(settings=InferenceSettings.from_args(args, model=args.prepare, device="cpu", backend="torch"))
+    path = seg.prepare()
+    if path is None:
+        print(f"{args.prepare}: nothing to prepare ({seg.runtime.name} runs it as it is)")
+        return 0
+    print(f"prepared {seg.spec.name} -> {path} ({time.perf_counter() - t0:.1f} s); backend 'auto' on the CPU now runs it")
+    return 0
+
+
 def run(args) -> int:
+    if args.prepare:
+        return _prepare(args)
     from masklab.models.weights import is_cached, weights_path
     from masklab.models.zoo import DEFAULT_MODEL, MODELS
 

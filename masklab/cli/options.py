@@ -53,10 +53,13 @@ def add_model_arguments(
         help="local weights file (.pth/.pt/.safetensors/.h5) for a model name; default: its published weights")
     add("runtime", "--device", dest="device", help=f"auto | cpu | cuda[:N] (default: {d.get('device', 'auto')})")
     add("runtime", "--backend", dest="backend", choices=BACKENDS,
-        help="runtime (default: auto = eager torch on the CPU, torch-fast on CUDA; openvino is the fastest exact "
-        "CPU path; see README 'Speed')")
+        help="runtime (default: auto = the fastest exact path: OpenVINO on the CPU once the model is prepared "
+        "(`masklab models --prepare`), else eager torch; torch-fast on CUDA; see README 'Speed')")
     add("runtime", "--precision", dest="precision", choices=PRECISIONS,
-        help="fp32 is exact; bf16/fp16 are faster and change outputs slightly (default: fp32)")
+        help="fp32 is exact (default); bf16/fp16 are faster only on CPUs that have them natively (elsewhere "
+        "masklab warns and runs fp32); int8 runs a model made by `masklab quantize`")
+    add("runtime", "--strict-precision", dest="strict_precision", action="store_const", const=True,
+        help="refuse a reduced precision this CPU only emulates, instead of falling back to fp32")
     score_default = d.get("score_thresh")
     add("postprocess", "--score-thresh", dest="score_thresh", type=float, metavar="S",
         help="minimum score, 0..1 (default: "

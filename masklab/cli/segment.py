@@ -168,11 +168,11 @@ def _writer_options(args) -> dict:
     return options
 
 
-def _report(summary, n: int, out: str) -> int:
-    """The run's lines on stderr (counts, rate, skipped, each failure); returns its exit code."""
+def _report(summary, n: int, out: str, runtime=None) -> int:
+    """The run's lines on stderr (counts, rate, which runtime, skipped, each failure); returns its exit code."""
     rate = summary.images_per_s
     done = f"segmented {summary.processed}/{n} images in {summary.seconds:.1f} s"
-    done += f" ({rate:.2f} images/s)" if rate else ""
+    done += f" ({rate:.2f} images/s" + (f", {runtime.name} {runtime.precision})" if runtime is not None else ")") if rate else ""
     if summary.skipped:
         done += f"; {summary.skipped} already done, skipped (same settings)"
     print(f"{done} -> {out}", file=sys.stderr)
@@ -201,7 +201,7 @@ def _segment_images(args, items, seg, writer_kwargs: dict, progress: bool | None
         max_pixels=args.max_pixels,
         url_limits=UrlLimits(max_bytes=int(args.url_max_mb * 2**20), timeout_s=args.url_timeout),
     )
-    return _report(summary, len(items), args.out)
+    return _report(summary, len(items), args.out, runtime=seg.runtime)
 
 
 def _segment_videos(args, videos, seg, viz: tuple[str, ...] | None, progress: bool | None, tracking=None) -> int:

@@ -68,16 +68,15 @@ def TensorCore(model):  # noqa: N802 - a factory that reads like the class it bu
 
 
 def core_to_detections(out: CoreOutputs, size_hw: tuple[int, int], *, mask_threshold: float = 0.5):
-    """Paste the core's 28x28 masks into the image and return :class:`~masklab.runtime.torch.Detections`."""
-    import torch
-
+    """Paste the core's 28x28 masks into the image (numpy: no torch) and return
+    :class:`~masklab.structures.detections.Detections`."""
     from masklab.structures.detections import Detections
     from masklab.structures.masks import paste_masks
 
     boxes = np.asarray(out.boxes, np.float32).reshape(-1, 4)
     probs = np.asarray(out.mask_probs, np.float32)
     probs = probs.reshape(len(boxes), 1, *probs.shape[-2:])  # (N, 1, M, M) even when N == 0
-    masks = paste_masks(torch.from_numpy(probs), torch.from_numpy(boxes), size_hw, threshold=mask_threshold)
+    masks = paste_masks(probs, boxes, size_hw, threshold=mask_threshold)
     return Detections(
         boxes=boxes,
         scores=np.asarray(out.scores, np.float32).reshape(-1),

@@ -14,26 +14,36 @@ as keywords (the easy tier); ``seg.inference`` holds what is in force, model def
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
+import importlib.util
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from masklab.errors import UsageError
-from masklab.inference.explain import Trace, build_trace, explain_runtime, record
+from masklab.hardware import cpu_features
 from masklab.inference.threads import configure_threads, resolve_device
 from masklab.inference.tiling import TILE_BATCH, predict_tiled, resolve_tile
 from masklab.io.formats.common import NOT_CLASSES
 from masklab.io.images import LoadedImage, load_image
 from masklab.models.card import ModelCard
 from masklab.models.loading import LoadedModel, load_model
+from masklab.models.source import find_source
 from masklab.models.zoo import ModelSpec
-from masklab.runtime import Runtime, make_runtime
-from masklab.settings import InferenceSettings
+from masklab.runtime import Runtime, make_runtime, prepare, resolve_precision, worth_preparing
+from masklab.runtime.prepared import find_prepared, note, prepared_model
+from masklab.settings import MODEL_OPTIONS, InferenceSettings
 from masklab.structures.instances import Instances
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from masklab.inference.explain import Trace
 
 __all__ = ["Segmenter", "DENSE_MASK_BYTES"]
 
@@ -89,13 +99,55 @@ class Segmenter:
         device = resolve_device(asked.device)
         if asked.threads is not None and device == "cpu":
             configure_threads(asked.threads)  # asked for explicitly: the caller's choice, not a side effect
-        self.loaded: LoadedModel = load_model(asked)
+        asked = asked.replace(precision=resolve_precision(asked.precision, device=device, strict=asked.strict_precision))
+        source = find_source(asked.model, asked.weights)
+        found = find_prepared(asked, source=source) if _may_run_prepared(asked, device) else None
+        self.loaded: LoadedModel = load_model(asked, source=source, prepared=found)
         self.card: ModelCard = self.loaded.card
         self.spec: ModelSpec = self.loaded.spec
         self.card.check_classes(asked.classes)
         #: the settings in force: the model's defaults filled in, the device resolved
         self.inference: InferenceSettings = asked.replace(device=device).with_model_defaults(self.card.defaults())
         self.runtime: Runtime = make_runtime(self.loaded, self.inference, device=device)
+        self._planned: int | None = None  # images still to come in this run (plan()), for auto's decision
+        if self.eager_by_default:
+            _say_how_to_prepare(asked, self.spec.name)
+
+    # -- the fast path (see masklab.runtime: backend "auto") ------------------------------------------------
+    @property
+    def eager_by_default(self) -> bool:
+        """True when ``backend="auto"`` runs eager torch on the CPU because no prepared model exists yet
+        (and one could be made): :meth:`prepare` would make this segmenter faster."""
+        o = self.inference
+        return (o.backend == "auto" and self.device == "cpu" and o.precision == "fp32" and self.loaded.prepared is None
+                and self.runtime.name == "torch"
+                and prepared_model(self.loaded.settings or o, source=self.loaded.source) is not None)
+
+    def prepare(self) -> Path | None:
+        """Convert the model to OpenVINO once (cached; a second call, or another process with the same
+        weights and options, finds it) and, under ``backend="auto"`` on the CPU, switch to it. Returns the
+        prepared file, or None for a model masklab does not convert (exported files, matterport's port)."""
+        if self.loaded.prepared is not None:
+            return self.loaded.prepared
+        if self.loaded.module is None or self.spec.arch == "matterport_resnet101" or not _openvino_installed():
+            return None
+        self.loaded = dataclasses.replace(self.loaded, prepared=prepare(self.loaded, "openvino"))
+        if self.inference.backend == "auto" and self.device == "cpu" and self.inference.precision != "int8":
+            self.runtime = make_runtime(self.loaded, self.inference, device=self.device)
+        return self.loaded.prepared
+
+    def plan(self, *, images: int) -> None:
+        """Tell the segmenter how many images this run will give it. Under ``backend="auto"`` with no
+        prepared model, after the first image it prepares one when the rest of the run repays the
+        conversion (:func:`masklab.runtime.worth_preparing`), and says so."""
+        self._planned = images if self.eager_by_default and _openvino_installed() else None
+
+    def _after_eager(self, n: int, seconds: float) -> None:
+        left = self._planned - n
+        self._planned = None  # decided once, on the first call
+        if left > 0 and worth_preparing(images=left, seconds_per_image=seconds / max(n, 1)):
+            note(f"{left} more images at {seconds / max(n, 1):.2f} s each: preparing the fast path first")
+            self.prepare()
 
     @property
     def device(self) -> str:
@@ -121,10 +173,16 @@ class Segmenter:
 
     @property
     def num_threads(self) -> int | None:
-        """torch's CPU threads now (None on CUDA)."""
+        """CPU threads the runtime uses now (None on CUDA): torch's setting for torch runtimes, else the
+        runtime's own (OpenVINO / ONNX Runtime)."""
+        if self.device != "cpu":
+            return None
+        threads = getattr(self.runtime, "threads", None)
+        if threads:
+            return int(threads)
         import torch
 
-        return torch.get_num_threads() if self.device == "cpu" else None
+        return torch.get_num_threads()
 
     # -- the easy tier ------------------------------------------------------------------------------
     @property
@@ -143,9 +201,14 @@ class Segmenter:
         arrays = [im.array if isinstance(im, LoadedImage) else load_image(im).array for im in images]
         if not arrays:
             return []
+        t0 = time.perf_counter()
         if self.inference.tile is not None:
-            return [self._predict_tiled(a) for a in arrays]
-        return [self._to_instances(d, a.shape[:2]) for d, a in zip(self.runtime.predict(arrays), arrays)]
+            out = [self._predict_tiled(a) for a in arrays]
+        else:
+            out = [self._to_instances(d, a.shape[:2]) for d, a in zip(self.runtime.predict(arrays), arrays)]
+        if self._planned is not None:
+            self._after_eager(len(arrays), time.perf_counter() - t0)
+        return out
 
     def with_options(self, **changes: Any) -> Segmenter:
         """A segmenter sharing this one's loaded model and runtime, with other :data:`PER_CALL_OPTIONS`
@@ -200,8 +263,13 @@ class Segmenter:
         :mod:`masklab.inference.explain`). ``trace.instances`` equals ``seg(image)``: the pass is this
         segmenter's own eager runtime with hooks on its modules (another runtime: the eager torch module
         of the same weights, as ``trace.note`` says)."""
+        from masklab.inference.explain import build_trace, explain_runtime, record
+
         array = load_image(image).array
-        runtime, note = explain_runtime(self.runtime, self.loaded, device=self.device)
+        loaded = self.loaded
+        if loaded.module is None and loaded.prepared is not None:  # running prepared: the same weights, eager
+            loaded = load_model(loaded.settings or self.inference, source=loaded.source)
+        runtime, note = explain_runtime(self.runtime, loaded, device=self.device)
         stages = record(runtime, array)
         inst = self._to_instances(stages.detections, array.shape[:2])
         return build_trace(stages, instances=inst, model=self.spec.name, categories=self.spec.categories, note=note)
@@ -238,6 +306,8 @@ class Segmenter:
             ("CLASS_FILTER", ",".join(o.classes) if o.classes else "all"),
             ("BACKEND", f"{o.backend} -> {self.runtime.name} ({o.precision})"),
             ("DEVICE", f"{self.device} ({self.num_threads} threads)" if self.device == "cpu" else self.device),
+            ("CPU", cpu_features().describe()),
+            ("PREPARED", str(self.loaded.prepared) if self.loaded.prepared else "no (masklab models --prepare)"),
             ("WEIGHTS", self.loaded.weights_source),
         ]
         lines = ["", "Configurations:"] + [f"{k:<30}{v}" for k, v in rows] + [""]
@@ -251,3 +321,29 @@ class Segmenter:
 
     def __repr__(self) -> str:
         return f"Segmenter(model={self.spec.name!r}, device={self.device!r}, score_thresh={self.score_thresh})"
+
+
+def _openvino_installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def _may_run_prepared(settings: InferenceSettings, device: str) -> bool:
+    """Whether a prepared model could serve ``settings`` on ``device`` (auto/openvino on the CPU, not int8)."""
+    return (device == "cpu" and settings.backend in ("auto", "openvino") and settings.precision != "int8"
+            and _openvino_installed())
+
+
+_TOLD: set[str] = set()
+
+
+def _say_how_to_prepare(settings: InferenceSettings, name: str) -> None:
+    """One line, once per model and process: how to get the fast path (the exact command)."""
+    flags = [f"--weights {settings.weights}"] if settings.weights else []
+    flags += [f"--{k.replace('_', '-')} {getattr(settings, k)}" for k in MODEL_OPTIONS if getattr(settings, k) is not None]
+    command = " ".join(["masklab models --prepare", settings.model, *flags])
+    if command in _TOLD:
+        return
+    _TOLD.add(command)
+    why = "" if _openvino_installed() else " (needs OpenVINO: pip install openvino)"
+    note(f"running {name} on eager torch; `{command}` once makes the fast path (OpenVINO, same instances, "
+         f"~1.6x faster){why}")

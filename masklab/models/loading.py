@@ -16,7 +16,6 @@ from typing import Any
 from masklab.errors import UsageError, WeightsMismatchError
 from masklab.models.card import ModelCard
 from masklab.models.exported import read_card
-from masklab.models.matterport.entry import default_weights, load_h5_module
 from masklab.models.source import (
     ModelSource,
     detect_arch,
@@ -25,7 +24,7 @@ from masklab.models.source import (
     spec_for_state,
     spec_from_card,
 )
-from masklab.models.weights import check_state_dict, ensure_weights, load_state_dict
+from masklab.models.weights import check_state_dict, ensure_weights, load_state_dict, weights_path
 from masklab.models.zoo import MODELS, ModelSpec, get_spec
 from masklab.settings import MODEL_OPTIONS, InferenceSettings
 
@@ -37,14 +36,18 @@ class LoadedModel:
 
     ``spec``: its zoo entry (classes, sizes, defaults; derived from the card for trained and exported
     models); ``card``: its :class:`~masklab.models.card.ModelCard`, every default filled in; ``module``:
-    the torch network (None for an exported file, which is ``weights_source``); ``weights_source``: where
-    the weights came from (a path, ``"random(seed=0)"``...); ``source``: what the user named."""
+    the torch network (None for an exported file, which is ``weights_source``, and for a prepared one);
+    ``weights_source``: where the weights came from (a path, ``"random(seed=0)"``...); ``source``: what
+    the user named; ``prepared``: the OpenVINO IR (``.xml``) converted from these weights and settings,
+    when the cache has it (:mod:`masklab.runtime.prepared`); ``settings``: what it was loaded with."""
 
     spec: ModelSpec
     card: ModelCard
     module: Any
     weights_source: str
     source: ModelSource
+    prepared: Path | None = None
+    settings: InferenceSettings | None = None
 
     @property
     def export_format(self) -> str | None:
@@ -103,6 +106,8 @@ def _load_zoo(src: ModelSource, settings: InferenceSettings, seed: int) -> tuple
 
 
 def _load_matterport(src: ModelSource, settings: InferenceSettings, seed: int) -> tuple:
+    from masklab.models.matterport.entry import default_weights, load_h5_module  # torch: only when built
+
     spec = get_spec(src.name)
     if src.weights == "random":
         return _random(spec, settings, seed)
@@ -146,17 +151,37 @@ _LOADERS = {
 }
 
 
+def _without_network(src: ModelSource, prepared: Path, seed: int) -> tuple:
+    """``(spec, None, weights_source[, card])`` for a source whose prepared model will run: every fact
+    the network would give, read from names and cards only (no torch, no tensors)."""
+    if src.kind in ("zoo", "matterport_h5"):
+        spec = get_spec(src.name)
+        if src.weights == "random":
+            return spec, None, f"random(seed={seed})"
+        return spec, None, src.weights if src.weights is not None else str(weights_path(spec.weights))
+    if src.kind == "card":
+        card = read_card_file(src.card_path)
+        return spec_from_card(card), None, str(src.card_path.parent / card.weights.file), card
+    card = read_card(prepared)  # a bare state dict: the prepared file's card knows its architecture
+    return spec_from_card(card.replace(name=src.path.stem)), None, str(src.path)
+
+
 def load_model(
-    settings: InferenceSettings, *, source: ModelSource | None = None, seed: int = 0
+    settings: InferenceSettings, *, source: ModelSource | None = None, seed: int = 0, prepared: Path | None = None
 ) -> LoadedModel:
     """Build and load the model ``settings.model`` / ``settings.weights`` name (``source``: already
-    decided by :func:`~masklab.models.source.find_source`). ``seed`` seeds ``weights="random"``."""
+    decided by :func:`~masklab.models.source.find_source`). ``seed`` seeds ``weights="random"``.
+    ``prepared``: its prepared OpenVINO file; then the torch network is not built (``module`` is None)."""
     src = source if source is not None else find_source(settings.model, settings.weights)
-    spec, module, weights_source, *file_card = _LOADERS[src.kind](src, settings, seed)
+    if prepared is not None and src.kind != "exported":
+        spec, module, weights_source, *file_card = _without_network(src, prepared, seed)
+    else:
+        spec, module, weights_source, *file_card = _LOADERS[src.kind](src, settings, seed)
     card = spec.card()
     if src.kind == "exported":
         card = card.replace(export_format=src.export_format)
     if file_card:  # a trained model: its card's record of the training data and provenance stays with it
         c = file_card[0]
         card = card.replace(data_stats=c.data_stats, trained=c.trained, base_model=c.base_model, metrics=dict(c.metrics))
-    return LoadedModel(spec=spec, card=card, module=module, weights_source=weights_source, source=src)
+    return LoadedModel(spec=spec, card=card, module=module, weights_source=weights_source, source=src,
+                       prepared=prepared, settings=settings)

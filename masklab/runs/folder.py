@@ -243,12 +243,16 @@ def run_segment(
     ledger.start(images=len(items))
     show = (len(items) > 1) if progress is None else progress
     prepare = partial(_prepare, writer=writer, skip=ledger.resume, max_pixels=max_pixels, url_limits=url_limits or UrlLimits())
+    if hasattr(segmenter, "plan"):  # backend auto: a long run may prepare the fast path after its first image
+        segmenter.plan(images=len(items))
     t_run = time.perf_counter()
     with tqdm(total=len(items), desc="segment", unit="img", disable=not show, file=sys.stderr, smoothing=0.1) as bar:
         pipeline = _Pipeline(segmenter, writer, len(items), batch_size=batch_size, workers=workers, keep=keep_instances, bar=bar)
         results = pipeline.run(items, prepare)
     summary = ledger.summary(results, seconds=time.perf_counter() - t_run)
     writer.finish([r.item.stem for r in summary.results if r.ok])
-    extra = {"batch_size": batch_size, "workers": workers, "resumed": ledger.resume}
+    runtime = getattr(segmenter, "runtime", None)
+    extra = {"batch_size": batch_size, "workers": workers, "resumed": ledger.resume,
+             "runtime": None if runtime is None else {"name": runtime.name, "precision": runtime.precision}}
     ledger.finish(summary, model_card=segmenter.card.to_json(), extra=extra)
     return summary

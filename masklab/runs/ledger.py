@@ -122,19 +122,27 @@ def one_line(e: BaseException | str) -> str:
     return first
 
 
-def versions() -> dict[str, str]:
-    """The versions a run records: masklab, Python, torch, torchvision, numpy and the platform."""
+def versions() -> dict[str, str | None]:
+    """The versions a run records: masklab, Python, torch, torchvision, OpenVINO, numpy and the platform,
+    read from the installed packages' metadata (a run on a prepared model never imports torch)."""
+    from importlib import metadata
+
     import numpy
-    import torch
-    import torchvision
 
     from masklab import __version__
+
+    def dist(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
 
     return {
         "masklab": __version__,
         "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torch": dist("torch"),
+        "torchvision": dist("torchvision"),
+        "openvino": dist("openvino"),
         "numpy": numpy.__version__,
         "platform": platform.platform(),
     }

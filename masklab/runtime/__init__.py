@@ -7,30 +7,43 @@ pixels out). The user's word for the choice is ``backend`` (``--backend``, ``Seg
 =============== ================================================ =========================== ==========
 backend         what runs                                        precisions                  exact fp32
 =============== ================================================ =========================== ==========
-``torch``       eager torchvision module (the reference)         fp32; bf16/fp16 -> autocast  yes
+``torch``       eager torchvision module (the bit-for-bit        fp32; bf16/fp16 -> autocast  yes
+                reference)
 ``torch-fast``  channels-last (+ autocast), CUDA batching        fp32, bf16, fp16 (CUDA)      yes
-``openvino``    OpenVINO on the tensor core (.xml, or converted  fp32, bf16, fp16             yes
-                once from the torch model and cached)
+``openvino``    OpenVINO on the tensor core (.xml, or the        fp32, bf16, fp16, int8       yes
+                prepared model, converted once and cached)
 ``onnx``        ONNX Runtime on the tensor core (.onnx, or       fp32                         yes
                 exported once and cached)
 ``torchscript`` a TorchScript export (.pt)                       fp32                         yes
-``auto``        an exported file: its runtime; CUDA: torch-fast; the CPU: torch (eager)
+``auto``        the fastest exact path available (below)
 =============== ========================================================================================
 
-Why ``auto`` stays eager on the CPU: it is the only path whose results are bit-for-bit torchvision's
-(the project's golden tests hold it to scores within 1e-5 and identical masks); channels-last and
-OpenVINO give the same instances but sum in another order (scores move by ~1e-5). ``auto`` also never
-converts a model to another runtime by itself (30-120 s once). The fastest exact path on this
-project's CPU is OpenVINO fp32 (``backend="openvino"``, or ``masklab export --format openvino`` once and
-run the ``.xml``); ``torch-fast`` needs no conversion (see ``benchmarks/RESULTS.md``). Reduced precision
-is only ever used when asked for.
+``auto``, decided here and nowhere else:
+
+- an exported file: its own runtime;
+- CUDA: ``torch-fast``;
+- the CPU, a **prepared** model in the cache (:mod:`masklab.runtime.prepared`; ``masklab models
+  --prepare``, :meth:`Segmenter.prepare`, or a long run that prepared it): OpenVINO. It gives the same
+  instances as eager torch (the "exact" rule: >= 99% matched at mask IoU >= 0.9 with the same class,
+  boxes within 0.01 px, scores within 1e-4; ``tests/test_fast_default.py``) 1.5-1.7x faster; found and
+  run without importing torch;
+- the CPU, none prepared: eager torch, with one line saying how to prepare the fast path. Nobody waits
+  30-120 s for a conversion by surprise: a run long enough to repay it (:func:`worth_preparing`, from the
+  number of inputs) prepares it first and says so.
+
+Precision: ``fp32`` is exact. A reduced precision runs only when asked for, and only where the CPU has
+it natively (:mod:`masklab.hardware`): emulated bf16 is 2-3x *slower* than fp32, so ``bf16``/``fp16`` on a
+CPU without it warns once and runs fp32 instead (``strict_precision=True`` refuses instead).
+``int8`` runs a quantized OpenVINO model (``masklab quantize``); it is not exact: its cost is stated
+in ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -39,16 +52,27 @@ import numpy as np
 
 from masklab._version import __version__
 from masklab.errors import UsageError
-from masklab.export import export_loaded, model_card
+from masklab.hardware import cpu_features, thread_budget
 from masklab.models.exported import FORMATS
 from masklab.models.loading import LoadedModel
-from masklab.models.matterport.runtime import MatterportRuntime
 from masklab.models.weights import cache_dir
-from masklab.runtime.torch import TorchRuntime
+from masklab.runtime.prepared import note, prepared_model, timed_note
 from masklab.settings import InferenceSettings
 from masklab.structures.detections import Detections
 
-__all__ = ["Runtime", "make_runtime", "converted_path"]
+__all__ = ["Runtime", "make_runtime", "converted_path", "prepare", "resolve_precision", "worth_preparing",
+           "PrecisionWarning"]
+
+#: a conversion to OpenVINO costs about this many eager images (trace + convert + save; measured for the
+#: shapes demo model and maskrcnn_resnet50_fpn_v2 on the 2-core EPYC) plus a fixed part, see worth_preparing
+CONVERT_FIXED_S = 8.0
+CONVERT_IMAGES = 6.0
+#: what fraction of an eager image's time the prepared model saves (1 - 1/1.6, the measured ratio's floor)
+PREPARED_SAVING = 0.35
+
+
+class PrecisionWarning(UserWarning):
+    """A precision was asked for that this CPU only emulates; masklab ran the exact one instead."""
 
 
 class Runtime(Protocol):
@@ -73,11 +97,20 @@ def _state_digest(module) -> str:
 
 
 def converted_path(loaded: LoadedModel, fmt: str) -> Path:
-    """Where the one-time conversion of ``loaded`` to ``fmt`` is cached: ``$MASKLAB_HOME/exports/<key>/``.
+    """Where the one-time conversion of ``loaded`` to ``fmt`` is cached.
 
-    The key covers the weights (bytes), the baked options, the format and the library versions, so a
-    change in any of them converts again."""
+    OpenVINO, for a model the settings identify (zoo weights, a file, a trained run): the prepared model
+    (:mod:`masklab.runtime.prepared`, keyed on the weights file's bytes; found without torch). Otherwise
+    (ONNX, or a network built in memory): ``$MASKLAB_HOME/exports/<key>/``, keyed on the module's tensors,
+    the baked options, the format and the library versions. A change in any of them converts again."""
+    if fmt == "openvino" and loaded.settings is not None:  # the same question the Segmenter asks first
+        seed = re.fullmatch(r"random\(seed=(\d+)\)", loaded.weights_source)
+        prepared = prepared_model(loaded.settings, source=loaded.source, seed=int(seed[1]) if seed else 0)
+        if prepared is not None:
+            return prepared.path
     import torch
+
+    from masklab.export import model_card
 
     card = model_card(loaded).to_json()
     versions = [__version__, torch.__version__]
@@ -91,48 +124,101 @@ def converted_path(loaded: LoadedModel, fmt: str) -> Path:
     return cache_dir() / "exports" / f"{loaded.spec.name}-{key}" / f"core{FORMATS[fmt]}"
 
 
-def _ensure_converted(loaded: LoadedModel, fmt: str) -> Path:
+def prepare(loaded: LoadedModel, fmt: str = "openvino") -> Path:
+    """Convert ``loaded`` to ``fmt`` once (nothing to do when the cache has it); returns the file."""
+    from masklab.export import export_loaded
+
     path = converted_path(loaded, fmt)
     if not path.is_file():
-        print(f"masklab: converting {loaded.spec.name} to {fmt} once (cached in {path.parent})", file=sys.stderr)
+        import time
+
+        t0 = time.perf_counter()
+        note(f"preparing the fast path: converting {loaded.spec.name} to {fmt} once (cached in {path.parent})")
         export_loaded(loaded, fmt=fmt, out=path)
+        timed_note(f"prepared {loaded.spec.name} for {fmt}", t0)
     return path
+
+
+def worth_preparing(*, images: int, seconds_per_image: float) -> bool:
+    """Whether converting first repays itself over a run of ``images`` more images that take
+    ``seconds_per_image`` each eagerly: the time saved (:data:`PREPARED_SAVING` of each image) must exceed
+    the conversion's estimated cost (:data:`CONVERT_FIXED_S` + :data:`CONVERT_IMAGES` eager images)."""
+    cost = CONVERT_FIXED_S + CONVERT_IMAGES * seconds_per_image
+    return images * seconds_per_image * PREPARED_SAVING > cost
+
+
+_WARNED: set[str] = set()
+
+
+def resolve_precision(precision: str, *, device: str, strict: bool = False) -> str:
+    """The precision that runs: ``precision``, unless it is a reduced one this CPU only emulates (then
+    fp32, with a one-time :class:`PrecisionWarning`; ``strict=True`` raises instead). CUDA: unchanged."""
+    if device != "cpu" or precision in ("fp32", "int8"):
+        return precision
+    cpu = cpu_features()
+    if cpu.native(precision):
+        return precision
+    message = (f"precision {precision!r} is emulated on this CPU ({cpu.model}: no native {precision}, "
+               f"flags: {' '.join(cpu.flags) or 'none of note'}) and would run 2-3x slower than fp32")
+    if strict:
+        raise UsageError(f"{message}; use --precision fp32 (exact) or int8, or drop --strict-precision to fall back")
+    if precision not in _WARNED:
+        _WARNED.add(precision)
+        warnings.warn(f"{message}: running the exact fp32 path instead", PrecisionWarning, stacklevel=3)
+    return "fp32"
 
 
 def make_runtime(loaded: LoadedModel, settings: InferenceSettings, *, device: str) -> Runtime:
     """The runtime for ``loaded`` under ``settings`` (its ``backend``, ``precision``, ``threads`` and, for
-    exported cores, ``score_thresh``) on ``device`` (already resolved: ``"cpu"`` or ``"cuda[:N]"``)."""
+    exported cores, ``score_thresh``) on ``device`` (already resolved: ``"cpu"`` or ``"cuda[:N]"``).
+    ``settings.precision`` should already be :func:`resolve_precision`'s answer (the Segmenter does that)."""
     backend, precision = settings.backend, settings.precision
     if loaded.spec.arch == "matterport_resnet101":  # its own graph, eager fp32 only
         if backend not in ("auto", "torch") or precision != "fp32":
             raise UsageError(f"{loaded.spec.name} runs only with backend 'torch' at precision 'fp32'")
+        from masklab.models.matterport.runtime import MatterportRuntime
+
         return MatterportRuntime(loaded.module, device=device)
     fmt = loaded.export_format
     if fmt is not None:  # an exported file: only its own runtime can run it
         if backend not in ("auto", fmt):
             raise UsageError(f"{loaded.weights_source} is a {fmt} export: use backend 'auto' or '{fmt}', not {backend!r}")
         return _file_runtime(fmt, loaded.weights_source, settings, device=device)
-    if backend == "auto":  # see the module docstring: eager on the CPU, fast on CUDA, never a conversion
-        backend = "torch-fast" if device.startswith("cuda") or precision != "fp32" else "torch"
+    if precision == "int8":
+        raise UsageError(
+            f"precision 'int8' runs a quantized model: make one with `masklab quantize --model {loaded.spec.name} "
+            "--calib IMAGES --out model-int8.xml` and pass it as --model"
+        )
+    on_cpu = not device.startswith("cuda")
+    if backend == "auto" and on_cpu and loaded.prepared is not None:
+        return _file_runtime("openvino", str(loaded.prepared), settings, device=device)
+    if backend == "auto":  # see the module docstring
+        backend = "torch" if on_cpu and precision == "fp32" else "torch-fast"
     if backend == "torch" and precision == "fp32":
-        return TorchRuntime(loaded.module, device=device)
+        from masklab.runtime.torch import TorchRuntime
+
+        return TorchRuntime(_module(loaded), device=device)
     if backend in ("torch", "torch-fast"):  # reduced precision in torch = autocast, in the fast runtime
         from masklab.runtime.torch_fast import TorchFastRuntime
 
-        return TorchFastRuntime(loaded.module, device=device, precision=precision)
-    if device.startswith("cuda") and backend == "openvino":
+        return TorchFastRuntime(_module(loaded), device=device, precision=precision)
+    if not on_cpu and backend == "openvino":
         raise UsageError("the openvino backend runs on the CPU here; use --device cpu or backend torch-fast")
-    return _file_runtime(backend, str(_ensure_converted(loaded, backend)), settings, device=device)
+    path = loaded.prepared if backend == "openvino" and loaded.prepared is not None else prepare(loaded, backend)
+    return _file_runtime(backend, str(path), settings, device=device)
+
+
+def _module(loaded: LoadedModel):
+    if loaded.module is None:  # found prepared, then asked for another runtime: build the network after all
+        raise UsageError(f"{loaded.spec.name}: this runtime needs the torch network; load it with backend 'torch'")
+    return loaded.module
 
 
 def _file_runtime(fmt: str, path: str, settings: InferenceSettings, *, device: str) -> Runtime:
-    import torch
-
     from masklab.runtime import exported
 
     kw = {"precision": settings.precision, "score_thresh": settings.score_thresh}
-    # threads not given: as many as the process's torch uses (which entry points set to every CPU)
-    threads = settings.threads or torch.get_num_threads()
+    threads = settings.threads or thread_budget()  # the entry point's choice; never imports torch to ask
     if fmt == "openvino":
         if device.startswith("cuda"):
             raise UsageError("an OpenVINO export runs on the CPU here; use --device cpu")

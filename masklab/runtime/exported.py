@@ -82,6 +82,7 @@ class OpenVINORuntime(_CoreRuntime):
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(model, device, config)
         self.request = self.compiled.create_infer_request()
+        self.threads = int(threads) if threads else None
         self.precision = precision
         self.name = "openvino"
 

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from masklab.structures.detections import Detections
-from masklab.structures.masks import paste_masks
 
 __all__ = ["TorchRuntime", "to_tensor_chw"]
 
@@ -66,7 +65,7 @@ class TorchRuntime:
         out = []
         for det, rs, os_ in zip(detections, resized, original):
             boxes = resize_boxes(det["boxes"], rs, os_)
-            masks = paste_masks(det["masks"].float().cpu(), boxes.float().cpu(), os_, threshold=self.mask_threshold)
+            masks = paste_masks_torch(det["masks"].float().cpu(), boxes.float().cpu(), os_, threshold=self.mask_threshold)
             out.append(
                 Detections(
                     boxes=boxes.float().cpu().numpy(),
@@ -76,3 +75,32 @@ class TorchRuntime:
                 )
             )
         return out
+
+
+def paste_masks_torch(mask_probs, boxes, image_size: tuple[int, int], *, threshold: float = 0.5, padding: int = 1) -> np.ndarray:
+    """torchvision's own mask pasting (``expand_masks``, ``expand_boxes``, ``F.interpolate``), thresholded
+    into bool (N, H, W) without building the (N, H, W) float tensor: the eager runtimes stay bit-for-bit
+    torchvision. ``mask_probs`` float tensor (N, 1, M, M); ``boxes`` float tensor (N, 4) xyxy in pixels
+    of the output image. The torch-free runtimes use :func:`masklab.structures.masks.paste_masks`, which
+    equals it except where an interpolated probability lies within ~1e-6 of ``threshold``."""
+    import torch
+    import torch.nn.functional as F
+    from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
+
+    h, w = image_size
+    n = int(mask_probs.shape[0])
+    out = np.zeros((n, h, w), dtype=bool)
+    if n == 0:
+        return out
+    masks, scale = expand_masks(mask_probs, padding=padding)
+    boxes_l = expand_boxes(boxes, scale).to(dtype=torch.int64).tolist()
+    for i in range(n):
+        x0, y0, x1, y1 = boxes_l[i]
+        bw, bh = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
+        xa, xb = max(x0, 0), min(x1 + 1, w)
+        ya, yb = max(y0, 0), min(y1 + 1, h)
+        if xa >= xb or ya >= yb:
+            continue
+        m = F.interpolate(masks[i][None], size=(bh, bw), mode="bilinear", align_corners=False)[0, 0]
+        out[i, ya:yb, xa:xb] = (m[(ya - y0) : (yb - y0), (xa - x0) : (xb - x0)] > threshold).numpy()
+    return out

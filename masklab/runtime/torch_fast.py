@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from masklab.errors import UsageError
+from masklab.runtime.torch import paste_masks_torch
 from masklab.structures.detections import Detections
-from masklab.structures.masks import paste_masks
 
 __all__ = ["TorchFastRuntime", "AUTOCAST_DTYPES"]
 
@@ -122,7 +122,7 @@ class TorchFastRuntime:
                     boxes=boxes.numpy(),
                     scores=scores.numpy(),
                     class_ids=labels.numpy().astype(np.int64),
-                    masks=paste_masks(probs, boxes, os_, threshold=self.mask_threshold),
+                    masks=paste_masks_torch(probs, boxes, os_, threshold=self.mask_threshold),
                 )
             )
         return out

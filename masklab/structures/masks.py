@@ -89,41 +89,76 @@ def mask_perimeters(masks: np.ndarray) -> np.ndarray:
     return out
 
 
+def _source_index(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear (``align_corners=False``) source rows for ``out_size`` outputs from ``in_size`` inputs:
+    ``(i0, i1, lambda1)`` in float32 exactly as torch's CPU kernel computes them (``scale`` =
+    in/out in float32; ``src = scale * (dst + 0.5) - 0.5`` clamped at 0; ``i1 = min(i0 + 1, in - 1)``)."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    dst = np.arange(out_size, dtype=np.float32)
+    src = scale * (dst + np.float32(0.5)) - np.float32(0.5)
+    src = np.maximum(src, np.float32(0))
+    i0 = src.astype(np.int64)  # src >= 0: truncation is floor
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    lam1 = np.clip(src - i0.astype(np.float32), np.float32(0), np.float32(1))
+    return i0, i1, lam1
+
+
+def _resize_bilinear(m: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """float32 (h, w) -> (out_h, out_w), equal to ``F.interpolate(mode="bilinear", align_corners=False)``
+    on the CPU (same index and weight arithmetic, same order of operations)."""
+    y0, y1, ly1 = _source_index(m.shape[0], out_h)
+    x0, x1, lx1 = _source_index(m.shape[1], out_w)
+    ly0, lx0 = np.float32(1) - ly1, np.float32(1) - lx1
+    rows0, rows1 = m[y0], m[y1]  # (out_h, w)
+    top = lx0 * rows0[:, x0] + lx1 * rows0[:, x1]
+    bottom = lx0 * rows1[:, x0] + lx1 * rows1[:, x1]
+    return ly0[:, None] * top + ly1[:, None] * bottom
+
+
+def _expanded_boxes(boxes: np.ndarray, scale: float) -> np.ndarray:
+    """torchvision's ``expand_boxes`` in float32, then truncated to int64 as its paste does."""
+    b = boxes.astype(np.float32, copy=False)
+    half = np.float32(0.5)
+    w_half = (b[:, 2] - b[:, 0]) * half * np.float32(scale)
+    h_half = (b[:, 3] - b[:, 1]) * half * np.float32(scale)
+    x_c = (b[:, 2] + b[:, 0]) * half
+    y_c = (b[:, 3] + b[:, 1]) * half
+    return np.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], axis=1).astype(np.int64)
+
+
 def paste_masks(mask_probs, boxes, image_size: tuple[int, int], *, threshold: float = 0.5, padding: int = 1) -> np.ndarray:
-    """Paste low-resolution mask probabilities into full-image bool masks.
+    """Paste low-resolution mask probabilities into full-image bool masks, in numpy (no torch).
 
     Args:
-        mask_probs: float tensor (N, 1, M, M), probabilities in [0, 1] (M = 28 for Mask R-CNN).
-        boxes: float tensor (N, 4), xyxy in pixels of the output image.
+        mask_probs: float32 (N, 1, M, M) or (N, M, M) probabilities in [0, 1] (M = 28 for Mask R-CNN);
+            a numpy array or a CPU torch tensor.
+        boxes: float32 (N, 4), xyxy in pixels of the output image (may reach outside it).
         image_size: (H, W) of the output image.
         threshold: probability above which a pixel is inside (torchvision/matterport use 0.5).
         padding: border added around each mask before resizing, as torchvision does.
 
     Returns:
-        bool ndarray (N, H, W). Bit-identical to thresholding torchvision's
-        ``paste_masks_in_image`` output, but never builds the (N, H, W) float tensor: each mask is
-        resized to its box, thresholded, and written into a bool array.
+        bool ndarray (N, H, W), equal to thresholding torchvision's ``paste_masks_in_image`` output (the
+        same float32 arithmetic: padded mask, expanded and truncated box, bilinear resize to the box,
+        clipped to the image; ``tests/test_paste.py`` holds it to that on random boxes and masks), but
+        never building the (N, H, W) float array: each mask is resized to its box and thresholded.
     """
-    import torch
-    import torch.nn.functional as F
-    from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
-
+    probs = np.asarray(mask_probs, dtype=np.float32)
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     h, w = image_size
-    n = int(mask_probs.shape[0])
+    n = int(boxes.shape[0])
     out = np.zeros((n, h, w), dtype=bool)
     if n == 0:
         return out
-    masks, scale = expand_masks(mask_probs, padding=padding)
-    boxes = expand_boxes(boxes, scale).to(dtype=torch.int64)
-    boxes_l = boxes.tolist()
-    for i in range(n):
-        x0, y0, x1, y1 = boxes_l[i]
-        bw, bh = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
-        m = F.interpolate(masks[i][None], size=(bh, bw), mode="bilinear", align_corners=False)[0, 0]
+    probs = probs.reshape(n, probs.shape[-2], probs.shape[-1])
+    m = probs.shape[-1]
+    scale = float(m + 2 * padding) / m
+    padded = np.pad(probs, ((0, 0), (padding, padding), (padding, padding)))
+    for i, (x0, y0, x1, y1) in enumerate(_expanded_boxes(boxes, scale).tolist()):
         xa, xb = max(x0, 0), min(x1 + 1, w)
         ya, yb = max(y0, 0), min(y1 + 1, h)
         if xa >= xb or ya >= yb:
             continue
-        crop = m[(ya - y0) : (yb - y0), (xa - x0) : (xb - x0)]
-        out[i, ya:yb, xa:xb] = (crop > threshold).numpy()
+        resized = _resize_bilinear(padded[i], max(y1 - y0 + 1, 1), max(x1 - x0 + 1, 1))
+        out[i, ya:yb, xa:xb] = resized[(ya - y0) : (yb - y0), (xa - x0) : (xb - x0)] > threshold
     return out

@@ -15,12 +15,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from masklab.errors import WeightsMismatchError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = ["HDF5_MAGIC", "looks_like_h5", "is_matterport_h5", "read_keras_weights", "keras_to_state_dict", "load_h5_weights"]
 
@@ -114,6 +117,7 @@ def read_keras_weights(path: str | os.PathLike) -> Iterator[tuple[str, str, np.n
 
 def _convert(module: nn.Module, layer: str, kind: str, value: np.ndarray) -> tuple[str, np.ndarray]:
     """(torch parameter name, array in torch layout) for one Keras weight of ``module``."""
+    from torch import nn  # torch only when weights are converted: sniffing a file needs none
     if isinstance(module, nn.BatchNorm2d):
         if kind not in _BN_FIELDS:
             raise WeightsMismatchError(f"layer {layer!r}: unexpected BatchNorm weight {kind!r}")
@@ -134,6 +138,8 @@ def _convert(module: nn.Module, layer: str, kind: str, value: np.ndarray) -> tup
 
 
 def keras_to_state_dict(model: nn.Module, weights) -> dict[str, torch.Tensor]:
+    import torch
+
     """Map ``(layer, kind, keras array)`` triples onto ``model``'s state dict keys, checking every shape.
 
     The model's modules are found by their last name component (= the Keras layer name). Raises
