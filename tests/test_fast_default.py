@@ -275,3 +275,28 @@ def test_numpy_paste_equals_torchvision(case):
             np.testing.assert_array_equal(ours[i], (ref[0, 0] > 0.5).numpy())
             compared += int(ours[i].any())
     assert compared >= 10  # masks with pixels were compared, not only empty ones
+
+
+@pytest.mark.slow
+def test_a_folder_run_keeps_several_openvino_requests_in_flight_in_order(in_home, images, tmp_path):
+    from PIL import Image
+
+    from masklab.io.inputs import expand_inputs
+    from masklab.runs import run_segment
+
+    seg = masklab.Segmenter(SHAPES, device="cpu", backend="torch")
+    seg.prepare()
+    seg = masklab.Segmenter(SHAPES, device="cpu")
+    assert seg.runtime.name == "openvino" and seg.concurrency >= 2
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k, im in enumerate(images):
+        Image.fromarray(im).save(folder / f"img{k:02d}.png")
+    summary = run_segment(expand_inputs([str(folder)]), tmp_path / "out", seg, progress=False, keep_instances=True)
+    assert summary.exit_code == 0 and len(summary.results) == len(images)
+    one_by_one = [seg(im) for im in images]
+    for r, ref in zip(summary.results, one_by_one):  # input order, and the same instances as one at a time
+        assert r.item.stem == f"img{summary.results.index(r):02d}"
+        np.testing.assert_array_equal(r.instances.masks, ref.masks)
+        np.testing.assert_array_equal(r.instances.class_ids, ref.class_ids)
+    assert sum(len(r.instances) for r in summary.results) >= 8

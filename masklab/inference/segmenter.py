@@ -167,6 +167,12 @@ class Segmenter:
         return self.inference.precision
 
     @property
+    def concurrency(self) -> int:
+        """How many :meth:`predict` calls may usefully run at once from different threads (the runtime's:
+        OpenVINO has a request per stream plus one; eager torch 1, as it uses every core itself)."""
+        return max(1, int(getattr(self.runtime, "concurrency", 1)))
+
+    @property
     def backend(self) -> Runtime:
         """The runtime (same object as :attr:`runtime`; kept for code written against older masklab)."""
         return self.runtime

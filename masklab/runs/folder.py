@@ -152,12 +152,17 @@ class _Pipeline:
         self.pending: deque[tuple[int, Future]] = deque()
         self.max_pending = 2 * workers + batch_size
         self.n_failed = 0
+        # a runtime that takes several images at once (OpenVINO: a request per stream + 1) gets that many
+        # batches in flight, so that decoding, pasting and writing overlap inference
+        self.concurrency = max(1, int(getattr(segmenter, "concurrency", 1)))
+        self.inflight: deque[tuple[list, Future]] = deque()
 
     def run(self, items: Sequence[InputItem], prepare: Callable[[InputItem], Prepared]) -> list[ImageResult]:
-        ahead = max(2 * self.batch_size, 2 * self.workers)
+        ahead = max(2 * self.batch_size, 2 * self.workers, 2 * self.concurrency * self.batch_size)
         with (
             ThreadPoolExecutor(self.workers, thread_name_prefix="masklab-decode") as decode_pool,
             ThreadPoolExecutor(self.workers, thread_name_prefix="masklab-write") as self.write_pool,
+            ThreadPoolExecutor(self.concurrency, thread_name_prefix="masklab-infer") as self.infer_pool,
         ):
             batch: list[tuple[int, InputItem, Prepared]] = []
             for (i, item), prep in _ordered_prefetch(decode_pool, lambda ix: prepare(ix[1]), enumerate(items), ahead):
@@ -172,6 +177,7 @@ class _Pipeline:
                         batch = []
             if batch:
                 self.flush(batch)
+            self.deliver(0)
             self.harvest(0)
         return [r for r in self.results if r is not None]
 
@@ -189,8 +195,22 @@ class _Pipeline:
             self.record(i, f.result())
 
     def flush(self, batch: list[tuple[int, InputItem, Prepared]]) -> None:
-        """Segment one batch and hand each result to the writers."""
-        outs = predict_batch(self.segmenter, [p.image for _, _, p in batch])  # type: ignore[misc]
+        """Start segmenting one batch; results go to the writers in input order."""
+        images = [p.image for _, _, p in batch]
+        if self.concurrency == 1:  # eager torch: it uses every core itself; run it here
+            self.write_outputs(batch, predict_batch(self.segmenter, images))  # type: ignore[arg-type]
+            return
+        self.inflight.append((batch, self.infer_pool.submit(predict_batch, self.segmenter, images)))
+        self.deliver(self.concurrency - 1)
+
+    def deliver(self, block_until: int) -> None:
+        """Hand finished batches to the writers until at most ``block_until`` are in flight."""
+        while len(self.inflight) > block_until:
+            batch, future = self.inflight.popleft()
+            self.write_outputs(batch, future.result())
+
+    def write_outputs(self, batch: list[tuple[int, InputItem, Prepared]], outs: list[Instances | str]) -> None:
+        """Hand each result of one batch to the writers (a failed image is recorded at once)."""
         for (i, item, prep), inst in zip(batch, outs):
             if isinstance(inst, str):
                 self.record(i, ImageResult(item, error=inst))
