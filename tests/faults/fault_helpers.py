@@ -88,3 +88,37 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def write_images(folder: Path, n: int, *, size: int = 64, seed: int = 0) -> list[Path]:
+    """``n`` small random PNGs ``img00.png``... in ``folder`` (created)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        arr = (np.random.default_rng(seed + i).random((size, size, 3)) * 255).astype(np.uint8)
+        paths.append(folder / f"img{i:02d}.png")
+        Image.fromarray(arr).save(paths[-1])
+    return paths
+
+
+def segment_args(*inputs: str | Path, out: Path, extra: tuple[str, ...] = ()) -> list[str]:
+    """``masklab segment`` arguments for the demo model on the CPU."""
+    return ["segment", *map(str, inputs), "--out", str(out), "--model", str(DEMO_MODEL), "--device", "cpu",
+            "--no-progress", *extra]
+
+
+def mount_tmpfs(where: Path, size: str) -> None:
+    """Mount a tmpfs of ``size`` (e.g. ``"96k"``) at ``where``; skips when mounting is not allowed."""
+    where.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("disk-full tests mount a small tmpfs: needs root and mount(8)")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not allowed here ({proc.stderr.strip()})")
+
+
+def unmount(where: Path) -> None:
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)

@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pytest
-
 from fault_helpers import LiveServer
 
 httpx = pytest.importorskip("httpx")
