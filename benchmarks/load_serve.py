@@ -11,6 +11,12 @@ free while the model works. Reported: requests/s (2xx), p50/p90/p99 latency of t
 of 503s (queue full: expected only when clients > workers + queue size) and of every other failure
 (status or transport error; should be 0).
 
+Scenarios (``--scenario``, default all three, each ``--duration`` seconds with the same normal clients):
+``normal``; ``slow-body``: 5 more sockets each send ``POST /v1/segment`` headers with Content-Length
+100000, then 1 byte/s (reopened when the server cuts them off); ``flood``: 200 more sockets each send
+one byte and then nothing (reopened when closed). For each: requests served, 503/504 counts, /healthz
+p99, whether the normal clients were still served, and how many attack sockets the server cut off.
+
 Weights: seeded random weights by default (nothing is downloaded here). Speed does not depend on the
 weight values, only on the number of detections: random weights give up to --max-detections (100).
 Numbers are for this machine at this moment; on a shared CPU they move with the neighbours' load.
@@ -39,13 +45,13 @@ def _random_small_weights(folder: Path) -> Path:
 
     import torch
 
-    from masklab.models.loading import ModelOptions, build_module
+    from masklab.models.loading import build_module
     from masklab.models.zoo import get_spec
 
     spec = dataclasses.replace(get_spec("small"), categories=("__background__", "a", "b", "c"))
     torch.manual_seed(99)
     path = folder / "small_random.pth"
-    torch.save(build_module(spec, ModelOptions()).state_dict(), path)
+    torch.save(build_module(spec).state_dict(), path)
     return path
 
 
@@ -58,7 +64,7 @@ def _free_port() -> int:
 def _start_server(args, folder: Path) -> tuple[subprocess.Popen, str]:
     import httpx
 
-    weights = args.weights or str(_random_small_weights(folder))
+    weights = args.weights or (None if args.model else str(_random_small_weights(folder)))
     port = _free_port()
     cmd = [sys.executable, "-m", "masklab", "serve", "--port", str(port), "--model", args.model or weights,
            "--device", args.device, "--min-size", str(args.min_size), "--max-size", str(args.max_size),
@@ -127,12 +133,113 @@ def _probe(url: str, stop: float, out: list) -> None:
             time.sleep(0.25)
 
 
+def _slow_bodies(port: int, stop: float, n: int, counts: Counter) -> None:
+    """``n`` sockets trickling a 100000-byte body at 1 byte/s; each one the server cuts off is reopened."""
+
+    def opened() -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n")
+        s.setblocking(False)
+        return s
+
+    socks = [opened() for _ in range(n)]
+    while time.monotonic() < stop:
+        for i, s in enumerate(socks):
+            try:
+                s.send(b"x")
+                if s.recv(64):  # an answer (408): the server cut the trickle off
+                    raise ConnectionResetError
+            except BlockingIOError:
+                pass
+            except OSError:
+                counts["cut_off"] += 1
+                s.close()
+                socks[i] = opened()
+        time.sleep(1.0)
+    for s in socks:
+        s.close()
+
+
+def _flood(port: int, stop: float, n: int, counts: Counter) -> None:
+    """``n`` sockets that each send one byte and then nothing; each one the server closes is reopened."""
+
+    def opened() -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", port))
+        s.send(b"G")
+        s.setblocking(False)
+        return s
+
+    socks = [opened() for _ in range(n)]
+    while time.monotonic() < stop:
+        for i, s in enumerate(socks):
+            try:
+                if s.recv(64) == b"":
+                    raise ConnectionResetError
+            except BlockingIOError:
+                pass
+            except OSError:
+                counts["cut_off"] += 1
+                s.close()
+                socks[i] = opened()
+        time.sleep(0.2)
+    for s in socks:
+        s.close()
+
+
+def _run_scenario(url: str, base: np.ndarray, args, scenario: str) -> dict:
+    """Normal clients and the /healthz probe for ``args.duration`` s, alongside the scenario's attackers."""
+    stop = time.monotonic() + args.duration
+    results: list = []
+    probes: list = []
+    attack: Counter = Counter()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    threads = [threading.Thread(target=_client, args=(url, base, i, stop, results)) for i in range(args.clients)]
+    threads.append(threading.Thread(target=_probe, args=(url, stop, probes)))
+    if scenario == "slow-body":
+        threads.append(threading.Thread(target=_slow_bodies, args=(port, stop, 5, attack)))
+    elif scenario == "flood":
+        threads.append(threading.Thread(target=_flood, args=(port, stop, 200, attack)))
+    t0 = time.monotonic()
+    for t in threads[::-1]:  # attackers first
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
+    statuses = Counter(s for s, _ in results)
+    ok = np.array([d for s, d in results if s == 200])
+    probe_lat = np.array([d for _, d in probes])
+    return {
+        "scenario": scenario,
+        "clients": args.clients,
+        "duration_s": round(elapsed, 1),
+        "requests": len(results),
+        "ok": int(len(ok)),
+        "normal_clients_served": bool(len(ok)),
+        "requests_per_s": round(len(ok) / elapsed, 2),
+        "latency_p50_s": round(float(np.percentile(ok, 50)), 3) if len(ok) else None,
+        "latency_p90_s": round(float(np.percentile(ok, 90)), 3) if len(ok) else None,
+        "latency_p99_s": round(float(np.percentile(ok, 99)), 3) if len(ok) else None,
+        "status_503": statuses.get(503, 0),
+        "status_504": statuses.get(504, 0),
+        "other_errors": {str(k): v for k, v in statuses.items() if k not in (200, 503, 504)},
+        "healthz_probes": len(probes),
+        "healthz_failures": int(sum(not ok_ for ok_, _ in probes)),
+        "healthz_p99_s": round(float(np.percentile(probe_lat, 99)), 4) if len(probe_lat) else None,
+        "attack_sockets_cut_off": attack["cut_off"],
+    }
+
+
+SCENARIOS = ("normal", "slow-body", "flood")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", default=None, help="an already running server (default: start one)")
     p.add_argument("--clients", "-k", type=int, default=4, help="concurrent clients (default: 4)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load (default: 60)")
     p.add_argument("--size", default="240x320", help="image HxW (default: 240x320)")
+    p.add_argument("--scenario", action="append", choices=SCENARIOS, help="normal, slow-body or flood; repeatable "
+                   "(default: all three, one after the other)")
     g = p.add_argument_group("server started by this script")
     g.add_argument("--model", default=None, help="model name (default: the small architecture with random weights)")
     g.add_argument("--weights", default=None, help="weights file")
@@ -144,8 +251,8 @@ def main(argv=None) -> int:
     g.add_argument("--json", default=None, metavar="PATH", help="also write the numbers here")
     args = p.parse_args(argv)
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.conftest import make_scene
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # not "tests.": a package of that name
+    from conftest import make_scene  # ships inside some wheels (label-studio-converter) and would shadow ours
 
     h, w = (int(v) for v in args.size.lower().split("x"))
     base = make_scene(h, w, seed=7)
@@ -155,48 +262,22 @@ def main(argv=None) -> int:
     if url is None:
         proc, url = _start_server(args, Path(tmp.name))
     try:
-        stop = time.monotonic() + args.duration
-        results: list = []
-        probes: list = []
-        threads = [threading.Thread(target=_client, args=(url, base, i, stop, results)) for i in range(args.clients)]
-        threads.append(threading.Thread(target=_probe, args=(url, stop, probes)))
-        t0 = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.monotonic() - t0
+        runs = [_run_scenario(url, base, args, sc) for sc in (args.scenario or SCENARIOS)]
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
         tmp.cleanup()
-
-    statuses = Counter(s for s, _ in results)
-    ok = np.array([d for s, d in results if s == 200])
-    probe_lat = np.array([d for _, d in probes])
     report = {
-        "clients": args.clients,
-        "duration_s": round(elapsed, 1),
         "image_hw": [h, w],
-        "requests": len(results),
-        "ok": int(len(ok)),
-        "requests_per_s": round(len(ok) / elapsed, 2),
-        "latency_p50_s": round(float(np.percentile(ok, 50)), 3) if len(ok) else None,
-        "latency_p90_s": round(float(np.percentile(ok, 90)), 3) if len(ok) else None,
-        "latency_p99_s": round(float(np.percentile(ok, 99)), 3) if len(ok) else None,
-        "status_503": statuses.get(503, 0),
-        "other_errors": {str(k): v for k, v in statuses.items() if k not in (200, 503)},
-        "healthz_probes": len(probes),
-        "healthz_failures": int(sum(not ok_ for ok_, _ in probes)),
-        "healthz_p99_s": round(float(np.percentile(probe_lat, 99)), 4) if len(probe_lat) else None,
         "cpu_count": os.cpu_count(),
         "server": url if args.url else f"started: workers={args.workers} queue={args.queue_size} device={args.device}",
+        "scenarios": runs,
     }
     print(json.dumps(report, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
-    return 1 if report["other_errors"] or report["healthz_failures"] else 0
+    return 1 if any(r["other_errors"] or r["healthz_failures"] or not r["normal_clients_served"] for r in runs) else 0
 
 
 if __name__ == "__main__":

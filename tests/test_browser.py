@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import make_scene
+from conftest import make_scene
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 FLAGS = [

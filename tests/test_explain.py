@@ -230,7 +230,7 @@ def test_matterport_port_maps_onto_the_trace(tmp_path):
 def test_page_loads_in_headless_chromium(demo_trace, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra has it)")
     from masklab.explain import write_explanation
-    from tests.test_browser import FLAGS
+    from test_browser import FLAGS
 
     result = write_explanation(demo_trace, tmp_path / "page")
     errors: list[str] = []

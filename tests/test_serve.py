@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from masklab.serve import ServeSettings, create_app  # noqa: E402
 from masklab.settings import LOW_SCORE_THRESH, InferenceSettings  # noqa: E402
 from masklab.structures.instances import Instances  # noqa: E402
-from tests.conftest import make_scene  # noqa: E402
+from conftest import make_scene  # noqa: E402
 
 SIZES = {"min_size": 128, "max_size": 192}  # smaller than conftest.SMALL: many forward passes here
 MAX_BODY = 300_000
@@ -526,9 +526,8 @@ def test_serve_settings_embed_the_inference_settings_and_default_the_floor_once(
 
 
 def test_cli_builds_the_settings_and_keeps_min_score_as_an_alias(small_weights, monkeypatch, capsys):
-    import uvicorn
-
     import masklab.serve
+    import masklab.serve.connections
     from masklab.cli import main
 
     with pytest.raises(SystemExit):
@@ -539,7 +538,7 @@ def test_cli_builds_the_settings_and_keeps_min_score_as_an_alias(small_weights, 
 
     built = []
     monkeypatch.setattr(masklab.serve, "create_app", lambda settings: built.append(settings) or "app")
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: built.append((app, kw["port"])))
+    monkeypatch.setattr(masklab.serve.connections, "run_server", lambda app, **kw: built.append((app, kw["port"])))
     common = ["serve", "--model", str(small_weights), "--device", "cpu", "--min-size", "128", "--port", "8123"]
     assert main(common + ["--min-score", "0.2", "--workers", "2", "--cache-mb", "1"]) == 0
     assert "--min-score is deprecated" in capsys.readouterr().err

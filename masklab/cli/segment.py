@@ -178,6 +178,9 @@ def _report(summary, n: int, out: str, runtime=None) -> int:
     print(f"{done} -> {out}", file=sys.stderr)
     for r in summary.failures:
         print(f"  failed: {r.error}", file=sys.stderr)
+    if summary.disk_full:
+        print(f"disk full: {summary.disk_full} images could not be written to {out}; free space and rerun the same "
+              "command (finished images are skipped)", file=sys.stderr)
     return summary.exit_code
 
 
@@ -244,6 +247,9 @@ def run(args) -> int:
     progress = False if args.no_progress else None
     if args.engine == "ray":  # the actors build the model; this process builds none
         return _report(segment_on_ray(args, items, settings, writer_kwargs=writer_kwargs, progress=progress), len(items), args.out)
+    from masklab.runs.ledger import check_writable
+
+    check_writable(args.out)  # before the model loads: an unwritable --out is a usage error naming it
     configure_threads()
     seg = Segmenter(settings=settings)
     code = _segment_images(args, items, seg, writer_kwargs, progress) if items else 0

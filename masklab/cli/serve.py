@@ -35,7 +35,9 @@ def add_parser(sub) -> None:
     g.add_argument("--queue-size", type=int, default=4, help="requests that may wait for a worker; more get 503 with Retry-After (default: 4)")
     g.add_argument("--request-timeout", type=float, default=60.0, help="seconds from arrival to answer, upload included; later gets 504 (default: 60)")
     g.add_argument("--cache-mb", type=int, default=256, help="memory for recent results, so re-rendering does not rerun the model (default: 256; 0 disables)")
-    g.add_argument("--max-connections", type=int, default=200, help="open connections uvicorn accepts before answering 503 (default: 200)")
+    g.add_argument("--body-timeout", type=float, default=10.0, help="an upload is read before it queues and must keep arriving: a gap over this many seconds, or under 1 KiB/s on average after it, gets 408 (default: 10)")
+    g.add_argument("--header-timeout", type=float, default=10.0, help="seconds a connection has to send a request's headers, after opening or after its previous answer; then it is closed (default: 10)")
+    g.add_argument("--max-connections", type=int, default=200, help="open connections; past it the oldest idle one is closed, and only when none is idle does a request get 503 (default: 200)")
     p.set_defaults(run=run)
 
 
@@ -43,9 +45,8 @@ def run(args) -> int:
     from masklab.errors import MissingDependencyError
 
     try:
-        import uvicorn
-
         from masklab.serve import ServeSettings, create_app
+        from masklab.serve.connections import run_server
     except ImportError as e:
         raise MissingDependencyError(f"masklab serve needs the serve extra ({e.name} is missing): pip install 'masklab[serve]'") from None
 
@@ -59,20 +60,13 @@ def run(args) -> int:
         queue_size=args.queue_size,
         request_timeout_s=args.request_timeout,
         cache_bytes=args.cache_mb * 1024 * 1024,
+        body_timeout_s=args.body_timeout,
+        header_timeout_s=args.header_timeout,
+        max_connections=args.max_connections,
     )
     app = create_app(settings)
     print(f"masklab serve: http://{args.host}:{args.port}/ (model {inference.model} loading; /readyz says when ready)", file=sys.stderr)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        root_path=args.root_path,
-        forwarded_allow_ips=args.forwarded_allow_ips,
-        limit_concurrency=args.max_connections,
-        timeout_keep_alive=5,
-        log_level="info",
-        server_header=False,
-    )
+    run_server(app, host=args.host, port=args.port, root_path=args.root_path, forwarded_allow_ips=args.forwarded_allow_ips)
     return 0
 
 

@@ -39,11 +39,14 @@ class InputItem:
     path: Path
     stem: str
     url: str | None = None
+    error: str | None = None  # known to fail before loading (a folder under -r that cannot be listed)
 
     @property
     def source(self) -> str:
-        """What the user gave: the URL or the path, as a string (used in results and error lists)."""
-        return self.url if self.url is not None else str(self.path)
+        """What the user gave: the URL or the path, as a string (used in results and error lists). Bytes of
+        a file name that are not UTF-8 are shown as ``\\xff`` escapes, so CSV and JSON can always hold it."""
+        text = self.url if self.url is not None else str(self.path)
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def is_url(text: str) -> bool:
@@ -51,9 +54,22 @@ def is_url(text: str) -> bool:
 
 
 def _scan(folder: Path, recursive: bool) -> list[Path]:
-    it = folder.rglob("*") if recursive else folder.iterdir()
+    try:
+        it = list(folder.rglob("*") if recursive else folder.iterdir())
+    except PermissionError as e:
+        raise UsageError(f"cannot list the folder {folder}: {e.strerror}; check its permissions") from None
     # Directories named like images are listed too: loading them fails with a clear per-file error.
     return sorted(p for p in it if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def _unreadable_subfolders(folder: Path) -> list[tuple[Path, str]]:
+    """(folder, reason) for each folder under ``folder`` that cannot be listed (``rglob`` skips them
+    silently; they become failed items instead)."""
+    errors: list[OSError] = []
+    for _ in os.walk(folder, onerror=errors.append):
+        pass
+    return [(Path(e.filename), f"{e.filename}: cannot list this folder ({e.strerror}); its images were not processed")
+            for e in errors if e.filename is not None and Path(e.filename) != folder]
 
 
 def _read_list(stream: IO[str]) -> list[str]:
@@ -79,6 +95,7 @@ def expand_inputs(
     overwritten and the name is the same on every rerun.
     """
     entries: list[tuple[Path, str | None]] = []  # (path, url)
+    failed: list[InputItem] = []  # folders under -r that cannot be listed
     args = list(inputs)
     if args.count("-") > 1:
         raise UsageError("'-' (read inputs from stdin) may be given only once")
@@ -88,6 +105,8 @@ def expand_inputs(
                 entries.extend(_expand_one(line, recursive, allow_urls, missing_ok=True))
         else:
             entries.extend(_expand_one(raw, recursive, allow_urls, missing_ok=False))
+            if recursive and Path(raw).is_dir():
+                failed += [InputItem(d, f"unreadable-{d.name}", error=why) for d, why in _unreadable_subfolders(Path(raw))]
     seen: set[str] = set()
     unique: list[tuple[Path, str | None, str]] = []
     for p, url in entries:
@@ -104,7 +123,7 @@ def expand_inputs(
         if counts[p.stem] > 1:
             stem = f"{stem}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
         items.append(InputItem(p, stem, url))
-    return items
+    return items + failed
 
 
 def _expand_one(raw: str, recursive: bool, allow_urls: bool, *, missing_ok: bool) -> list[tuple[Path, str | None]]:

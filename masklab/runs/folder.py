@@ -33,7 +33,7 @@ from masklab.errors import ImageLoadError, UsageError
 from masklab.io.formats.writer import OutputWriter
 from masklab.io.images import LoadedImage, load_image
 from masklab.io.inputs import InputItem, UrlLimits, fetch_url
-from masklab.runs.ledger import ImageResult, RunLedger, RunSummary, one_line
+from masklab.runs.ledger import ImageResult, RunLedger, RunSummary, folder_lock, one_line, unwritten_error
 from masklab.structures.instances import Instances
 
 __all__ = ["Prepared", "run_segment", "predict_batch", "write_result"]
@@ -65,6 +65,8 @@ def _prepare(
 ) -> Prepared:
     """Runs in the decode pool: either "already done" (with counts), a decoded image, or a reason."""
     t0 = time.perf_counter()
+    if item.error is not None:
+        return Prepared(t0, error=item.error)
     if skip and all(p.is_file() for p in writer.outputs_for(item.stem)):
         try:
             rec = writer.read_record(item.stem)
@@ -251,14 +253,26 @@ def run_segment(
             with the number of images; for small runs and the demo).
         max_pixels: pixel cap per image (default ``$MASKLAB_MAX_PIXELS`` or 100 MP).
         url_limits: size/time limits for URL items.
-    """
-    from tqdm.auto import tqdm
 
+    Raises :class:`~masklab.runs.ledger.FolderBusyError` when another run holds ``out_dir``'s lock, and
+    :class:`~masklab.runs.ledger.UnwrittenError` (exit 1, every failed image listed) when the summary
+    cannot be written (a full disk).
+    """
     workers = _check_sizes(batch_size, workers)
     out = Path(out_dir)
     if writer is None:
         styles = [] if viz is None else [viz] if isinstance(viz, str) else list(viz)
         writer = OutputWriter(out, model_name=segmenter.spec.name, viz=styles)
+    with folder_lock(out):  # a second run into the same folder is refused, not raced
+        return _run_locked(items, out, segmenter, writer, viz=viz, progress=progress, extra_settings=extra_settings,
+                           batch_size=batch_size, workers=workers, skip_existing=skip_existing,
+                           keep_instances=keep_instances, max_pixels=max_pixels, url_limits=url_limits)
+
+
+def _run_locked(items, out: Path, segmenter, writer: OutputWriter, *, viz, progress, extra_settings, batch_size: int,
+                workers: int, skip_existing, keep_instances: bool, max_pixels, url_limits) -> RunSummary:
+    from tqdm.auto import tqdm
+
     ledger = RunLedger.open(out, {**segmenter.settings(), "viz": viz, **(extra_settings or {})}, skip_existing=skip_existing)
     ledger.start(images=len(items))
     show = (len(items) > 1) if progress is None else progress
@@ -270,9 +284,12 @@ def run_segment(
         pipeline = _Pipeline(segmenter, writer, len(items), batch_size=batch_size, workers=workers, keep=keep_instances, bar=bar)
         results = pipeline.run(items, prepare)
     summary = ledger.summary(results, seconds=time.perf_counter() - t_run)
-    writer.finish([r.item.stem for r in summary.results if r.ok])
     runtime = getattr(segmenter, "runtime", None)
     extra = {"batch_size": batch_size, "workers": workers, "resumed": ledger.resume,
              "runtime": None if runtime is None else {"name": runtime.name, "precision": runtime.precision}}
-    ledger.finish(summary, model_card=segmenter.card.to_json(), extra=extra)
+    try:
+        writer.finish([r.item.stem for r in summary.results if r.ok])
+        ledger.finish(summary, model_card=segmenter.card.to_json(), extra=extra)
+    except OSError as e:  # a full disk: say so and list every image whose outputs are missing
+        raise unwritten_error(out, summary, e) from None
     return summary

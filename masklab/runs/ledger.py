@@ -17,7 +17,9 @@ The ledger writes through a *folder*: :class:`LocalFolder` here, or the Ray engi
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -29,13 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from masklab.errors import ImageLoadError
+from masklab.errors import ImageLoadError, MasklabError, UsageError
 from masklab.io.atomic import atomic_write_bytes
 from masklab.io.inputs import InputItem
 from masklab.settings import RUNTIME_ONLY
 from masklab.structures.instances import Instances
 
 __all__ = [
+    "FolderBusyError",
+    "check_writable",
+    "UnwrittenError",
+    "folder_lock",
+    "unwritten_error",
     "ImageResult",
     "RunSummary",
     "RunLedger",
@@ -93,6 +100,12 @@ class RunSummary:
     @property
     def failures(self) -> list[ImageResult]:
         return [r for r in self.results if r.error is not None]
+
+    @property
+    def disk_full(self) -> int:
+        """How many images failed because the disk (or quota) was full while writing their outputs."""
+        marks = (f"[Errno {errno.ENOSPC}]", f"[Errno {errno.EDQUOT}]")
+        return sum(any(m in r.error for m in marks) for r in self.failures)  # type: ignore[operator]
 
     @property
     def skipped(self) -> int:
@@ -293,3 +306,68 @@ class RunLedger:
             self.folder.write_bytes("summary.csv", summary_csv(results).encode("utf-8")),
             self.folder.write_bytes("run.json", _json_bytes(doc)),
         ]
+
+
+# -- one run per folder, and a full disk ------------------------------------------------------------
+LOCK_NAME = ".masklab.lock"
+
+
+class FolderBusyError(MasklabError):
+    """Another masklab run holds the output folder's lock (exit 1)."""
+
+
+class UnwrittenError(MasklabError):
+    """The run's summary could not be written (a full disk); the message lists every failed image (exit 1)."""
+
+
+def check_writable(out: str | os.PathLike) -> Path:
+    """``out`` created if missing; a :class:`~masklab.errors.UsageError` naming it when it cannot be
+    (entry points call this before loading a model)."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "Permission denied")
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write there ({e.strerror}); choose a folder you can write to") from None
+    return out
+
+
+@contextlib.contextmanager
+def folder_lock(out: str | os.PathLike):
+    """Hold ``out/.masklab.lock`` (an exclusive ``flock``, released when the process ends, even by
+    SIGKILL) for a run's duration: a second run into the same folder fails at once with
+    :class:`FolderBusyError` instead of doing all the work again and overwriting ``run.json``. An
+    unwritable folder is a :class:`~masklab.errors.UsageError` naming it."""
+    import fcntl
+
+    out = check_writable(out)
+    try:
+        fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write there ({e.strerror}); choose a folder you can write to") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            raise FolderBusyError(
+                f"another masklab run ({holder}) is writing to {out}; wait for it to finish, or use another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {platform.node()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def unwritten_error(out: str | os.PathLike, summary: RunSummary, err: OSError) -> UnwrittenError:
+    """The error for a run whose summary could not be written: what happened, where, and every image
+    without outputs (failed writes included), so nothing is lost silently. A rerun redoes exactly those."""
+    full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+    what = "disk full" if full else "cannot write"
+    lines = [f"{what}: the run's summary could not be written to {out} ({err.strerror}); "
+             f"{len(summary.failures)} of {len(summary.results)} images have no outputs:"]
+    lines += [f"  failed: {r.error}" for r in summary.failures]
+    lines.append("free space (or fix the folder) and rerun the same command: finished images are skipped")
+    return UnwrittenError("\n".join(lines))

@@ -16,7 +16,12 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 
-__all__ = ["BodyTooLarge", "BodySizeLimit", "Busy", "DeadlineExceeded", "WorkLimiter"]
+__all__ = ["BodyTooLarge", "BodySizeLimit", "Busy", "DeadlineExceeded", "SlowUpload", "MIN_BODY_RATE", "WorkLimiter",
+           "paced_receive"]
+
+#: Bytes/s an upload must average once it has taken longer than ``body_timeout_s`` (a 20 MB body at this
+#: rate takes 5.7 h: only a trickle is refused, never a slow but real connection).
+MIN_BODY_RATE = 1024
 
 
 class BodyTooLarge(HTTPException):
@@ -42,6 +47,47 @@ class DeadlineExceeded(HTTPException):
 
     def __init__(self, timeout_s: float, stage: str) -> None:
         super().__init__(504, f"request deadline of {timeout_s:g} s passed while {stage} (--request-timeout)")
+
+
+class SlowUpload(HTTPException):
+    """408: the request body stalled or trickled in (``--body-timeout``); counted as ``slow_upload``."""
+
+    def __init__(self, timeout_s: float, received: int, why: str) -> None:
+        super().__init__(
+            408,
+            f"upload too slow: {why} after {received} bytes; a body must keep arriving, with no gap over "
+            f"{timeout_s:g} s and at least {MIN_BODY_RATE} bytes/s on average after the first {timeout_s:g} s "
+            "(--body-timeout)",
+            headers={"Connection": "close"},  # the rest of the body is still on the wire
+        )
+
+
+def paced_receive(receive: Callable[[], Any], *, timeout_s: float, deadline: float, request_timeout_s: float):
+    """``receive`` (an ASGI receive callable) with an upload's pace enforced: each message must come within
+    ``timeout_s``, and once the upload is older than ``timeout_s`` the bytes so far must average at least
+    :data:`MIN_BODY_RATE` per second, else :class:`SlowUpload`; past the request's absolute ``deadline``
+    (event-loop time), :class:`DeadlineExceeded`. Call only inside the running loop."""
+    loop = asyncio.get_running_loop()
+    start, received = loop.time(), 0
+
+    async def paced() -> dict[str, Any]:
+        nonlocal received
+        left = deadline - loop.time()
+        wait = min(timeout_s, left)
+        try:
+            message = await asyncio.wait_for(receive(), max(wait, 0.0))
+        except asyncio.TimeoutError:
+            if wait < timeout_s:
+                raise DeadlineExceeded(request_timeout_s, "receiving the upload") from None
+            raise SlowUpload(timeout_s, received, f"no bytes for {timeout_s:g} s") from None
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            elapsed = loop.time() - start
+            if message.get("more_body") and elapsed > timeout_s and received < MIN_BODY_RATE * elapsed:
+                raise SlowUpload(timeout_s, received, f"{received / elapsed:.0f} bytes/s over {elapsed:.0f} s")
+        return message
+
+    return paced
 
 
 class BodySizeLimit:
@@ -113,7 +159,10 @@ class WorkLimiter:
     """At most ``workers`` jobs run (in threads, off the event loop); at most ``queue_size`` more wait.
 
     Use ``async with limiter.admit(): ... await limiter.run(fn, deadline=...)``. ``admit`` refuses at
-    once with :class:`Busy` when ``workers + queue_size`` requests are already admitted. ``run`` waits
+    once with :class:`Busy` when ``workers + queue_size`` requests are already admitted. A request's body is
+    read before it is admitted, inside ``async with limiter.receiving():`` (at most ``max_uploads`` at once,
+    else :class:`Busy`), so a slow upload holds no place in the queue; :meth:`check_room` refuses a request
+    before its upload when the queue is already full. ``run`` waits
     for a worker and for the job until the absolute ``deadline`` (event-loop time), else
     :class:`DeadlineExceeded`. A job past its deadline keeps its worker until it returns (a thread cannot
     be killed), so the number of running jobs never exceeds ``workers``.
@@ -121,8 +170,11 @@ class WorkLimiter:
     Create it inside the running event loop (the app's lifespan) and call it only from that loop.
     """
 
-    def __init__(self, *, workers: int, queue_size: int, timeout_s: float, retry_after_s: int = 2) -> None:
+    def __init__(self, *, workers: int, queue_size: int, timeout_s: float, max_uploads: int = 32,
+                 retry_after_s: int = 2) -> None:
         self.workers, self.queue_size, self.timeout_s, self.retry_after_s = workers, queue_size, timeout_s, retry_after_s
+        self.max_uploads = max_uploads
+        self.uploading = 0  # request bodies being received (not yet admitted)
         self.admitted = 0  # requests between admit() and their answer
         self.waiting = 0  # admitted requests waiting for a worker (the queue depth)
         self.running = 0  # jobs in worker threads
@@ -133,10 +185,25 @@ class WorkLimiter:
         """The absolute deadline (event-loop time) of a request arriving now."""
         return asyncio.get_running_loop().time() + self.timeout_s
 
-    @contextlib.asynccontextmanager
-    async def admit(self):
+    def check_room(self) -> None:
+        """:class:`Busy` now when workers and queue are full (before the client spends time uploading)."""
         if self.admitted >= self.workers + self.queue_size:
             raise Busy(workers=self.workers, queue_size=self.queue_size, retry_after_s=self.retry_after_s)
+
+    @contextlib.asynccontextmanager
+    async def receiving(self):
+        if self.uploading >= self.max_uploads:
+            raise HTTPException(503, f"server busy: {self.max_uploads} uploads in progress (max_uploads); retry in "
+                                f"{self.retry_after_s} s", headers={"Retry-After": str(self.retry_after_s)})
+        self.uploading += 1
+        try:
+            yield
+        finally:
+            self.uploading -= 1
+
+    @contextlib.asynccontextmanager
+    async def admit(self):
+        self.check_room()
         self.admitted += 1
         try:
             yield

@@ -4,8 +4,12 @@
   ``other`` (unknown paths are folded so a scanner cannot grow the label set).
 - ``masklab_request_duration_seconds{path}``: latency histogram, arrival to last byte sent.
 - ``masklab_queue_depth``: requests waiting for a worker; ``masklab_running``: images being processed.
-- ``masklab_rejections_total{reason}``: ``busy`` (503), ``body_too_large``/``too_many_pixels`` (413),
-  ``unsupported``/``invalid`` (415/422), ``deadline`` (504).
+- ``masklab_uploads``: request bodies being received (read before a request is queued for a worker).
+- ``masklab_rejections_total{reason}``: ``busy`` (503: workers and queue full, or too many uploads),
+  ``connections`` (503: every connection has a request in progress), ``too_large`` (413),
+  ``unsupported``/``invalid`` (415/422), ``slow_upload`` (408: a body stalled or trickled), ``deadline`` (504).
+- ``masklab_connections_closed_total{reason}``: connections the server closed: ``header_timeout`` (no
+  complete request headers in time), ``shed_idle`` (an idle one closed to make room for a new one).
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ class ServeMetrics:
         self.rejections = Counter("masklab_rejections", "Refused requests by reason", ["reason"], registry=self.registry)
         self.queue_depth = Gauge("masklab_queue_depth", "Requests waiting for a worker", registry=self.registry)
         self.running = Gauge("masklab_running", "Images being processed now", registry=self.registry)
+        self.uploads = Gauge("masklab_uploads", "Request bodies being received", registry=self.registry)
+        self.closed = Counter(
+            "masklab_connections_closed", "Connections closed by the server", ["reason"], registry=self.registry
+        )
 
     def path_label(self, path: str) -> str:
         return path if path in self.paths else "other"
@@ -39,9 +47,14 @@ class ServeMetrics:
     def reject(self, reason: str) -> None:
         self.rejections.labels(reason=reason).inc()
 
-    def bind_gauges(self, *, queue_depth: Callable[[], float], running: Callable[[], float]) -> None:
+    def close_connection(self, reason: str) -> None:
+        self.closed.labels(reason=reason).inc()
+
+    def bind_gauges(self, *, queue_depth: Callable[[], float], running: Callable[[], float],
+                    uploads: Callable[[], float]) -> None:
         self.queue_depth.set_function(queue_depth)
         self.running.set_function(running)
+        self.uploads.set_function(uploads)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -33,7 +33,9 @@ __all__ = ["add_error_handlers", "add_page", "add_health_routes", "add_model_rou
 #: The overlay styles /v1/render offers (an enum in the OpenAPI schema).
 StyleName = Literal[STYLES]  # type: ignore[valid-type]
 
-_REASONS = {413: "too_large", 415: "unsupported", 422: "invalid", 503: "busy", 504: "deadline"}
+_REASONS = {408: "slow_upload", 413: "too_large", 415: "unsupported", 422: "invalid", 503: "busy", 504: "deadline"}
+#: The longest piece of a request's own input a validation error quotes back.
+_ECHO_CHARS = 80
 _RAW_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/gif", "image/tiff", "application/octet-stream")
 _BODY_DOC = {
     "requestBody": {
@@ -74,12 +76,22 @@ def add_error_handlers(app: FastAPI, svc: Service) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
         svc.metrics.reject("invalid")
-        return await request_validation_exception_handler(request, exc)
+        # FastAPI quotes each bad value whole: a 15 KB query would come back as a 15 KB answer
+        errors = [{**e, "input": _cut(e["input"])} if "input" in e else e for e in exc.errors()]
+        return await request_validation_exception_handler(request, RequestValidationError(errors))
 
     @app.exception_handler(MasklabError)
     async def _masklab_error(request: Request, exc: MasklabError):
         svc.metrics.reject("invalid")
         return JSONResponse({"detail": str(exc)}, status_code=422)
+
+
+def _cut(value: Any) -> Any:
+    """A quoted input value, strings cut to ``_ECHO_CHARS`` (with the full length said)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= _ECHO_CHARS:
+        return value
+    return f"{text[:_ECHO_CHARS]}... ({len(text)} characters)"
 
 
 def add_page(app: FastAPI) -> None:

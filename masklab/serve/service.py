@@ -1,7 +1,8 @@
 """The app's state and the request path of an image, without the routes (see :mod:`masklab.serve.routes`).
 
-Request path: readiness check -> admission (503 when workers and queue are full) -> body read under the
-streaming size cap and the deadline -> a worker thread decodes with :func:`masklab.io.images.load_image`
+Request path: readiness check -> 503 at once when workers and queue are full -> body read under the
+streaming size cap, its own pace limit (408 for a stalled or trickling upload) and the deadline, holding no
+place in the queue -> admission (503 when workers and queue filled meanwhile) -> a worker thread decodes with :func:`masklab.io.images.load_image`
 (format sniffed from the bytes, pixel cap checked on the header before any pixel is decoded), runs the
 model -> per-request filtering (in the route). The event loop never runs the model, so ``/healthz``
 answers while every worker is busy. Uploaded bytes stay in memory (Starlette spools multipart parts over
@@ -11,7 +12,6 @@ answers while every worker is busy. Uploaded bytes stay in memory (Starlette spo
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import json
@@ -25,13 +25,14 @@ import numpy as np
 from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from masklab.errors import ImageLoadError, UsageError
 from masklab.inference import Segmenter
 from masklab.inference.threads import configure_threads
 from masklab.io.formats.common import NOT_CLASSES
 from masklab.io.images import load_image, sniff_format
-from masklab.serve.limits import DeadlineExceeded, WorkLimiter
+from masklab.serve.limits import WorkLimiter, paced_receive
 from masklab.serve.metrics import ServeMetrics
 from masklab.serve.settings import ServeSettings
 from masklab.settings import InferenceSettings
@@ -110,8 +111,10 @@ class Service:
     def start(self) -> None:
         """Create the work limiter (inside the running event loop) and load the model in a thread."""
         s = self.settings
-        self.limiter = WorkLimiter(workers=s.workers, queue_size=s.queue_size, timeout_s=s.request_timeout_s)
-        self.metrics.bind_gauges(queue_depth=lambda: self.limiter.waiting, running=lambda: self.limiter.running)
+        self.limiter = WorkLimiter(workers=s.workers, queue_size=s.queue_size, timeout_s=s.request_timeout_s,
+                                   max_uploads=s.max_uploads)
+        self.metrics.bind_gauges(queue_depth=lambda: self.limiter.waiting, running=lambda: self.limiter.running,
+                                 uploads=lambda: self.limiter.uploading)
         threading.Thread(target=self.load, name="masklab-serve-load", daemon=True).start()
 
     def load(self) -> None:
@@ -144,8 +147,10 @@ class Service:
         wanted = [c.strip() for c in classes.split(",") if c.strip()]
         known = self.known_classes()
         unknown = [c for c in wanted if c not in known]
-        if unknown:
-            raise HTTPException(422, f"unknown class names {unknown[:10]}; this model knows {known}")
+        if unknown:  # quoted cut short: the reply never grows with the query
+            shown = ", ".join(repr(c[:40] + ("..." if len(c) > 40 else "")) for c in unknown[:5])
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            raise HTTPException(422, f"unknown class names {shown}{more}; this model knows {known}")
         return wanted
 
     def check_tiling(self, **given: Any) -> dict | None:
@@ -161,15 +166,19 @@ class Service:
         return {k: getattr(checked, k) for k in changes}
 
     async def handle(self, request: Request, job: Callable[[bytes, str], Any]) -> Any:
-        """Admission, body upload and ``job(data, name)`` in a worker, all under one deadline."""
+        """Body upload (paced, before queueing), admission and ``job(data, name)`` in a worker, all under one
+        deadline."""
         limiter = self.limiter
         deadline = limiter.deadline()
-        async with limiter.admit():
-            loop = asyncio.get_running_loop()
+        limiter.check_room()
+        paced = paced_receive(request.receive, timeout_s=self.settings.body_timeout_s, deadline=deadline,
+                              request_timeout_s=limiter.timeout_s)
+        async with limiter.receiving():
             try:
-                data, name = await asyncio.wait_for(read_upload(request), max(deadline - loop.time(), 0.0))
-            except asyncio.TimeoutError:
-                raise DeadlineExceeded(limiter.timeout_s, "receiving the upload") from None
+                data, name = await read_upload(Request(request.scope, paced))
+            except ClientDisconnect:  # the client left (or shutdown closed a still-arriving upload)
+                raise HTTPException(400, "the client disconnected during the upload") from None
+        async with limiter.admit():
             return await limiter.run(job, data, name, deadline=deadline)
 
     def instances_for(self, data: bytes, name: str, tiling: dict | None = None) -> tuple[np.ndarray, Instances]:
@@ -195,7 +204,7 @@ async def read_upload(request: Request) -> tuple[bytes, str]:
     """(the uploaded bytes, the name to show) from a multipart form's ``file`` field or a raw image body."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=8)
+        form = await _form(request)
         try:
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
@@ -214,6 +223,26 @@ async def read_upload(request: Request) -> tuple[bytes, str]:
     if not data:
         raise HTTPException(422, "the uploaded image is empty (0 bytes)")
     return data, name
+
+
+#: python-multipart's limit on one part's header line (its DEFAULT_MAX_HEADER_SIZE), in bytes.
+_PART_HEADER_LIMIT = 4096 + 128
+
+
+async def _form(request: Request):
+    """The multipart form; a part header over python-multipart's limit (in practice a file name of
+    thousands of characters) gets its own message instead of the generic "Invalid multipart data"."""
+    try:
+        return await request.form(max_files=1, max_fields=8)
+    except HTTPException as e:
+        cause = e.__cause__ or e.__context__
+        while cause is not None and "header size" not in str(cause):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise HTTPException(400, f"a multipart part header is longer than {_PART_HEADER_LIMIT} bytes, most likely "
+                            "the file name (thousands of characters): rename the file and upload it again (names are "
+                            "shown cut to 200 characters anyway)") from None
 
 
 def image_error(data: bytes, err: ImageLoadError, max_pixels: int) -> HTTPException:

@@ -27,7 +27,12 @@ class ServeSettings:
     Limits: ``max_body_bytes`` (request body, counted while it streams in), ``max_pixels`` (decoded
     image width x height), ``workers`` (images processed at once), ``queue_size`` (requests that may wait
     for a worker; more get 503 + Retry-After), ``request_timeout_s`` (deadline from arrival to answer,
-    body upload included), ``cache_bytes`` (memory for recent results, so re-rendering an uploaded image
+    body upload included), ``body_timeout_s`` (an upload is read before it queues for a worker, and must
+    keep arriving: a gap longer than this, or under :data:`~masklab.serve.limits.MIN_BODY_RATE` bytes/s on
+    average after this long, gets 408), ``max_uploads`` (bodies received at once; more get 503),
+    ``header_timeout_s`` (a connection must complete a request's headers this soon after opening or after
+    its previous answer, else it is closed), ``max_connections`` (open connections; past it the oldest idle
+    one is closed, and when none is idle a request gets 503), ``cache_bytes`` (memory for recent results, so re-rendering an uploaded image
     in another style does not run the model again; 0 disables).
 
     Memory: each worker holds one image's masks, bool (N, H, W): up to ``inference.max_detections x
@@ -40,6 +45,10 @@ class ServeSettings:
     workers: int = 1
     queue_size: int = 4
     request_timeout_s: float = 60.0
+    body_timeout_s: float = 10.0
+    max_uploads: int = 32
+    header_timeout_s: float = 10.0
+    max_connections: int = 200
     cache_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
@@ -47,14 +56,15 @@ class ServeSettings:
             raise UsageError(f"inference must be an InferenceSettings, found {type(self.inference).__name__}")
         if self.inference.score_thresh is None:  # the one place the server's floor is defaulted
             object.__setattr__(self, "inference", self.inference.replace(score_thresh=LOW_SCORE_THRESH))
-        for name in ("max_body_bytes", "max_pixels", "workers"):
+        for name in ("max_body_bytes", "max_pixels", "workers", "max_uploads", "max_connections"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, found {getattr(self, name)}")
         for name in ("queue_size", "cache_bytes"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{name} must be 0 or more, found {getattr(self, name)}")
-        if not self.request_timeout_s > 0:
-            raise UsageError(f"request_timeout_s must be > 0, found {self.request_timeout_s}")
+        for name in ("request_timeout_s", "body_timeout_s", "header_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise UsageError(f"{name} must be > 0 seconds, found {getattr(self, name)}")
 
     @property
     def score_floor(self) -> float:
@@ -69,4 +79,8 @@ class ServeSettings:
             "workers": self.workers,
             "queue_size": self.queue_size,
             "request_timeout_s": self.request_timeout_s,
+            "body_timeout_s": self.body_timeout_s,
+            "max_uploads": self.max_uploads,
+            "header_timeout_s": self.header_timeout_s,
+            "max_connections": self.max_connections,
         }
