@@ -5,10 +5,14 @@ The source is read with the dataset readers (:mod:`masklab.data.readers`) into
 :mod:`masklab.io.formats` and image files are copied next to them:
 
 - ``coco``: ``DST/annotations.json`` (masks as compressed RLE) + ``DST/images/``;
-- ``yolo``: ``DST/data.yaml`` (``names``, ``train`` and ``val`` both ``images/train``), ``DST/classes.txt``,
-  ``DST/images/train/`` + ``DST/labels/train/*.txt`` (polygons; holes joined by zero-width bridges);
-- ``labelme``: ``DST/<image>.json`` next to a copy of each image.
+- ``yolo``: ``DST/data.yaml`` (``names``, ``train`` and ``val`` both ``images/train``, no ``path:`` so
+  Ultralytics finds the folders from any working directory), ``DST/classes.txt``, ``DST/images/train/`` +
+  ``DST/labels/train/*.txt`` (polygons; holes and separate parts joined by zero-width bridges, counted in
+  the notes: YOLO-seg has one polygon per object);
+- ``labelme``: ``DST/<image>.json`` next to a copy of each image (objects with holes as ``mask`` shapes).
 
+Polygons are exact by default (``polygon_tolerance=0``: filling them gives the source masks back); a
+tolerance ``t`` > 0 simplifies them, moving the boundary by at most ``t`` pixels.
 YOLO and LabelMe have no crowd regions: crowd annotations become ordinary objects (counted in the notes).
 """
 
@@ -53,12 +57,24 @@ def _unique_names(gt) -> dict[int, str]:
     return names
 
 
-def convert_dataset(src: str | os.PathLike, dst: str | os.PathLike, *, to: str, format: str | None = None) -> ConvertResult:
-    """Convert the dataset at ``src`` into ``dst`` (a folder, created; must be empty or absent)."""
+def convert_dataset(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    to: str,
+    format: str | None = None,
+    polygon_tolerance: float = 0.0,
+) -> ConvertResult:
+    """Convert the dataset at ``src`` into ``dst`` (a folder, created; must be empty or absent).
+
+    ``polygon_tolerance``: polygon simplification in pixels for YOLO and LabelMe (0 = exact).
+    """
     from masklab.structures.instances import Instances
 
     if to not in TARGETS:
         raise UsageError(f"--to must be one of {', '.join(TARGETS)}, found {to!r}")
+    if polygon_tolerance < 0:
+        raise UsageError(f"--polygon-tolerance must be >= 0 pixels (0 = exact), found {polygon_tolerance}")
     dst = Path(dst)
     if dst.exists() and any(dst.iterdir()):
         raise UsageError(f"{dst} is not empty: convert writes into a new or empty folder")
@@ -68,6 +84,7 @@ def convert_dataset(src: str | os.PathLike, dst: str | os.PathLike, *, to: str, 
     notes: list[str] = []
     n_inst = 0
     n_crowd = 0
+    n_joined = 0
     coco_images, coco_anns = [], []
     for image_id, img in gt.images.items():
         src_path = gt.image_path(image_id)
@@ -86,35 +103,33 @@ def convert_dataset(src: str | os.PathLike, dst: str | os.PathLike, *, to: str, 
             target = dst / "images" / "train" / names[image_id]
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src_path, target)
-            from masklab.io.formats.yolo import write_yolo
+            from masklab.io.formats.yolo import yolo_label
 
             plain = Instances(boxes=inst.boxes, masks=inst.masks, scores=inst.scores, class_ids=inst.class_ids,
                               labels=inst.labels, image_size=inst.image_size)
-            write_yolo(dst / "labels" / "train" / (Path(names[image_id]).stem + ".txt"), plain, class_names)
+            label = yolo_label(plain, class_names, tolerance=polygon_tolerance)
+            n_joined += label.joined
+            txt = dst / "labels" / "train" / (Path(names[image_id]).stem + ".txt")
+            atomic_write_text(txt, "".join(f"{ln}\n" for ln in label.lines))
         else:
             from masklab.io.formats.labelme import write_labelme
 
             target = dst / names[image_id]
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src_path, target)
-            write_labelme(target.with_suffix(".json"), inst, image_path=target)
+            write_labelme(target.with_suffix(".json"), inst, image_path=target, tolerance=polygon_tolerance)
     if to == "coco":
         cats = [{"id": cid, "name": name} for cid, name in gt.categories.items()]
         out = atomic_write_json(dst / "annotations.json", {"images": coco_images, "annotations": coco_anns, "categories": cats})
     elif to == "yolo":
-        from masklab.io.formats.yolo import write_yolo_classes
+        from masklab.io.formats.yolo import JOINED_PARTS_MESSAGE, write_yolo_classes, yolo_data_yaml
 
         write_yolo_classes(dst / "classes.txt", class_names)
-        names_yaml = "".join(f"  {i}: {_yaml_str(n)}\n" for i, n in enumerate(class_names))
-        out = atomic_write_text(dst / "data.yaml", f"path: .\ntrain: images/train\nval: images/train\nnames:\n{names_yaml}")
+        out = atomic_write_text(dst / "data.yaml", yolo_data_yaml(class_names, train="images/train"))
+        if n_joined:
+            notes.append(f"{n_joined} objects: {JOINED_PARTS_MESSAGE}")
     else:
         out = dst
     if n_crowd and to != "coco":
         notes.append(f"{n_crowd} crowd annotations became ordinary objects ({to} has no crowd regions)")
     return ConvertResult(out, len(gt.images), n_inst, notes)
-
-
-def _yaml_str(name: str) -> str:
-    import json
-
-    return json.dumps(name)  # a JSON string is a valid YAML scalar, quotes and all
