@@ -186,3 +186,21 @@ def test_labelme_label_map_equals_masklab_png_label_map(tmp_path):
     png_map = np.asarray(Image.open(tmp_path / "masks" / "x.semantic.png")).astype(np.int32)
     assert (png_map[45, 45], png_map[70, 70]) == (1, 2)  # the overlaps this test is about
     np.testing.assert_array_equal(labelme_map, png_map)
+
+
+def test_coco_results_boxes_are_rounded_and_load_in_pycocotools(tmp_path):
+    from pycocotools.coco import COCO
+
+    m = np.zeros((1, H, W), bool)
+    m[0, 10:40, 20:70] = True
+    inst = Instances(boxes=np.array([[20.1, 10.3, 69.488, 39.9]], np.float32), masks=m, scores=[0.87654321],
+                     class_ids=[1], labels=["ring"], image_size=(H, W))
+    writer = OutputWriter(tmp_path, model_name="t", viz="none", formats="coco", categories=["__background__", *CLASSES])
+    writer.write(stem="x", image_name="x.png", image=np.zeros((H, W, 3), np.uint8), instances=inst)
+    writer.finish(["x"])
+    text = (tmp_path / "coco_results.json").read_text()
+    results = json.loads(text)
+    assert results[0]["bbox"] == [20.1, 10.3, 49.388, 29.6]  # float32 20.1 printed as 20.100000381469727 before
+    assert "0000" not in text.split('"segmentation"')[0]
+    dt = COCO(str(tmp_path / "coco_images.json")).loadRes(str(tmp_path / "coco_results.json"))
+    assert dt.annToMask(dt.loadAnns(dt.getAnnIds(imgIds=[1]))[0]).sum() == m.sum()

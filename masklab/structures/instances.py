@@ -290,6 +290,8 @@ class Instances:
         """COCO results entries (``image_id, category_id, bbox [x, y, w, h], score, segmentation`` RLE).
 
         ``category_ids`` maps label to dataset category id; by default the model's own ``class_ids``.
+        Boxes are rounded to 1/1000 pixel and scores to 6 decimals, as in :meth:`to_dict` (the float32
+        values would otherwise print as ``99.48799896240234``).
         """
         from masklab.structures.masks import encode_rle
 
@@ -302,8 +304,8 @@ class Instances:
                 {
                     "image_id": image_id,
                     "category_id": cat,
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "score": float(self.scores[i]),
+                    "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                    "score": round(float(self.scores[i]), 6),
                     "segmentation": rles[i],
                 }
             )
