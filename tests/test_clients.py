@@ -204,3 +204,15 @@ def test_coco_results_boxes_are_rounded_and_load_in_pycocotools(tmp_path):
     assert "0000" not in text.split('"segmentation"')[0]
     dt = COCO(str(tmp_path / "coco_images.json")).loadRes(str(tmp_path / "coco_results.json"))
     assert dt.annToMask(dt.loadAnns(dt.getAnnIds(imgIds=[1]))[0]).sum() == m.sum()
+
+
+def test_convert_a_dataset_to_cvat_and_back_is_exact(coco_source, tmp_path):
+    from masklab.interop import read_cvat_xml
+
+    src, truth = coco_source
+    res = convert_dataset(src, tmp_path / "cvat", to="cvat")
+    got = {g.image_path.name: g for g in read_cvat_xml(res.path)}
+    assert set(got) == set(truth)
+    for name, (masks, labels) in truth.items():
+        assert list(got[name].instances.labels) == labels
+        np.testing.assert_array_equal(np.asarray(got[name].instances.masks), masks)

@@ -290,3 +290,27 @@ def test_read_run_gives_what_the_writer_wrote(tmp_path):
     assert to_cvat_xml(items).count("<polygon") == 3
     with pytest.raises(DatasetError, match="no per-image JSON"):
         read_run(tmp_path / "nothing")
+
+
+# -- the CLI: a run folder (predictions) or a dataset, for each tool -----------------------------------------
+@pytest.mark.parametrize("to", ["cvat", "cvat-coco", "labelstudio", "fiftyone"])
+def test_convert_cli_exports_a_run_for_each_tool(tmp_path, to):
+    from masklab.cli import main
+
+    run = tmp_path / "run"
+    writer = OutputWriter(run, model_name="t", viz="none", formats="json")
+    writer.write(stem="a", image_name="photos/a.png", image=np.zeros((H, W, 3), np.uint8), instances=scene())
+    (run / "run.json").write_text(json.dumps({"settings": {}}))
+    assert main(["convert", str(run), str(tmp_path / to), "--to", to, "--labelstudio-kind", "polygon"]) == 0
+    if to == "cvat":
+        got = read_cvat_xml(tmp_path / to / "annotations.xml")[0]
+        assert got.image_path.name == "a.png" and got.instances.labels == ("ring", "cat", "box")
+        assert got.instances.scores.tolist() == pytest.approx([0.91, 0.62, 0.33], abs=1e-4)
+    elif to == "labelstudio":
+        tasks = json.loads((tmp_path / to / "labelstudio_tasks.json").read_text())
+        assert {r["type"] for r in tasks[0]["predictions"][0]["result"]} == {"polygonlabels"}
+        assert (tmp_path / to / "labelstudio_config.xml").is_file()
+    else:
+        name = "annotations/instances_default.json" if to == "cvat-coco" else "labels.json"
+        doc = json.loads((tmp_path / to / name).read_text())
+        assert [a["score"] for a in doc["annotations"]] == [0.91, 0.62, 0.33]

@@ -1,4 +1,5 @@
-"""``masklab convert SRC DST --to coco|yolo|labelme``: any readable dataset into COCO, YOLO-seg or LabelMe.
+"""``masklab convert SRC DST --to FORMAT``: any readable dataset into COCO, YOLO-seg or LabelMe, and a
+dataset or a finished ``masklab segment`` run folder (its predictions) into files for annotation tools.
 
 The source is read with the dataset readers (:mod:`masklab.data.readers`) into
 :class:`~masklab.data.coco.CocoGroundTruth`; the targets are written with the format writers of
@@ -10,6 +11,18 @@ The source is read with the dataset readers (:mod:`masklab.data.readers`) into
   ``DST/labels/train/*.txt`` (polygons; holes and separate parts joined by zero-width bridges, counted in
   the notes: YOLO-seg has one polygon per object);
 - ``labelme``: ``DST/<image>.json`` next to a copy of each image (objects with holes as ``mask`` shapes).
+
+For annotation tools (:data:`TOOL_TARGETS`, :mod:`masklab.interop`; SRC may be a run folder, whose
+per-image JSON records give predictions with scores, or any dataset), no images are copied:
+
+- ``cvat``: ``DST/annotations.xml`` ("CVAT for images 1.1": polygons, masks for objects with holes);
+- ``cvat-coco``: ``DST/annotations/instances_default.json`` ("COCO 1.0");
+- ``labelstudio``: ``DST/labelstudio_tasks.json`` (brush RLE pre-annotations; ``--labelstudio-kind
+  polygon`` for polygons) + ``DST/labelstudio_config.xml``; ``--image-url-prefix`` goes before each
+  image file name;
+- ``fiftyone``: ``DST/labels.json`` (a COCO detection dataset with masks and scores).
+
+CVAT and Label Studio see each image by its file name; FiftyOne by its path as the run recorded it.
 
 Polygons are exact by default (``polygon_tolerance=0``: filling them gives the source masks back); a
 tolerance ``t`` > 0 simplifies them, moving the boundary by at most ``t`` pixels.
@@ -28,9 +41,11 @@ from masklab.data.readers import read_dataset
 from masklab.errors import UsageError
 from masklab.io.atomic import atomic_write_json, atomic_write_text
 
-__all__ = ["ConvertResult", "convert_dataset", "TARGETS"]
+__all__ = ["ConvertResult", "convert_dataset", "export_for_tool", "TARGETS", "TOOL_TARGETS"]
 
-TARGETS = ("coco", "yolo", "labelme")
+#: targets for annotation and dataset tools (no images copied; SRC may be a run folder)
+TOOL_TARGETS = ("cvat", "cvat-coco", "labelstudio", "fiftyone")
+TARGETS = ("coco", "yolo", "labelme", *TOOL_TARGETS)
 
 
 @dataclass
@@ -75,6 +90,8 @@ def convert_dataset(
         raise UsageError(f"--to must be one of {', '.join(TARGETS)}, found {to!r}")
     if polygon_tolerance < 0:
         raise UsageError(f"--polygon-tolerance must be >= 0 pixels (0 = exact), found {polygon_tolerance}")
+    if to in TOOL_TARGETS:
+        return export_for_tool(src, dst, to=to, format=format, polygon_tolerance=polygon_tolerance)
     dst = Path(dst)
     if dst.exists() and any(dst.iterdir()):
         raise UsageError(f"{dst} is not empty: convert writes into a new or empty folder")
@@ -133,3 +150,47 @@ def convert_dataset(
     if n_crowd and to != "coco":
         notes.append(f"{n_crowd} crowd annotations became ordinary objects ({to} has no crowd regions)")
     return ConvertResult(out, len(gt.images), n_inst, notes)
+
+
+def _tool_items(src: Path, format: str | None) -> tuple[list, list[str] | None, str]:
+    """``(items, class names or None, what)``: a run folder's predictions or a dataset's annotations."""
+    from masklab.interop import read_run
+
+    if src.is_dir() and (src / "run.json").is_file() and format is None:
+        return read_run(src), None, "predictions"
+    gt = to_ground_truth(read_dataset(src, format=format))
+    items = [(str(gt.image_path(i)), gt.instances(i)) for i in gt.images]
+    return items, list(gt.category_names), "annotations"
+
+
+def export_for_tool(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    to: str,
+    format: str | None = None,
+    polygon_tolerance: float = 0.0,
+    labelstudio_kind: str = "brush",
+    image_url_prefix: str = "",
+) -> ConvertResult:
+    """Write ``src`` (a run folder with ``run.json``, or a dataset) for the tool ``to`` (:data:`TOOL_TARGETS`)."""
+    from masklab import interop
+
+    if to not in TOOL_TARGETS:
+        raise UsageError(f"--to must be one of {', '.join(TOOL_TARGETS)} here, found {to!r}")
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and any(dst.iterdir()):
+        raise UsageError(f"{dst} is not empty: convert writes into a new or empty folder")
+    items, names, what = _tool_items(src, format)
+    by_name = [(Path(n).name, inst) for n, inst in items]
+    if to == "cvat":
+        out = interop.write_cvat_xml(dst / "annotations.xml", by_name, names, tolerance=polygon_tolerance)
+    elif to == "cvat-coco":
+        out = interop.write_cvat_coco(dst, by_name, names, tolerance=polygon_tolerance)
+    elif to == "labelstudio":
+        out = interop.write_labelstudio(dst, by_name, names, kind=labelstudio_kind, image_url_prefix=image_url_prefix,
+                                        tolerance=polygon_tolerance)[0]
+    else:
+        out = interop.write_fiftyone_dataset(dst, items, names)
+    n = sum(len(inst) for _, inst in items)
+    return ConvertResult(out, len(items), n, [f"wrote the {what} of {len(items)} images for {to}"])
