@@ -314,3 +314,26 @@ def test_convert_cli_exports_a_run_for_each_tool(tmp_path, to):
         name = "annotations/instances_default.json" if to == "cvat-coco" else "labels.json"
         doc = json.loads((tmp_path / to / name).read_text())
         assert [a["score"] for a in doc["annotations"]] == [0.91, 0.62, 0.33]
+
+
+@pytest.mark.parametrize("tool", ["labelstudio", "cvat"])
+def test_tool_exports_read_as_a_training_dataset(tmp_path, tool):
+    """A reviewed Label Studio export / CVAT XML is a dataset: detected, opened, masks as written."""
+    from PIL import Image
+
+    from masklab.data.dataset import open_dataset
+    from masklab.data.readers import detect_format
+
+    inst = scene()
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "a.png")
+    if tool == "labelstudio":
+        tasks = labelstudio_tasks([("a.png", inst)], image_url_prefix="/data/upload/1/")
+        (tmp_path / "export.json").write_text(json.dumps(_as_export(tasks)))
+    else:
+        write_cvat_xml(tmp_path / "annotations.xml", [("a.png", inst)])
+    assert detect_format(tmp_path) == tool
+    ds = open_dataset(tmp_path)
+    assert len(ds) == 1 and ds.class_names == ("ring", "cat", "box")
+    target = ds[0].target
+    assert target.labels == inst.labels
+    np.testing.assert_array_equal(np.asarray(target.masks), np.asarray(inst.masks))
