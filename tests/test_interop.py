@@ -337,3 +337,16 @@ def test_tool_exports_read_as_a_training_dataset(tmp_path, tool):
     target = ds[0].target
     assert target.labels == inst.labels
     np.testing.assert_array_equal(np.asarray(target.masks), np.asarray(inst.masks))
+
+
+def test_instances_html_table_for_notebooks():
+    html = scene()._repr_html_()
+    root = ET.fromstring(html)  # well-formed markup
+    rows = root.findall(".//tbody/tr")
+    assert [r[1].text for r in rows] == ["ring", "cat", "box"] and rows[0][2].text == "0.910"
+    assert "3 objects" in "".join(root.itertext())
+    many = Instances.cat([scene()] * 10)._repr_html_(max_rows=5)
+    assert many.count("<tr>") == 1 + 5 + 1 and "25 more" in many  # header, 5 rows, the "more" line
+    odd = Instances.from_masks(np.ones((1, 4, 4), bool), class_ids=[1], labels=["<b>&"])._repr_html_()
+    assert "&lt;b&gt;&amp;" in odd
+    assert "0 objects" in Instances.empty((4, 4))._repr_html_()
