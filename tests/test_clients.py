@@ -27,7 +27,7 @@ def _source_masks(seed: int):
     m[0] = (d < 26) & (d >= 11)  # ring with a hole
     m[1, 8:24, 80:100] = True
     m[1, 60:80, 100:120] = True  # second part of the same blob
-    m[2, 30:90, 90:95] = True  # sliver: 60 x 5 px
+    m[2] = (np.abs(xx - 0.5 * yy - 70) < 2.5) & (yy >= 30) & (yy < 90)  # a slanted sliver, 5 px wide
     m[3, 55:75, cx + 10 : cx + 35] = True  # overlaps the ring's lower right
     return m, ["ring", "blob", "sliver", "blob"]
 
@@ -216,3 +216,25 @@ def test_convert_a_dataset_to_cvat_and_back_is_exact(coco_source, tmp_path):
     for name, (masks, labels) in truth.items():
         assert list(got[name].instances.labels) == labels
         np.testing.assert_array_equal(np.asarray(got[name].instances.masks), masks)
+
+
+def test_convert_polygons_are_exact_by_default_and_tolerance_simplifies(coco_source, tmp_path):
+    """A 5-px sliver kept exactly by default (it went from 300 to fewer px with the old fixed 1-px
+    simplification); ``--polygon-tolerance`` still simplifies when asked."""
+    from masklab.cli import main
+
+    src, truth = coco_source
+    sliver = truth["im0.png"][0][2]
+    counts, ring_numbers = {}, {}
+    for flag in ([], ["--polygon-tolerance", "3"]):
+        out = tmp_path / f"lm{len(flag)}"
+        assert main(["convert", str(src), str(out), "--to", "labelme", *flag]) == 0
+        counts[len(flag)] = (_labelme_class_map(out / "im0.json") == CLASSES.index("sliver") + 1).sum()
+        if not flag:
+            assert counts[0] == sliver.sum()  # exact, as LabelMe itself paints it
+        assert main(["convert", str(src), str(tmp_path / f"y{len(flag)}"), "--to", "yolo", *flag]) == 0
+        ring_line = (tmp_path / f"y{len(flag)}" / "labels" / "train" / "im0.txt").read_text().splitlines()[0]
+        ring_numbers[len(flag)] = len(ring_line.split())
+    assert ring_numbers[2] < ring_numbers[0] / 2  # the ring's round contours, simplified when asked
+    with pytest.raises(SystemExit):
+        main(["convert", str(src), str(tmp_path / "bad"), "--to", "labelme", "--polygon-tolerance", "x"])
