@@ -128,7 +128,7 @@ def test_labelme_round_trip(run_dir):
     out, _, truth, _ = run_dir
     doc = json.loads((out / "labelme" / "a.json").read_text())
     assert doc["imageHeight"] == H and doc["imageData"] is None
-    assert any(s["flags"].get("hole") for s in doc["shapes"])  # the donut's hole
+    assert [s["shape_type"] for s in doc["shapes"] if s["label"] == "donut"] == ["mask"]  # the donut: hole kept exactly
     got = read_labelme(out / "labelme" / "a.json")
     path, inst = truth["a"]
     assert got.image_path.resolve() == path.resolve()
@@ -173,12 +173,12 @@ def test_yolo_round_trip(run_dir):
     out, _, truth, _ = run_dir
     classes = read_yolo_classes(out / "yolo" / "classes.txt")
     assert len(classes) == 80 and classes[0] == "person"
-    lines = (out / "yolo" / "a.txt").read_text().splitlines()
+    lines = (out / "yolo" / "labels" / "a.txt").read_text().splitlines()
     assert len(lines) == 4  # one line per object, parts and holes joined
     values = np.array([float(v) for v in lines[0].split()[1:]])
     assert values.min() >= 0 and values.max() <= 1
     path, inst = truth["a"]
-    got = read_yolo(out / "yolo" / "a.txt", class_names=out / "yolo" / "classes.txt", image_path=path)
+    got = read_yolo(out / "yolo" / "labels" / "a.txt", class_names=out / "yolo" / "classes.txt", image_path=path)
     assert got.image_path == path and got.class_names == classes
     assert got.instances.labels == inst.labels
     assert [got.class_names[c - 1] for c in got.instances.class_ids] == list(inst.labels)
@@ -280,7 +280,7 @@ def test_cli_save_flags_end_to_end(tmp_path, small_weights, capsys):
     assert len(read_labelme(out / "labelme" / "p.json").instances) >= 1
     classes = read_yolo_classes(out / "yolo" / "classes.txt")
     assert classes == ("class_1", "class_2", "class_3")
-    got = read_yolo(out / "yolo" / "p.txt", class_names=classes, image_size=(H, W))
+    got = read_yolo(out / "yolo" / "labels" / "p.txt", class_names=classes, image_size=(H, W))
     assert 1 <= len(got.instances) <= n  # objects too small for a polygon have no line
     assert set(got.instances.labels) <= set(classes)
     with open(out / "measurements.csv") as f:

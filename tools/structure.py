@@ -41,6 +41,7 @@ LAYERS = (
     ("structures",),
     ("visualize",),
     ("io",),
+    ("interop",),
     ("models",),
     ("export",),
     ("runtime",),

@@ -6,7 +6,7 @@ import sys
 
 #: The dataset formats the readers know: ``masklab.data.readers.FORMATS``, spelled out here so building the
 #: CLI parser does not import the data package (a test checks that the two agree).
-DATASET_FORMATS = ("coco", "via", "labelme", "voc", "yolo")
+DATASET_FORMATS = ("coco", "via", "labelme", "voc", "yolo", "labelstudio", "cvat")
 
 
 def add_parser(sub) -> None:

@@ -14,6 +14,10 @@ Formats (see :func:`detect_format`):
   ``JPEGImages/``; ``Annotations/*.xml`` give the object order and names when present.
 - ``yolo``: a YOLO-seg ``data.yaml`` (``names`` + ``train``/``val`` image folders) or a folder holding
   one; labels via :func:`masklab.io.formats.yolo.read_yolo`.
+- ``labelstudio``: a Label Studio JSON export (a list of tasks with ``annotations``); images looked up by
+  file name in ``images_dir`` (default: the JSON's folder). :func:`masklab.interop.read_labelstudio`.
+- ``cvat``: a "CVAT for images 1.1" XML (``annotations.xml``, or a folder holding it); images by name
+  relative to ``images_dir`` (default: the XML's folder). :func:`masklab.interop.read_cvat_xml`.
 
 Every reader returns a :class:`DatasetSource`: a COCO dict whose ``file_name`` are absolute paths, so
 training, evaluation, ``validate`` and ``convert`` all have one code path after reading.
@@ -33,7 +37,7 @@ from masklab.errors import DatasetError
 
 __all__ = ["DatasetSource", "FORMATS", "detect_format", "read_dataset"]
 
-FORMATS = ("coco", "via", "labelme", "voc", "yolo")
+FORMATS = ("coco", "via", "labelme", "voc", "yolo", "labelstudio", "cvat")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -80,6 +84,8 @@ def _json_kind(path: Path) -> str | None:
         return "via"
     if isinstance(data, dict) and data and all(isinstance(v, dict) and "regions" in v for v in data.values()):
         return "via"
+    if isinstance(data, list) and data and all(isinstance(t, dict) and "data" in t and "annotations" in t for t in data):
+        return "labelstudio"
     return None
 
 
@@ -95,13 +101,17 @@ def detect_format(path: str | os.PathLike) -> str:
             kind = _json_kind(p)
             if kind is not None:
                 return kind
-        raise DatasetError(f"{p}: not a COCO, VIA or LabelMe JSON, nor a YOLO data.yaml")
+        if p.suffix.lower() == ".xml":
+            return "cvat"
+        raise DatasetError(f"{p}: not a COCO, VIA, LabelMe or Label Studio JSON, a CVAT XML, nor a YOLO data.yaml")
     if (p / "data.yaml").is_file() or (p / "data.yml").is_file():
         return "yolo"
     if (p / "SegmentationObject").is_dir():
         return "voc"
     if (p / "via_region_data.json").is_file():
         return "via"
+    if (p / "annotations.xml").is_file():
+        return "cvat"
     jsons = sorted(p.glob("*.json"))
     kinds = {j: _json_kind(j) for j in jsons}
     if (p / "annotations.json").is_file() and kinds.get(p / "annotations.json") == "coco":
@@ -112,10 +122,12 @@ def detect_format(path: str | os.PathLike) -> str:
         return "coco"
     if sum(k == "via" for k in kinds.values()) == 1:
         return "via"
+    if sum(k == "labelstudio" for k in kinds.values()) == 1:
+        return "labelstudio"
     raise DatasetError(
         f"{p}: found no dataset. Expected a COCO JSON (or a folder with annotations.json), a VIA JSON "
         "(via_region_data.json), a folder of LabelMe JSON files, a Pascal VOC folder (SegmentationObject/, "
-        "SegmentationClass/, JPEGImages/) or a YOLO data.yaml"
+        "SegmentationClass/, JPEGImages/), a YOLO data.yaml, a Label Studio JSON export or a CVAT annotations.xml"
     )
 
 
@@ -124,7 +136,10 @@ def read_dataset(path: str | os.PathLike, *, format: str | None = None, **option
     fmt = format or detect_format(path)
     if fmt not in FORMATS:
         raise DatasetError(f"unknown dataset format {fmt!r}; known: {', '.join(FORMATS)}")
-    reader = {"coco": _read_coco, "via": _read_via, "labelme": _read_labelme, "voc": _read_voc, "yolo": _read_yolo}[fmt]
+    reader = {"coco": _read_coco, "via": _read_via, "labelme": _read_labelme, "voc": _read_voc, "yolo": _read_yolo,
+              "labelstudio": _read_tool_export, "cvat": _read_tool_export}[fmt]
+    if fmt in ("labelstudio", "cvat"):
+        options = {"fmt": fmt, **options}
     return reader(Path(path), **options)
 
 
@@ -290,6 +305,27 @@ def _read_labelme(path: Path) -> DatasetSource:
         for m, lab in zip(item.instances.masks, item.instances.labels):
             b.mask(image_id, lab, m)
     return b.done(path if path.is_dir() else path.parent, "labelme", path.name)
+
+
+# -- Label Studio and CVAT exports ------------------------------------------------------------------
+def _read_tool_export(path: Path, *, fmt: str, images_dir: str | os.PathLike | None = None) -> DatasetSource:
+    from masklab.interop import read_cvat_xml, read_labelstudio
+
+    if path.is_dir():
+        cands = [path / "annotations.xml"] if fmt == "cvat" else [j for j in sorted(path.glob("*.json")) if _json_kind(j) == fmt]
+        if len(cands) != 1 or not cands[0].is_file():
+            raise DatasetError(f"{path}: expected exactly one {fmt} export in the folder, found {len(cands)}")
+        path = cands[0]
+    folder = Path(images_dir) if images_dir is not None else path.parent
+    items = read_cvat_xml(path, images_dir=folder) if fmt == "cvat" else read_labelstudio(path, images_dir=folder)
+    b = _Builder(list(items[0].class_names) if items else None)
+    for item in items:
+        image_id = b.image(item.image_path, item.instances.image_size)
+        if not item.image_path.is_file():
+            b.problems.append(f"{path}: image {item.image_path.name!r} not found in {folder} (pass images_dir= / --images)")
+        for m, lab in zip(item.instances.masks, item.instances.labels):
+            b.mask(image_id, lab, m)
+    return b.done(path.parent, fmt, path.name)
 
 
 # -- Pascal VOC -------------------------------------------------------------------------------------

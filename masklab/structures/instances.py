@@ -177,6 +177,24 @@ class Instances:
         summary = ", ".join(f"{k}: {v}" for k, v in counts.items()) or "none"
         return f"Instances(num={len(self)}, image_size=({h}, {w}), classes={{{summary}}})"
 
+    def _repr_html_(self, max_rows: int = 20) -> str:
+        """Jupyter's view: a compact table (label, score, box, area) of the first ``max_rows`` objects."""
+        from html import escape
+
+        h, w = self.image_size
+        head = f"<b>Instances</b>: {len(self)} objects, image {h}&#215;{w}"
+        if not len(self):
+            return f"<div>{head}</div>"
+        areas = self.areas()
+        rows = "".join(
+            f"<tr><td>{k}</td><td>{escape(self.labels[k])}</td><td>{float(self.scores[k]):.3f}</td>"
+            f"<td>{', '.join(f'{float(v):.1f}' for v in self.boxes[k])}</td><td>{int(areas[k])}</td></tr>"
+            for k in range(min(len(self), max_rows))
+        )
+        more = f"<tr><td colspan='5'>&#8230; {len(self) - max_rows} more</td></tr>" if len(self) > max_rows else ""
+        cols = "".join(f"<th>{c}</th>" for c in ("#", "label", "score", "box x1, y1, x2, y2", "area px"))
+        return f"<div>{head}<table><thead><tr>{cols}</tr></thead><tbody>{rows}{more}</tbody></table></div>"
+
     @staticmethod
     def cat(items: Sequence[Instances]) -> Instances:
         """Concatenate instances of the same image size."""
@@ -290,6 +308,8 @@ class Instances:
         """COCO results entries (``image_id, category_id, bbox [x, y, w, h], score, segmentation`` RLE).
 
         ``category_ids`` maps label to dataset category id; by default the model's own ``class_ids``.
+        Boxes are rounded to 1/1000 pixel and scores to 6 decimals, as in :meth:`to_dict` (the float32
+        values would otherwise print as ``99.48799896240234``).
         """
         from masklab.structures.masks import encode_rle
 
@@ -302,8 +322,8 @@ class Instances:
                 {
                     "image_id": image_id,
                     "category_id": cat,
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "score": float(self.scores[i]),
+                    "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                    "score": round(float(self.scores[i]), 6),
                     "segmentation": rles[i],
                 }
             )

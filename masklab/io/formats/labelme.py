@@ -1,14 +1,21 @@
 """LabelMe JSON, one file per image: write predictions to correct them in LabelMe, read annotations back.
 
-Writing: every part of an object is a ``polygon`` shape; all shapes of one object share its
-``group_id`` (the per-image JSON's ``id``); a hole is a polygon with ``"flags": {"hole": true}`` in the
-same group (LabelMe has no holes; this reader honours the flag). The score goes in ``description``.
-Vertices are pixel indices ``[x, y]`` (see :mod:`masklab.structures.polygons`). ``imagePath`` is relative
-to the JSON file, ``imageData`` is null (LabelMe then opens the image from ``imagePath``).
+Writing: an object without holes becomes one ``polygon`` shape per part; an object with holes becomes
+one ``mask`` shape (LabelMe 5.5+: ``points`` = the inclusive box ``[[x1, y1], [x2, y2]]``, ``mask`` = a
+base64 PNG of the object's pixels in that box), because a LabelMe polygon cannot have a hole and
+LabelMe's own tools (``labelme.utils.shapes_to_label``) would paint it as object. All shapes of one
+object share its ``group_id`` (the instance's index). Objects are written lowest score first: LabelMe
+paints shapes in file order, later over earlier, so where objects overlap the higher score wins, as in
+masklab's PNG label maps. The score goes in ``description``. Vertices are pixel indices ``[x, y]`` (see
+:mod:`masklab.structures.polygons`). ``imagePath`` is relative to the JSON file, ``imageData`` is null
+(LabelMe then opens the image from ``imagePath``).
 
 Reading (:func:`read_labelme`, also a dataset reader for training): ``polygon``, ``rectangle``,
 ``circle`` and ``mask`` shapes become masks; shapes with the same ``label`` and non-null ``group_id``
-make one object; ``line``, ``linestrip`` and ``point`` shapes have no area and are skipped.
+make one object; ``line``, ``linestrip`` and ``point`` shapes have no area and are skipped. Objects come
+out in ``group_id`` order (integers first: masklab's own files give back the original order), then
+shapes without one in file order. Polygons flagged ``{"hole": true}`` (how earlier masklab versions
+wrote holes) are cut out of the object.
 """
 
 from __future__ import annotations
@@ -32,24 +39,45 @@ __all__ = ["to_labelme", "write_labelme", "read_labelme", "LABELME_VERSION"]
 LABELME_VERSION = "5.5.0"
 
 
-def to_labelme(instances: Instances, *, image_path: str, tolerance: float = 1.0) -> dict[str, Any]:
-    """The LabelMe document for one image; ``image_path`` as it should appear in ``imagePath``."""
+def _mask_shape(mask: np.ndarray) -> tuple[list[list[float]], str] | None:
+    """bool (H, W) -> (LabelMe ``points`` ``[[x1, y1], [x2, y2]]`` inclusive, base64 PNG of the crop)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    ys, xs = np.nonzero(mask)
+    if not len(ys):
+        return None
+    x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+    buf = io.BytesIO()
+    Image.fromarray(mask[y1 : y2 + 1, x1 : x2 + 1].astype(np.uint8)).save(buf, format="PNG")
+    return [[float(x1), float(y1)], [float(x2), float(y2)]], base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _object_shapes(instances: Instances, k: int, tolerance: float) -> list[dict[str, Any]]:
+    """The shapes of instance ``k``: a polygon per part, or one mask shape if any part has a hole."""
+    common = {"label": instances.labels[k], "group_id": k, "description": f"score={float(instances.scores[k]):.4f}", "flags": {}}
+    mask = np.asarray(instances.masks[k], bool)
+    parts = mask_to_polygons(mask, tolerance=tolerance)
+    if any(p.holes for p in parts):
+        box_crop = _mask_shape(mask)
+        return [{**common, "points": box_crop[0], "shape_type": "mask", "mask": box_crop[1]}] if box_crop else []
+    return [
+        {**common, "points": [[round(float(x), 2), round(float(y), 2)] for x, y in p.exterior], "shape_type": "polygon", "mask": None}
+        for p in parts
+    ]
+
+
+def to_labelme(instances: Instances, *, image_path: str, tolerance: float = 0.0) -> dict[str, Any]:
+    """The LabelMe document for one image; ``image_path`` as it should appear in ``imagePath``.
+
+    ``tolerance``: polygon simplification in pixels (0 = exact contours; mask shapes are always exact).
+    """
     h, w = instances.image_size
     shapes = []
-    for k in range(len(instances)):
-        for part in mask_to_polygons(instances.masks[k], tolerance=tolerance):
-            for r, ring in enumerate(part.rings()):
-                shapes.append(
-                    {
-                        "label": instances.labels[k],
-                        "points": [[round(float(x), 2), round(float(y), 2)] for x, y in ring],
-                        "group_id": k,
-                        "description": f"score={float(instances.scores[k]):.4f}",
-                        "shape_type": "polygon",
-                        "flags": {"hole": True} if r > 0 else {},
-                        "mask": None,
-                    }
-                )
+    for k in np.argsort(np.asarray(instances.scores), kind="stable").tolist():  # lowest score first (painted under)
+        shapes += _object_shapes(instances, k, tolerance)
     return {
         "version": LABELME_VERSION,
         "flags": {},
@@ -61,7 +89,7 @@ def to_labelme(instances: Instances, *, image_path: str, tolerance: float = 1.0)
     }
 
 
-def write_labelme(json_path: str | Path, instances: Instances, *, image_path: str | Path, tolerance: float = 1.0) -> Path:
+def write_labelme(json_path: str | Path, instances: Instances, *, image_path: str | Path, tolerance: float = 0.0) -> Path:
     """Write the LabelMe JSON for ``instances`` to ``json_path``; ``imagePath`` is made relative to it."""
     json_path = Path(json_path)
     image_path = Path(image_path)
@@ -143,7 +171,7 @@ def read_labelme(json_path: str | Path, *, class_names: Sequence[str] | None = N
         raise DatasetError(f"{json_path}: not a LabelMe JSON file with imageHeight/imageWidth/shapes ({e})") from None
     names = list(class_names) if class_names is not None else []
     groups: dict[Any, dict[str, list]] = {}
-    for s, shape in enumerate(shapes):
+    for s, shape in sorted(enumerate(shapes), key=lambda item: _object_order(item[1])):
         where = f"{json_path}: shape {s}"
         label = str(shape.get("label", ""))
         if not label:
@@ -180,6 +208,12 @@ def read_labelme(json_path: str | Path, *, class_names: Sequence[str] | None = N
         labels=labels,
     )
     return LabeledImage(json_path.parent / str(doc.get("imagePath") or ""), inst, tuple(names))
+
+
+def _object_order(shape: dict) -> tuple[int, int]:
+    """Sort key: shapes with an integer ``group_id`` first, by it; the rest keep file order (stable sort)."""
+    gid = shape.get("group_id")
+    return (0, gid) if isinstance(gid, int) and not isinstance(gid, bool) else (1, 0)
 
 
 def _attach_holes(parts: list[np.ndarray], holes: list[np.ndarray]) -> list[Polygon]:

@@ -6,7 +6,9 @@ side by side), and per format asked for:
 
 - ``png-masks``: ``masks/<stem>.instances.png`` (uint16 ids) and ``masks/<stem>.semantic.png`` (palette);
 - ``labelme``: ``labelme/<stem>.json``;
-- ``yolo``: ``yolo/<stem>.txt`` (and ``yolo/classes.txt`` for the run).
+- ``yolo``: a dataset Ultralytics trains on: ``yolo/images/<stem>.<ext>`` (the pixels the model saw),
+  ``yolo/labels/<stem>.txt``, and for the run ``yolo/data.yaml`` (``train``/``val`` = ``images``) and
+  ``yolo/classes.txt``.
 
 Per run (``finish``), from the per-image JSONs of every finished image, so a resumed run's run-level
 files cover images done before the kill too:
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from masklab.errors import UsageError
-from masklab.io.atomic import atomic_save_image, atomic_write_json
+from masklab.io.atomic import atomic_save_image, atomic_write_json, atomic_write_text
 from masklab.io.formats.common import class_list
 from masklab.structures.instances import Instances
 
@@ -152,8 +154,17 @@ class OutputWriter:
         if "labelme" in self.formats:
             paths.append(self.out_dir / "labelme" / f"{stem}.json")
         if "yolo" in self.formats:
-            paths.append(self.out_dir / "yolo" / f"{stem}.txt")
+            paths += [self.out_dir / "yolo" / "labels" / f"{stem}.txt", self._yolo_image(stem, None)]
         return paths
+
+    def _yolo_image(self, stem: str, image_name: str | None) -> Path:
+        """``yolo/images/<stem>.<ext>``: JPEG for JPEG sources (quality 95), PNG for the rest. ``image_name`` None: the file already written for ``stem`` (any extension)."""
+        folder = self.out_dir / "yolo" / "images"
+        if image_name is None:
+            found = [folder / f"{stem}{ext}" for ext in (".jpg", ".jpeg") if (folder / f"{stem}{ext}").is_file()]
+            return found[0] if found else folder / f"{stem}.png"
+        ext = Path(image_name).suffix.lower()
+        return folder / f"{stem}{ext if ext in ('.jpg', '.jpeg') else '.png'}"
 
     def write(self, *, stem: str, image_name: str, image: np.ndarray, instances: Instances) -> list[Path]:
         """Write the per-image files for one image (RGB uint8 (H, W, 3)); the JSON last, so its presence
@@ -175,7 +186,11 @@ class OutputWriter:
                 write_labelme(self.out_dir / "labelme" / f"{stem}.json", instances, image_path=image_name, tolerance=self.polygon_tolerance)
             )
         if "yolo" in self.formats:
-            written.append(write_yolo(self.out_dir / "yolo" / f"{stem}.txt", instances, self.class_names, tolerance=self.polygon_tolerance))
+            target = self._yolo_image(stem, image_name)
+            written.append(atomic_save_image(target, image, **({"quality": 95} if target.suffix != ".png" else {})))
+            written.append(
+                write_yolo(self.out_dir / "yolo" / "labels" / f"{stem}.txt", instances, self.class_names, tolerance=self.polygon_tolerance)
+            )
         written.append(atomic_write_json(self.json_path(stem), image_record(image_name, instances, self.model_name)))
         return written
 
@@ -187,7 +202,7 @@ class OutputWriter:
         JSONs. Returns the paths."""
         from masklab.io.formats.coco import write_coco
         from masklab.io.formats.measurements import write_measurements_csv
-        from masklab.io.formats.yolo import write_yolo_classes
+        from masklab.io.formats.yolo import write_yolo_classes, yolo_data_yaml
 
         written: list[Path] = []
         if not {"coco", "csv"} & set(self.formats) and "yolo" not in self.formats:
@@ -201,4 +216,6 @@ class OutputWriter:
             )
         if "yolo" in self.formats:
             written.append(write_yolo_classes(self.out_dir / "yolo" / "classes.txt", self.class_names))
+            yaml = yolo_data_yaml(self.class_names, train="images")
+            written.append(atomic_write_text(self.out_dir / "yolo" / "data.yaml", yaml))
         return written

@@ -4,6 +4,13 @@ A line is ``class_index x1 y1 x2 y2 ...``: the class's 0-based index in ``classe
 vertices normalised by the image width and height (pixel index / W, / H, in [0, 1]). One line per object:
 its parts and holes are joined into a single ring by zero-width bridges, as Ultralytics' own COCO
 converter does, so filling the ring (``cv2.fillPoly``, as Ultralytics does) restores the holes.
+YOLO-seg has one polygon per object (a format limit): an object in several parts becomes one ring whose
+parts are joined by bridges; it fills to the same pixels, but a polygon editor shows one shape.
+:func:`write_yolo` warns (:class:`JoinedPartsWarning`) when that happens.
+
+:func:`yolo_data_yaml` is the dataset's ``data.yaml``. It has no ``path:`` key: Ultralytics resolves a
+relative ``path`` against the *current directory*, while without one it uses the yaml's own folder, so
+``yolo segment train data=/abs/DST/data.yaml`` works from any working directory.
 
 The reader (:func:`read_yolo`, also a dataset reader for training) also accepts detection lines
 ``class cx cy w h`` (exactly four numbers) and turns them into box-shaped masks.
@@ -11,8 +18,11 @@ The reader (:func:`read_yolo`, also a dataset reader for training) also accepts 
 
 from __future__ import annotations
 
+import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,35 +32,85 @@ from masklab.io.formats.common import LabeledImage
 from masklab.structures.instances import Instances
 from masklab.structures.polygons import join_rings, mask_to_polygons
 
-__all__ = ["yolo_lines", "write_yolo", "write_yolo_classes", "read_yolo_classes", "read_yolo", "find_yolo_image"]
+__all__ = [
+    "YoloLabel",
+    "JoinedPartsWarning",
+    "JOINED_PARTS_MESSAGE",
+    "yolo_label",
+    "yolo_lines",
+    "write_yolo",
+    "write_yolo_classes",
+    "yolo_data_yaml",
+    "read_yolo_classes",
+    "read_yolo",
+    "find_yolo_image",
+]
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
+JOINED_PARTS_MESSAGE = (
+    "YOLO-seg holds one polygon per object: objects in several parts were each joined into one ring by "
+    "zero-width bridges (filled, they give the same pixels; a polygon editor shows them as one shape)"
+)
 
-def yolo_lines(instances: Instances, class_names: Sequence[str], *, tolerance: float = 1.0) -> list[str]:
+
+class JoinedPartsWarning(UserWarning):
+    """An object with several separate parts was written as one joined YOLO-seg polygon."""
+
+
+class YoloLabel(NamedTuple):
+    """One image's YOLO-seg label: ``lines`` (one per object) and ``joined``, how many of those objects
+    had several parts joined into one ring."""
+
+    lines: list[str]
+    joined: int
+
+
+def yolo_label(instances: Instances, class_names: Sequence[str], *, tolerance: float = 0.0) -> YoloLabel:
     """One YOLO-seg line per instance (objects whose polygon is empty, e.g. 1-2 pixel dots, are skipped).
 
-    ``class_names``: the class list (``classes.txt``); every label must be in it.
+    ``class_names``: the class list (``classes.txt``); every label must be in it. ``tolerance``: polygon
+    simplification in pixels (0 = exact contours).
     """
     index = {n: i for i, n in enumerate(class_names)}
     h, w = instances.image_size
-    lines = []
+    lines, joined = [], 0
     for k in range(len(instances)):
         label = instances.labels[k]
         if label not in index:
             raise ValueError(f"YOLO export: label {label!r} is not in the class list ({len(class_names)} classes)")
-        ring = join_rings(mask_to_polygons(instances.masks[k], tolerance=tolerance))
+        parts = mask_to_polygons(instances.masks[k], tolerance=tolerance)
+        ring = join_rings(parts)
         if len(ring) < 3:
             continue
+        joined += len(parts) > 1
         xy = ring / np.array([w, h], np.float64)
         lines.append(" ".join([str(index[label]), *(f"{v:.6f}" for v in xy.reshape(-1))]))
-    return lines
+    return YoloLabel(lines, joined)
 
 
-def write_yolo(txt_path: str | Path, instances: Instances, class_names: Sequence[str], *, tolerance: float = 1.0) -> Path:
-    """Write the YOLO-seg label file for one image (an empty file when nothing was found)."""
-    lines = yolo_lines(instances, class_names, tolerance=tolerance)
-    return atomic_write_text(txt_path, "".join(f"{ln}\n" for ln in lines))
+def yolo_lines(instances: Instances, class_names: Sequence[str], *, tolerance: float = 0.0) -> list[str]:
+    """The lines of :func:`yolo_label`."""
+    return yolo_label(instances, class_names, tolerance=tolerance).lines
+
+
+def write_yolo(txt_path: str | Path, instances: Instances, class_names: Sequence[str], *, tolerance: float = 0.0) -> Path:
+    """Write the YOLO-seg label file for one image (an empty file when nothing was found).
+
+    Warns with :class:`JoinedPartsWarning` (one message per process, by Python's default filter) when an
+    object in several parts had to be joined into one polygon.
+    """
+    label = yolo_label(instances, class_names, tolerance=tolerance)
+    if label.joined:
+        warnings.warn(JOINED_PARTS_MESSAGE, JoinedPartsWarning, stacklevel=2)
+    return atomic_write_text(txt_path, "".join(f"{ln}\n" for ln in label.lines))
+
+
+def yolo_data_yaml(class_names: Sequence[str], *, train: str = "images/train", val: str | None = None) -> str:
+    """The ``data.yaml`` text of a YOLO-seg dataset: ``train``/``val`` folders relative to the yaml's own
+    folder and ``names``. No ``path:`` key (Ultralytics would resolve it against the current directory)."""
+    names = "".join(f"  {i}: {json.dumps(n)}\n" for i, n in enumerate(class_names))  # JSON strings are YAML scalars
+    return f"train: {train}\nval: {val or train}\nnames:\n{names}"
 
 
 def write_yolo_classes(path: str | Path, class_names: Sequence[str]) -> Path:
