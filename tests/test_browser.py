@@ -20,7 +20,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-
 from conftest import make_scene
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)

@@ -229,8 +229,9 @@ def test_matterport_port_maps_onto_the_trace(tmp_path):
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium)")
 def test_page_loads_in_headless_chromium(demo_trace, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra has it)")
-    from masklab.explain import write_explanation
     from test_browser import FLAGS
+
+    from masklab.explain import write_explanation
 
     result = write_explanation(demo_trace, tmp_path / "page")
     errors: list[str] = []

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
+from conftest import make_scene  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from masklab.serve import ServeSettings, create_app  # noqa: E402
 from masklab.settings import LOW_SCORE_THRESH, InferenceSettings  # noqa: E402
 from masklab.structures.instances import Instances  # noqa: E402
-from conftest import make_scene  # noqa: E402
 
 SIZES = {"min_size": 128, "max_size": 192}  # smaller than conftest.SMALL: many forward passes here
 MAX_BODY = 300_000
