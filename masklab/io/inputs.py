@@ -17,6 +17,7 @@ from typing import IO
 
 from masklab.errors import ImageLoadError, UsageError
 from masklab.io.images import IMAGE_SUFFIXES
+from masklab.io.planes import Plane
 
 __all__ = ["InputItem", "UrlLimits", "expand_inputs", "fetch_url", "is_url"]
 
@@ -39,6 +40,7 @@ class InputItem:
     path: Path
     stem: str
     url: str | None = None
+    plane: Plane | None = None  # one plane (or window) of a stack file; ``stem`` is then the plane's own
 
     @property
     def source(self) -> str:
@@ -53,7 +55,9 @@ def is_url(text: str) -> bool:
 def _scan(folder: Path, recursive: bool) -> list[Path]:
     it = folder.rglob("*") if recursive else folder.iterdir()
     # Directories named like images are listed too: loading them fails with a clear per-file error.
-    return sorted(p for p in it if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(
+        p for p in it if (p.suffix.lower() in IMAGE_SUFFIXES or p.name.lower().endswith(".nii.gz")) and not p.name.startswith(".")
+    )
 
 
 def _read_list(stream: IO[str]) -> list[str]:
@@ -97,14 +101,23 @@ def expand_inputs(
             unique.append((p, url, key))
     counts: dict[str, int] = {}
     for p, _, _ in unique:
-        counts[p.stem] = counts.get(p.stem, 0) + 1
+        counts[_stem(p)] = counts.get(_stem(p), 0) + 1
     items = []
     for p, url, key in unique:
-        stem = p.stem or "image"
-        if counts[p.stem] > 1:
+        stem = _stem(p)
+        if counts[_stem(p)] > 1:
             stem = f"{stem}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
         items.append(InputItem(p, stem, url))
     return items
+
+
+def _stem(p: Path) -> str:
+    """The output stem: the name without its suffix (both of ``.nii.gz``, ``.ome.tif``)."""
+    name = p.name
+    for double in (".nii.gz", ".ome.tif", ".ome.tiff"):
+        if name.lower().endswith(double):
+            return name[: -len(double)] or "image"
+    return p.stem or "image"
 
 
 def _expand_one(raw: str, recursive: bool, allow_urls: bool, *, missing_ok: bool) -> list[tuple[Path, str | None]]:

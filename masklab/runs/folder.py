@@ -61,7 +61,7 @@ def _counts_from_record(rec: dict[str, Any]) -> dict[str, int]:
 
 
 def _prepare(
-    item: InputItem, *, writer: OutputWriter, skip: bool, max_pixels: int | None, url_limits: UrlLimits
+    item: InputItem, *, writer: OutputWriter, skip: bool, max_pixels: int | None, url_limits: UrlLimits, read_options=None
 ) -> Prepared:
     """Runs in the decode pool: either "already done" (with counts), a decoded image, or a reason."""
     t0 = time.perf_counter()
@@ -76,7 +76,7 @@ def _prepare(
         if item.url is not None:
             image = load_image(fetch_url(item.url, limits=url_limits), name=item.url, max_pixels=max_pixels)
         else:
-            image = load_image(item.path, name=str(item.path), max_pixels=max_pixels)
+            image = load_image(item.path, name=str(item.path), max_pixels=max_pixels, options=read_options, plane=item.plane)
     except ImageLoadError as e:
         return Prepared(t0, error=one_line(e))
     except Exception as e:  # a batch never dies on one bad item
@@ -89,7 +89,7 @@ def write_result(
 ) -> ImageResult:
     """Runs in the writer pool: RLE, measurements, overlays and the atomic writes for one image."""
     try:
-        writer.write(stem=item.stem, image_name=item.source, image=image.array, instances=inst)
+        writer.write(stem=item.stem, image_name=item.source, image=image.array, instances=inst, meta=image.meta)
     except Exception as e:
         return ImageResult(item, error=f"{item.source}: writing outputs failed ({one_line(e)})")
     return ImageResult(
@@ -216,6 +216,7 @@ def run_segment(
     keep_instances: bool = False,
     max_pixels: int | None = None,
     url_limits: UrlLimits | None = None,
+    read_options=None,
 ) -> RunSummary:
     """Segment ``items`` with ``segmenter`` into ``out_dir`` (per-image files via ``writer``, default an
     :class:`OutputWriter` with overlay style(s) ``viz``), then ``summary.csv`` and ``run.json``.
@@ -231,6 +232,8 @@ def run_segment(
             with the number of images; for small runs and the demo).
         max_pixels: pixel cap per image (default ``$MASKLAB_MAX_PIXELS`` or 100 MP).
         url_limits: size/time limits for URL items.
+        read_options: :class:`~masklab.io.planes.ReadOptions` (channels, intensity window, NIfTI axis) for
+            stacks; items of stack files carry their plane (:func:`masklab.io.stacks.expand_planes`).
     """
     from tqdm.auto import tqdm
 
@@ -242,7 +245,8 @@ def run_segment(
     ledger = RunLedger.open(out, {**segmenter.settings(), "viz": viz, **(extra_settings or {})}, skip_existing=skip_existing)
     ledger.start(images=len(items))
     show = (len(items) > 1) if progress is None else progress
-    prepare = partial(_prepare, writer=writer, skip=ledger.resume, max_pixels=max_pixels, url_limits=url_limits or UrlLimits())
+    prepare = partial(_prepare, writer=writer, skip=ledger.resume, max_pixels=max_pixels, url_limits=url_limits or UrlLimits(),
+                      read_options=read_options)
     t_run = time.perf_counter()
     with tqdm(total=len(items), desc="segment", unit="img", disable=not show, file=sys.stderr, smoothing=0.1) as bar:
         pipeline = _Pipeline(segmenter, writer, len(items), batch_size=batch_size, workers=workers, keep=keep_instances, bar=bar)
