@@ -21,7 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from masklab.errors import ImageLoadError
-from masklab.io.planes import ImageMeta, PixelSize, Plane, ReadOptions, StackInfo, channels_to_rgb, normalize_unit, plane_to_uint8
+from masklab.io.planes import (
+    ImageMeta,
+    PixelSize,
+    Plane,
+    ReadOptions,
+    StackInfo,
+    channels_to_rgb,
+    normalize_unit,
+    plane_to_uint8,
+)
 from masklab.optional import require
 
 __all__ = ["probe_geotiff", "read_geotiff_window", "geo_windows", "GEO_WINDOW", "GEO_OVERLAP"]

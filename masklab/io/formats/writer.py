@@ -229,9 +229,8 @@ class OutputWriter:
         JSONs. Returns the paths."""
         from masklab.io.formats.coco import write_coco
         from masklab.io.formats.measurements import write_measurements_csv
-        from masklab.io.formats.yolo import write_yolo_classes
-
         from masklab.io.formats.stacks import STACK_FORMATS, write_stacks
+        from masklab.io.formats.yolo import write_yolo_classes
 
         written: list[Path] = []
         if set(STACK_FORMATS) & set(self.formats) or self.stitch_3d is not None:
