@@ -14,7 +14,7 @@ _EXTRA = {"onnx": "masklab[onnx]", "onnxruntime": "masklab[onnx]", "openvino": "
           "matplotlib": "masklab[plot]", "ray": "masklab[ray]", "fastapi": "masklab[serve]", "uvicorn": "masklab[serve]",
           "filterpy": "masklab[track]", "scipy": "masklab[track]", "motmetrics": "masklab[track]",
           **{m: "masklab[formats]" for m in ("tifffile", "roifile", "pydicom", "nibabel", "rasterio", "pyproj", "shapely",
-                                             "geopandas", "pyogrio")}}
+                                             "geopandas", "pyogrio", "highdicom")}}
 
 
 def require(module: str) -> ModuleType:

@@ -43,7 +43,8 @@ def add_parser(sub) -> None:
         help="comma-separated: json (always written), coco (run's coco_results.json), png-masks (id + class label "
         "maps), labelme, yolo (YOLO-seg + classes.txt), csv (measurements.csv); per input file (stacks put back "
         "together): label-tiff (instance ids, pixel size kept; Fiji/napari), imagej-roi (Fiji ROI Manager zip), "
-        "nifti (label volume with the scan's affine; 3D Slicer), geojson (WGS84), gpkg (raster CRS; QGIS) (default: json)",
+        "nifti (label volume with the scan's affine; 3D Slicer), dicom-seg (DICOM Segmentation), geojson (WGS84), "
+        "gpkg (raster CRS; QGIS) (default: json)",
     )
     g.add_argument("--px-per-unit", type=float, default=None, metavar="PX", help="calibration for measurements.csv: pixels per unit of length (adds area_<unit>2, perimeter_<unit>)")
     g.add_argument("--unit", default="mm", help="unit name for --px-per-unit (default: mm)")

@@ -19,6 +19,7 @@ packages that decode it.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,8 @@ from masklab.optional import require
 
 __all__ = ["probe_dicom", "read_dicom_plane", "dicom_pixel_size"]
 
-#: pydicom's plugin names -> what to pip install
-_PIP = {"gdcm": "python-gdcm", "pylibjpeg": "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg", "pyjpegls": "pyjpegls",
-        "pillow": "pillow"}
+#: pydicom's requirement names -> the pip package, where they differ
+_PIP = {"gdcm": "python-gdcm"}
 
 
 def _read_header(path: Path, name: str):
@@ -106,8 +106,12 @@ def _check_decoder(ds, name: str) -> None:
 
 
 def _install_line(requirement: str) -> str:
-    plugin = requirement.split(" - ", 1)[0].strip()
-    return f"pip install {_PIP.get(plugin, plugin)}"
+    """pydicom's ``"pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-openjpeg>=2.0"`` -> ``"pip install
+    pylibjpeg pylibjpeg-openjpeg"`` (GDCM's wheel is ``python-gdcm``)."""
+    plugin, _, needs = requirement.partition(" - requires ")
+    names = [re.split(r"[<>=!~ ]", n.strip(), maxsplit=1)[0] for n in needs.split(" and ") if n.strip()]
+    names = [_PIP.get(n, n) for n in names if n and n != "numpy"] or [_PIP.get(plugin.strip(), plugin.strip())]
+    return f"pip install {' '.join(names)}"
 
 
 def _grey_to_uint8(arr: np.ndarray, ds, options: ReadOptions) -> tuple[np.ndarray, dict[str, Any]]:

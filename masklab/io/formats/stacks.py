@@ -8,6 +8,7 @@ are read back in plane order and streamed into the asked outputs, one file at a 
 - ``imagej-roi``: ``rois/<stem>.zip`` (:mod:`.imagej_roi`);
 - ``nifti``: ``nifti/<stem>.nii.gz`` for NIfTI inputs (:mod:`.nifti_labels`);
 - ``geojson`` / ``gpkg``: ``geo/<stem>.geojson`` / ``.gpkg`` for georeferenced inputs (:mod:`.geo`);
+- ``dicom-seg``: ``dicom-seg/<stem>.dcm`` for DICOM inputs (:mod:`.dicom_seg`, highdicom);
 - with ``stitch_3d``: ``<stem>.objects3d.csv`` (one row per 3-D object: planes, voxels, volume).
 
 Object ids are the same in all of them: numbered through the stack in plane order (1..N), or the 3-D
@@ -33,7 +34,7 @@ from masklab.structures.instances import Instances
 
 __all__ = ["STACK_FORMATS", "write_stacks", "group_stems"]
 
-STACK_FORMATS = ("label-tiff", "imagej-roi", "nifti", "geojson", "gpkg")
+STACK_FORMATS = ("label-tiff", "imagej-roi", "nifti", "geojson", "gpkg", "dicom-seg")
 
 
 def group_stems(stems: Sequence[str], read: Callable[[str], dict[str, Any]]) -> dict[str, list[tuple[int, str]]]:
@@ -165,6 +166,34 @@ class _GeoLabels:
         return [self.path]
 
 
+class _DicomSeg:
+    def __init__(self, out: Path, g: _Group) -> None:
+        self.path, self.g = out / "dicom-seg" / f"{g.stem}.dcm", g
+        self.frames: dict[int, dict[str, np.ndarray]] = {}
+        self.labels: list[str] = []
+
+    def add(self, index, rec, inst, ids, labels) -> None:
+        by_label = self.frames.setdefault(index, {})
+        for k, label in enumerate(inst.labels):
+            bitmap, x0, y0 = inst.mask_crop(k)
+            m = by_label.setdefault(label, np.zeros(inst.image_size, bool))
+            m[y0 : y0 + bitmap.shape[0], x0 : x0 + bitmap.shape[1]] |= bitmap
+            if label not in self.labels:
+                self.labels.append(label)
+
+    def close(self) -> list[Path]:
+        from masklab.io.formats.dicom_seg import write_dicom_seg
+
+        if not self.labels:
+            warnings.warn(f"{self.g.source}: not written: dicom-seg (no objects found: a Segmentation needs a segment)", stacklevel=3)
+            return []
+        try:
+            return [write_dicom_seg(self.path, self.g.source, self.frames, self.labels)]
+        except (ValueError, AttributeError, KeyError, TypeError) as e:  # highdicom's checks of the source image
+            warnings.warn(f"{self.g.source}: not written: dicom-seg ({str(e).splitlines()[0] if str(e) else type(e).__name__})", stacklevel=3)
+            return []
+
+
 class _Objects3d:
     def __init__(self, out: Path, g: _Group) -> None:
         self.path, self.g = out / f"{g.stem}.objects3d.csv", g
@@ -197,11 +226,18 @@ def _sinks(out: Path, g: _Group, formats: set[str], stitch: float | None) -> lis
     sinks: list = []
     skipped = []
     if "label-tiff" in formats:
-        sinks.append(_GeoLabels(out, g) if g.georef is not None else _LabelTiff(out, g))
+        if g.georef is not None:
+            sinks.append(_GeoLabels(out, g))
+        elif g.kind == "geotiff" and g.count > 1:
+            skipped.append("label-tiff (a raster read by windows without a CRS)")
+        else:
+            sinks.append(_LabelTiff(out, g))
     if "imagej-roi" in formats:
         sinks.append(_Rois(out, g))
     if "nifti" in formats:
         (sinks.append(_Nifti(out, g)) if g.kind == "nifti" else skipped.append("nifti (not a NIfTI input)"))
+    if "dicom-seg" in formats:
+        (sinks.append(_DicomSeg(out, g)) if g.kind == "dicom" else skipped.append("dicom-seg (not a DICOM input)"))
     geo = formats & {"geojson", "gpkg"}
     if geo:
         (sinks.append(_Geo(out, g, geo)) if g.georef is not None else skipped.append(f"{'/'.join(sorted(geo))} (no georeferencing)"))

@@ -47,7 +47,8 @@ __all__ = ["OutputWriter", "image_record", "FORMATS", "DEFAULT_FORMATS", "parse_
 OVERLAY_MAX_SIDE = 4096
 
 #: Every ``--save`` format. ``json`` is always written (the other files are rebuilt from it).
-FORMATS = ("json", "coco", "png-masks", "labelme", "yolo", "csv", "label-tiff", "imagej-roi", "nifti", "geojson", "gpkg")
+FORMATS = ("json", "coco", "png-masks", "labelme", "yolo", "csv", "label-tiff", "imagej-roi", "nifti", "geojson", "gpkg",
+           "dicom-seg")
 DEFAULT_FORMATS = ("json",)
 
 
