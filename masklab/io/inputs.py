@@ -47,6 +47,13 @@ class InputItem:
         """What the user gave: the URL or the path, as a string (used in results and error lists)."""
         return self.url if self.url is not None else str(self.path)
 
+    @property
+    def label(self) -> str:
+        """``source``, with the plane of a stack (``cells.tif [plane 3]``): one name per row in summaries."""
+        if self.plane is None or self.plane.count == 1:
+            return self.source
+        return f"{self.source} [{'window' if self.plane.window is not None else 'plane'} {self.plane.index}]"
+
 
 def is_url(text: str) -> bool:
     return "://" in text and urllib.parse.urlsplit(text).scheme.lower() in ("http", "https", "ftp", "file", "data")
