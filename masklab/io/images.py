@@ -14,7 +14,8 @@ Everything becomes RGB uint8 (H, W, 3), EXIF-upright (orientations 1-8 applied).
   when it has one (else Pillow's conversion); 16-bit integer data are scaled by the 16-bit range
   (``v * 255 / 65535``, as Pillow does for 16-bit RGB); float data in [0, 1] are scaled by 255, other
   float ranges are stretched min..max to 0..255. Nothing is clipped.
-- **Multi-frame** files (animated GIF/WebP) give their first frame.
+- **Multi-frame** files (animated GIF/WebP; multi-page TIFF when tifffile is not installed) give their
+  first frame.
 - **Scientific files** (needs ``pip install 'masklab[formats]'``): stacks and OME-TIFF (tifffile),
   DICOM (pydicom, magic ``DICM`` at byte 128), NIfTI (nibabel, ``.nii`` header or gzipped) and GeoTIFF
   (rasterio) are chosen by content too and read by their modules (:mod:`masklab.io.tiff_stack`,
@@ -51,13 +52,11 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "max_pixels",
     "probe_stack",
-    "STACK_SUFFIXES",
 ]
 
 #: File suffixes treated as images when a folder is scanned (the content decides what is accepted).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm", ".nii")
-#: Suffixes of the scientific formats (``.gz`` only as ``.nii.gz``).
-STACK_SUFFIXES = (".dcm", ".nii", ".nii.gz", ".ome.tif", ".ome.tiff")
+#: (``.nii.gz`` files are scanned too: :func:`masklab.io.inputs.expand_inputs` looks at both suffixes.)
 #: Formats that may be decoded, detected from the content.
 ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "DICOM", "NIFTI")
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -260,11 +259,9 @@ def _scientific_kind(formats: tuple[str, ...], head: bytes, path: Path | None) -
         return formats[0].lower()
     if formats[0] != "TIFF" or path is None:
         return None
-    from masklab.io.tiff_stack import is_geotiff, tiff_needs_stack_reader
+    from masklab.io.tiff_stack import tiff_route
 
-    if is_geotiff(path):
-        return "geotiff"
-    return "tiff" if tiff_needs_stack_reader(path) else None
+    return tiff_route(path)
 
 
 def _read_scientific(kind: str, path: Path | None, name: str, cap: int, options: ReadOptions | None, plane: Plane | None) -> LoadedImage:

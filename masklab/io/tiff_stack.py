@@ -37,7 +37,7 @@ from masklab.io.planes import (
 )
 from masklab.optional import require
 
-__all__ = ["probe_tiff", "read_tiff_plane", "tiff_needs_stack_reader", "tiff_pixel_size", "is_geotiff", "plain_tiff_meta", "GEO_TAGS"]
+__all__ = ["probe_tiff", "read_tiff_plane", "tiff_route", "tiff_pixel_size", "plain_tiff_meta", "GEO_TAGS"]
 
 #: GeoTIFF tags (ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory)
 GEO_TAGS = (33550, 33922, 34264, 34735)
@@ -78,22 +78,31 @@ def _open(path: Path, name: str):
         raise ImageLoadError(f"{name}: corrupt TIFF ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
-def tiff_needs_stack_reader(path: Path) -> bool:
-    """True when a TIFF has more than one plane, an OME or ImageJ header, a channel axis or a dtype
-    Pillow cannot read: those go through tifffile; plain single-image TIFFs keep Pillow's reader."""
+def tiff_route(path: Path) -> str | None:
+    """Which reader a TIFF needs, from one look at its header: ``"geotiff"`` (GeoTIFF tags, and rasterio is
+    installed), ``"tiff"`` (more than one plane, an OME or ImageJ header, a channel axis, or a dtype
+    Pillow cannot read: tifffile), or None (a plain single image: Pillow, as before; also when tifffile
+    is missing or the header is broken, so Pillow's reader gives its one-line reason)."""
     try:
         tifffile = require("tifffile")
     except ImportError:
-        return False
+        return None
     try:
         with tifffile.TiffFile(path) as tif:
+            if any(t in tif.pages[0].tags for t in GEO_TAGS):
+                try:
+                    require("rasterio")
+                    return "geotiff"
+                except ImportError:
+                    pass
             if tif.is_ome or tif.is_imagej or len(tif.series) == 0:
-                return True
+                return "tiff"
             series = tif.series[0]
             lay = _Layout(series, str(path))
-            return lay.count > 1 or lay.c_pos >= 0 or series.dtype not in (np.uint8, np.uint16) or lay.n_samples not in (1, 3, 4)
+            stack = lay.count > 1 or lay.c_pos >= 0 or series.dtype not in (np.uint8, np.uint16) or lay.n_samples not in (1, 3, 4)
+            return "tiff" if stack else None
     except Exception:  # broken files: let Pillow's reader give its one-line reason
-        return False
+        return None
 
 
 def _ome_pixel_size(tif) -> PixelSize | None:
@@ -216,20 +225,6 @@ def _read_channels(tif, lay: _Layout, index: int, chans: list[int] | None, name:
 
 def _notes(lay: _Layout, chans: list[int] | None) -> dict[str, Any]:
     return {"planes": lay.count, "channels": "RGB samples" if chans is None else chans}
-
-
-def is_geotiff(path: Path) -> bool:
-    """True when the first page carries GeoTIFF tags and rasterio is installed (it reads those)."""
-    try:
-        tifffile = require("tifffile")
-        require("rasterio")
-    except ImportError:
-        return False
-    try:
-        with tifffile.TiffFile(path) as tif:
-            return any(t in tif.pages[0].tags for t in GEO_TAGS)
-    except Exception:  # broken files: the regular readers report them
-        return False
 
 
 def plain_tiff_meta(path: Path) -> ImageMeta | None:
