@@ -13,7 +13,9 @@ __all__ = ["require"]
 _EXTRA = {"onnx": "masklab[onnx]", "onnxruntime": "masklab[onnx]", "openvino": "masklab[openvino]",
           "matplotlib": "masklab[plot]", "ray": "masklab[ray]", "fastapi": "masklab[serve]", "uvicorn": "masklab[serve]",
           "filterpy": "masklab[track]", "scipy": "masklab[track]", "motmetrics": "masklab[track]",
-          "supervision": "masklab[supervision]", "fiftyone": "fiftyone"}
+          "supervision": "masklab[supervision]", "fiftyone": "fiftyone",
+          **{m: "masklab[formats]" for m in ("tifffile", "roifile", "pydicom", "nibabel", "rasterio", "pyproj", "shapely",
+                                             "geopandas", "pyogrio", "highdicom")}}
 
 
 def require(module: str) -> ModuleType:

@@ -41,7 +41,10 @@ def add_parser(sub) -> None:
         default="json",
         metavar="FORMATS",
         help="comma-separated: json (always written), coco (run's coco_results.json), png-masks (id + class label "
-        "maps), labelme, yolo (YOLO-seg + classes.txt), csv (measurements.csv) (default: json)",
+        "maps), labelme, yolo (YOLO-seg + classes.txt), csv (measurements.csv); per input file (stacks put back "
+        "together): label-tiff (instance ids, pixel size kept; Fiji/napari), imagej-roi (Fiji ROI Manager zip), "
+        "nifti (label volume with the scan's affine; 3D Slicer), dicom-seg (DICOM Segmentation), geojson (WGS84), "
+        "gpkg (raster CRS; QGIS) (default: json)",
     )
     g.add_argument("--px-per-unit", type=float, default=None, metavar="PX", help="calibration for measurements.csv: pixels per unit of length (adds area_<unit>2, perimeter_<unit>)")
     g.add_argument("--unit", default="mm", help="unit name for --px-per-unit (default: mm)")
@@ -49,6 +52,7 @@ def add_parser(sub) -> None:
     g.add_argument("--overlay-full-size", action="store_true",
                    help="draw overlays of huge images at full size (default: images over 4096 px are drawn at 4096 px)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_science_arguments(p)
     g = p.add_argument_group("inputs and limits")
     g.add_argument("--allow-urls", action="store_true", help="accept http(s):// inputs (downloaded with the limits below)")
     g.add_argument("--url-max-mb", type=float, default=50.0, help="largest download per URL in MB (default: 50)")
@@ -75,6 +79,29 @@ def add_parser(sub) -> None:
     g.add_argument("--end", type=float, default=None, metavar="SEC", help="stop at this time in seconds (default: the end)")
     _add_tracking_arguments(p)
     p.set_defaults(run=run)
+
+
+def _add_science_arguments(p) -> None:
+    g = p.add_argument_group("stacks, DICOM, NIfTI, GeoTIFF (pip install \"masklab[formats]\")")
+    g.add_argument("--planes", default=None, metavar="LIST", help="planes of stacks to segment, 0-based, e.g. 0,3-5 (default: all)")
+    g.add_argument("--channels", default=None, metavar="C[,C,C]",
+                   help="channels (TIFF) or bands (GeoTIFF), 0-based: one = grey, up to 3 = R,G,B (default: the file's RGB, or channels 0-2)")
+    g.add_argument("--window", default=None, metavar="CENTER,WIDTH",
+                   help="intensity window for DICOM and NIfTI, in the file's units after rescale (e.g. 40,400 for CT soft tissue; "
+                   "default: the DICOM file's first window, NIfTI's 1-99 %% percentiles)")
+    g.add_argument("--axis", default=None, metavar="0|1|2",
+                   help="NIfTI voxel axis the volume is sliced across (i, j, k = 0, 1, 2; default: 2)")
+    g.add_argument("--stitch-3d", type=float, default=None, metavar="IOU",
+                   help="join objects on neighbouring planes that overlap by IoU >= this into one 3-D object id "
+                   "(label-tiff, imagej-roi, nifti ids; DIR/<name>.objects3d.csv with volumes)")
+
+
+def _read_options(args):
+    """The ReadOptions of --planes/--channels/--window/--axis (bad values fail here)."""
+    from masklab.io.planes import ReadOptions, parse_axis, parse_channels, parse_planes, parse_window
+
+    return ReadOptions(planes=parse_planes(args.planes), channels=parse_channels(args.channels),
+                       window=parse_window(args.window), axis=parse_axis(args.axis))
 
 
 def _add_tracking_arguments(p) -> None:
@@ -165,6 +192,8 @@ def _writer_options(args) -> dict:
     }
     if getattr(args, "overlay_full_size", False):  # only when asked: earlier runs' settings stay the same
         options["overlay_max_side"] = 0
+    if getattr(args, "stitch_3d", None) is not None:
+        options["stitch_3d"] = args.stitch_3d
     return options
 
 
@@ -187,8 +216,14 @@ def _report(summary, n: int, out: str, runtime=None) -> int:
 def _segment_images(args, items, seg, writer_kwargs: dict, progress: bool | None) -> int:
     from masklab.io.formats.writer import OutputWriter
     from masklab.io.inputs import UrlLimits
+    from masklab.io.planes import ReadOptions
+    from masklab.io.stacks import expand_planes
     from masklab.runs import run_segment
 
+    read = _read_options(args)
+    items = expand_planes(items, options=read, max_pixels=args.max_pixels)
+    # only when set: earlier runs' settings fingerprints stay the same
+    read_settings = {"read": read.to_json()} if read != ReadOptions() else {}
     summary = run_segment(
         items,
         args.out,
@@ -196,7 +231,8 @@ def _segment_images(args, items, seg, writer_kwargs: dict, progress: bool | None
         viz=tuple(writer_kwargs["viz"]) or None,
         # categories: the class list of yolo, the categories of coco
         writer=OutputWriter(args.out, model_name=seg.spec.name, categories=seg.spec.categories, **writer_kwargs),
-        extra_settings=writer_kwargs,
+        extra_settings={**writer_kwargs, **read_settings},
+        read_options=read,
         progress=progress,
         batch_size=args.batch_size,
         workers=args.workers,
@@ -244,6 +280,7 @@ def run(args) -> int:
         print("masklab: no images found in the inputs", file=sys.stderr)
         return 2
     writer_kwargs = _writer_options(args)
+    _read_options(args)  # bad --planes/--channels/--window/--axis: fail before the model loads
     progress = False if args.no_progress else None
     if args.engine == "ray":  # the actors build the model; this process builds none
         return _report(segment_on_ray(args, items, settings, writer_kwargs=writer_kwargs, progress=progress), len(items), args.out)

@@ -14,7 +14,14 @@ Everything becomes RGB uint8 (H, W, 3), EXIF-upright (orientations 1-8 applied).
   when it has one (else Pillow's conversion); 16-bit integer data are scaled by the 16-bit range
   (``v * 255 / 65535``, as Pillow does for 16-bit RGB); float data in [0, 1] are scaled by 255, other
   float ranges are stretched min..max to 0..255. Nothing is clipped.
-- **Multi-frame** files (animated GIF/WebP, multi-page TIFF) give their first frame.
+- **Multi-frame** files (animated GIF/WebP; multi-page TIFF when tifffile is not installed) give their
+  first frame.
+- **Scientific files** (needs ``pip install 'masklab[formats]'``): stacks and OME-TIFF (tifffile),
+  DICOM (pydicom, magic ``DICM`` at byte 128), NIfTI (nibabel, ``.nii`` header or gzipped) and GeoTIFF
+  (rasterio) are chosen by content too and read by their modules (:mod:`masklab.io.tiff_stack`,
+  :mod:`masklab.io.dicom`, :mod:`masklab.io.nifti`, :mod:`masklab.io.geotiff`); ``plane=`` picks one
+  plane of a stack (default plane 0), ``options=`` the channels and intensity window, and the result's
+  ``meta`` carries the pixel size. Plain single-image TIFFs keep Pillow's reader (plus their pixel size).
 - **Broken files** (empty, truncated, bad checksum, garbage) raise :class:`~masklab.errors.ImageLoadError`
   with a one-line reason. Process-wide Pillow settings (``ImageFile.LOAD_TRUNCATED_IMAGES``,
   ``Image.MAX_IMAGE_PIXELS``) are never changed.
@@ -33,6 +40,8 @@ from typing import Any
 import numpy as np
 
 from masklab.errors import ImageLoadError, UsageError
+from masklab.io.planes import ImageMeta, Plane, ReadOptions, StackInfo
+from masklab.io.planes import scale_to_uint8 as _scale_to_uint8
 
 __all__ = [
     "LoadedImage",
@@ -42,12 +51,14 @@ __all__ = [
     "ALLOWED_FORMATS",
     "DEFAULT_MAX_PIXELS",
     "max_pixels",
+    "probe_stack",
 ]
 
 #: File suffixes treated as images when a folder is scanned (the content decides what is accepted).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm", ".nii")
+#: (``.nii.gz`` files are scanned too: :func:`masklab.io.inputs.expand_inputs` looks at both suffixes.)
 #: Formats that may be decoded, detected from the content.
-ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "DICOM", "NIFTI")
 DEFAULT_MAX_PIXELS = 100_000_000
 _NEUTRAL_GREY = (128, 128, 128)
 
@@ -62,7 +73,7 @@ _MAGIC: tuple[tuple[bytes, tuple[str, ...]], ...] = (
     (b"II*\x00", ("TIFF",)),
     (b"MM\x00*", ("TIFF",)),
 )
-_SNIFF_BYTES = 16
+_SNIFF_BYTES = 4096  # DICOM's magic is at byte 128, NIfTI-1's at 344 (of the gunzipped bytes for .nii.gz)
 
 
 def max_pixels() -> int:
@@ -79,10 +90,31 @@ def max_pixels() -> int:
     return cap
 
 
+def _is_nifti(head: bytes) -> bool:
+    if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
+        return struct.unpack("<i", head[:4])[0] == 348 or struct.unpack(">i", head[:4])[0] == 348
+    return len(head) >= 8 and head[4:8] in (b"n+2\x00",) and struct.unpack("<i", head[:4])[0] in (540,)
+
+
 def sniff_format(head: bytes) -> tuple[str, ...] | None:
-    """The Pillow format name(s) the first bytes of a file announce, or None if not on the allowlist."""
+    """The format name(s) the first bytes of a file announce (Pillow's names, plus ``DICOM`` and ``NIFTI``
+    when the head is long enough: 132 and 348 bytes), or None if not on the allowlist. A gzip head is
+    looked into for a NIfTI header."""
     if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return ("WEBP",)
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return ("DICOM",)
+    if _is_nifti(head):
+        return ("NIFTI",)
+    if head[:2] == b"\x1f\x8b":
+        import gzip
+        import zlib
+
+        try:
+            inner = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 348)
+        except (zlib.error, gzip.BadGzipFile):
+            inner = b""
+        return ("NIFTI",) if _is_nifti(inner) else None
     for magic, fmts in _MAGIC:
         if head.startswith(magic):
             return fmts
@@ -121,6 +153,7 @@ class LoadedImage:
     array: np.ndarray
     name: str
     path: Path | None = None
+    meta: ImageMeta | None = None  # pixel size, plane of a stack (scientific readers and TIFF resolution tags)
 
     @property
     def size_hw(self) -> tuple[int, int]:
@@ -142,24 +175,6 @@ def _from_array(arr: np.ndarray, name: str) -> LoadedImage:
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ImageLoadError(f"{name}: empty image of shape {a.shape}")
     return LoadedImage(np.ascontiguousarray(a), name)
-
-
-def _scale_to_uint8(a: np.ndarray, *, sixteen_bit: bool) -> np.ndarray:
-    """Map one high-depth channel to uint8 without clipping (see the module docstring for the rule)."""
-    a = a.astype(np.float64, copy=False)
-    finite = np.isfinite(a)
-    if not finite.all():
-        a = np.where(finite, a, 0.0)
-    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-    if sixteen_bit and lo >= 0 and hi <= 65535:
-        a = a * (255.0 / 65535.0)
-    elif not sixteen_bit and lo >= 0 and hi <= 1.0:
-        a = a * 255.0
-    elif hi > lo:
-        a = (a - lo) * (255.0 / (hi - lo))
-    else:
-        a = np.zeros_like(a)
-    return np.round(a).astype(np.uint8)
 
 
 def _cmyk_to_rgb(img):
@@ -219,22 +234,90 @@ def _rgb_pixels(img) -> np.ndarray:
     return out
 
 
-def _open_bytes(data: bytes | None, path: Path | None, name: str, cap: int) -> LoadedImage:
-    from PIL import Image, UnidentifiedImageError
-
+def _head(data: bytes | None, path: Path | None, name: str) -> bytes:
     if data is not None:
-        head = data[:_SNIFF_BYTES]
-    else:
-        try:
-            with open(path, "rb") as f:  # type: ignore[arg-type]
-                head = f.read(_SNIFF_BYTES)
-        except OSError as e:
-            raise ImageLoadError(f"{name}: cannot read ({e.strerror or e})") from None
+        return data[:_SNIFF_BYTES]
+    try:
+        with open(path, "rb") as f:  # type: ignore[arg-type]
+            return f.read(_SNIFF_BYTES)
+    except OSError as e:
+        raise ImageLoadError(f"{name}: cannot read ({e.strerror or e})") from None
+
+
+def _formats(head: bytes, name: str) -> tuple[str, ...]:
     formats = sniff_format(head)
     if formats is None:
         raise ImageLoadError(
             f"{name}: not an allowed image format (found {_describe_head(head)}; expected {', '.join(ALLOWED_FORMATS)})"
         )
+    return formats
+
+
+def _scientific_kind(formats: tuple[str, ...], head: bytes, path: Path | None) -> str | None:
+    """``"dicom"``, ``"nifti"``, ``"geotiff"``, ``"tiff"`` (a stack for tifffile) or None (Pillow reads it)."""
+    if formats[0] in ("DICOM", "NIFTI"):
+        return formats[0].lower()
+    if formats[0] != "TIFF" or path is None:
+        return None
+    from masklab.io.tiff_stack import tiff_route
+
+    return tiff_route(path)
+
+
+def _read_scientific(kind: str, path: Path | None, name: str, cap: int, options: ReadOptions | None, plane: Plane | None) -> LoadedImage:
+    if path is None:
+        raise ImageLoadError(f"{name}: {kind.upper()} is read from a file path, not from bytes")
+    from masklab.errors import MissingDependencyError
+    from masklab.io import dicom, geotiff, nifti, tiff_stack
+
+    read = {"dicom": dicom.read_dicom_plane, "nifti": nifti.read_nifti_plane, "geotiff": geotiff.read_geotiff_window,
+            "tiff": tiff_stack.read_tiff_plane}[kind]
+    try:
+        arr, meta = read(path, name=name, plane=plane, options=options or ReadOptions(), cap=cap)
+    except MissingDependencyError as e:
+        raise ImageLoadError(f"{name}: {kind.upper()} needs an optional package: {e}") from None
+    except MemoryError:
+        raise ImageLoadError(f"{name}: out of memory while decoding") from None
+    return LoadedImage(arr, name, path, meta)
+
+
+def probe_stack(path: str | os.PathLike, *, options: ReadOptions | None = None, max_pixels: int | None = None) -> StackInfo | None:
+    """What a stack file holds (planes, plane size, pixel size) from its header, or None for an image that
+    is not a stack (JPEG, PNG, a plain TIFF, ...). Raises :class:`ImageLoadError` for unreadable files."""
+    path = Path(path)
+    name = str(path)
+    cap = _resolve_cap(max_pixels)
+    head = _head(None, path, name)
+    formats = sniff_format(head)
+    if formats is None:
+        return None
+    kind = _scientific_kind(formats, head, path)
+    if kind is None:
+        return None
+    from masklab.errors import MissingDependencyError
+    from masklab.io import dicom, geotiff, nifti, tiff_stack
+
+    opts = options or ReadOptions()
+    try:
+        if kind == "geotiff":
+            return geotiff.probe_geotiff(path, name=name, options=opts, cap=cap)
+        probe = {"dicom": dicom.probe_dicom, "nifti": nifti.probe_nifti, "tiff": tiff_stack.probe_tiff}[kind]
+        return probe(path, name=name, options=opts)
+    except MissingDependencyError as e:
+        raise ImageLoadError(f"{name}: {kind.upper()} needs an optional package: {e}") from None
+
+
+def _open_bytes(data: bytes | None, path: Path | None, name: str, cap: int, options: ReadOptions | None = None,
+                plane: Plane | None = None) -> LoadedImage:
+    from PIL import Image, UnidentifiedImageError
+
+    head = _head(data, path, name)
+    formats = _formats(head, name)
+    kind = _scientific_kind(formats, head, path)
+    if kind is not None:
+        return _read_scientific(kind, path, name, cap, options, plane)
+    if formats[0] in ("DICOM", "NIFTI"):
+        raise ImageLoadError(f"{name}: {formats[0]} is read from a file path, not from bytes")
     src: Any = io.BytesIO(data) if data is not None else path
     try:
         # formats= limits Pillow to the decoder the magic bytes named: nothing else gets to parse the file.
@@ -266,10 +349,16 @@ def _open_bytes(data: bytes | None, path: Path | None, name: str, cap: int) -> L
         # Pillow's decoders report malformed data with any of these; all mean "this file is broken".
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ImageLoadError(f"{name}: corrupt or truncated {formats[0]} ({reason})") from None
-    return LoadedImage(arr, name, path)
+    meta = None
+    if formats[0] == "TIFF" and path is not None:
+        from masklab.io.tiff_stack import plain_tiff_meta
+
+        meta = plain_tiff_meta(path)
+    return LoadedImage(arr, name, path, meta)
 
 
-def load_image(source: Any, *, name: str | None = None, max_pixels: int | None = None) -> LoadedImage:
+def load_image(source: Any, *, name: str | None = None, max_pixels: int | None = None,
+               options: ReadOptions | None = None, plane: Plane | None = None) -> LoadedImage:
     """Load a path, bytes, ``PIL.Image``, numpy array (H, W, 3) uint8 RGB, or a :class:`LoadedImage`.
 
     Args:
@@ -277,6 +366,9 @@ def load_image(source: Any, *, name: str | None = None, max_pixels: int | None =
         name: the display name used in error messages and results (default: the path).
         max_pixels: refuse files whose header declares more pixels (default: ``$MASKLAB_MAX_PIXELS``
             or 100 MP). Applies to paths and bytes; arrays and PIL images are already decoded.
+        options: channels and intensity window for stacks, DICOM, NIfTI and GeoTIFF (:class:`ReadOptions`).
+        plane: which plane (or window) of a stack file (:func:`masklab.io.stacks.expand_planes` makes
+            them); default plane 0.
 
     Returns: a :class:`LoadedImage` with ``array`` RGB uint8 (H, W, 3), EXIF orientation applied.
     Raises: :class:`~masklab.errors.ImageLoadError` with a one-line reason.
@@ -295,7 +387,7 @@ def load_image(source: Any, *, name: str | None = None, max_pixels: int | None =
             raise ImageLoadError(f"{label}: no such file")
         if not path.is_file():
             raise ImageLoadError(f"{label}: not a regular file ({'a directory' if path.is_dir() else 'special file'})")
-        return _open_bytes(None, path, label, cap)
+        return _open_bytes(None, path, label, cap, options, plane)
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover

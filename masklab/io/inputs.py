@@ -17,6 +17,7 @@ from typing import IO
 
 from masklab.errors import ImageLoadError, UsageError
 from masklab.io.images import IMAGE_SUFFIXES
+from masklab.io.planes import Plane
 
 __all__ = ["InputItem", "UrlLimits", "expand_inputs", "fetch_url", "is_url"]
 
@@ -40,6 +41,7 @@ class InputItem:
     stem: str
     url: str | None = None
     error: str | None = None  # known to fail before loading (a folder under -r that cannot be listed)
+    plane: Plane | None = None  # one plane (or window) of a stack file; ``stem`` is then the plane's own
 
     @property
     def source(self) -> str:
@@ -47,6 +49,13 @@ class InputItem:
         a file name that are not UTF-8 are shown as ``\\xff`` escapes, so CSV and JSON can always hold it."""
         text = self.url if self.url is not None else str(self.path)
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+    @property
+    def label(self) -> str:
+        """``source``, with the plane of a stack (``cells.tif [plane 3]``): one name per row in summaries."""
+        if self.plane is None or self.plane.count == 1:
+            return self.source
+        return f"{self.source} [{'window' if self.plane.window is not None else 'plane'} {self.plane.index}]"
 
 
 def is_url(text: str) -> bool:
@@ -59,7 +68,9 @@ def _scan(folder: Path, recursive: bool) -> list[Path]:
     except PermissionError as e:
         raise UsageError(f"cannot list the folder {folder}: {e.strerror}; check its permissions") from None
     # Directories named like images are listed too: loading them fails with a clear per-file error.
-    return sorted(p for p in it if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(
+        p for p in it if (p.suffix.lower() in IMAGE_SUFFIXES or p.name.lower().endswith(".nii.gz")) and not p.name.startswith(".")
+    )
 
 
 def _unreadable_subfolders(folder: Path) -> list[tuple[Path, str]]:
@@ -116,14 +127,23 @@ def expand_inputs(
             unique.append((p, url, key))
     counts: dict[str, int] = {}
     for p, _, _ in unique:
-        counts[p.stem] = counts.get(p.stem, 0) + 1
+        counts[_stem(p)] = counts.get(_stem(p), 0) + 1
     items = []
     for p, url, key in unique:
-        stem = p.stem or "image"
-        if counts[p.stem] > 1:
+        stem = _stem(p)
+        if counts[_stem(p)] > 1:
             stem = f"{stem}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
         items.append(InputItem(p, stem, url))
     return items + failed
+
+
+def _stem(p: Path) -> str:
+    """The output stem: the name without its suffix (both of ``.nii.gz``, ``.ome.tif``)."""
+    name = p.name
+    for double in (".nii.gz", ".ome.tif", ".ome.tiff"):
+        if name.lower().endswith(double):
+            return name[: -len(double)] or "image"
+    return p.stem or "image"
 
 
 def _expand_one(raw: str, recursive: bool, allow_urls: bool, *, missing_ok: bool) -> list[tuple[Path, str | None]]:

@@ -61,7 +61,7 @@ def _counts_from_record(rec: dict[str, Any]) -> dict[str, int]:
 
 
 def _prepare(
-    item: InputItem, *, writer: OutputWriter, skip: bool, max_pixels: int | None, url_limits: UrlLimits
+    item: InputItem, *, writer: OutputWriter, skip: bool, max_pixels: int | None, url_limits: UrlLimits, read_options=None
 ) -> Prepared:
     """Runs in the decode pool: either "already done" (with counts), a decoded image, or a reason."""
     t0 = time.perf_counter()
@@ -78,7 +78,7 @@ def _prepare(
         if item.url is not None:
             image = load_image(fetch_url(item.url, limits=url_limits), name=item.url, max_pixels=max_pixels)
         else:
-            image = load_image(item.path, name=str(item.path), max_pixels=max_pixels)
+            image = load_image(item.path, name=str(item.path), max_pixels=max_pixels, options=read_options, plane=item.plane)
     except ImageLoadError as e:
         return Prepared(t0, error=one_line(e))
     except Exception as e:  # a batch never dies on one bad item
@@ -91,7 +91,7 @@ def write_result(
 ) -> ImageResult:
     """Runs in the writer pool: RLE, measurements, overlays and the atomic writes for one image."""
     try:
-        writer.write(stem=item.stem, image_name=item.source, image=image.array, instances=inst)
+        writer.write(stem=item.stem, image_name=item.source, image=image.array, instances=inst, meta=image.meta)
     except Exception as e:
         return ImageResult(item, error=f"{item.source}: writing outputs failed ({one_line(e)})")
     return ImageResult(
@@ -238,6 +238,7 @@ def run_segment(
     keep_instances: bool = False,
     max_pixels: int | None = None,
     url_limits: UrlLimits | None = None,
+    read_options=None,
 ) -> RunSummary:
     """Segment ``items`` with ``segmenter`` into ``out_dir`` (per-image files via ``writer``, default an
     :class:`OutputWriter` with overlay style(s) ``viz``), then ``summary.csv`` and ``run.json``.
@@ -253,6 +254,8 @@ def run_segment(
             with the number of images; for small runs and the demo).
         max_pixels: pixel cap per image (default ``$MASKLAB_MAX_PIXELS`` or 100 MP).
         url_limits: size/time limits for URL items.
+        read_options: :class:`~masklab.io.planes.ReadOptions` (channels, intensity window, NIfTI axis) for
+            stacks; items of stack files carry their plane (:func:`masklab.io.stacks.expand_planes`).
 
     Raises :class:`~masklab.runs.ledger.FolderBusyError` when another run holds ``out_dir``'s lock, and
     :class:`~masklab.runs.ledger.UnwrittenError` (exit 1, every failed image listed) when the summary
@@ -266,17 +269,19 @@ def run_segment(
     with folder_lock(out):  # a second run into the same folder is refused, not raced
         return _run_locked(items, out, segmenter, writer, viz=viz, progress=progress, extra_settings=extra_settings,
                            batch_size=batch_size, workers=workers, skip_existing=skip_existing,
-                           keep_instances=keep_instances, max_pixels=max_pixels, url_limits=url_limits)
+                           keep_instances=keep_instances, max_pixels=max_pixels, url_limits=url_limits,
+                           read_options=read_options)
 
 
 def _run_locked(items, out: Path, segmenter, writer: OutputWriter, *, viz, progress, extra_settings, batch_size: int,
-                workers: int, skip_existing, keep_instances: bool, max_pixels, url_limits) -> RunSummary:
+                workers: int, skip_existing, keep_instances: bool, max_pixels, url_limits, read_options) -> RunSummary:
     from tqdm.auto import tqdm
 
     ledger = RunLedger.open(out, {**segmenter.settings(), "viz": viz, **(extra_settings or {})}, skip_existing=skip_existing)
     ledger.start(images=len(items))
     show = (len(items) > 1) if progress is None else progress
-    prepare = partial(_prepare, writer=writer, skip=ledger.resume, max_pixels=max_pixels, url_limits=url_limits or UrlLimits())
+    prepare = partial(_prepare, writer=writer, skip=ledger.resume, max_pixels=max_pixels, url_limits=url_limits or UrlLimits(),
+                      read_options=read_options)
     if hasattr(segmenter, "plan"):  # backend auto: a long run may prepare the fast path after its first image
         segmenter.plan(images=len(items))
     t_run = time.perf_counter()

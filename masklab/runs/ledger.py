@@ -224,10 +224,10 @@ def summary_csv(results: Sequence[ImageResult]) -> str:
     w.writerow(["image", "status", "instances", *classes, "error"])
     for r in results:
         if r.error is not None:
-            w.writerow([r.item.source, "failed", "", *([""] * len(classes)), r.error])
+            w.writerow([r.item.label, "failed", "", *([""] * len(classes)), r.error])
         else:
             status = "skipped" if r.skipped else "ok"
-            w.writerow([r.item.source, status, r.n_instances, *(r.counts.get(c, 0) for c in classes), ""])
+            w.writerow([r.item.label, status, r.n_instances, *(r.counts.get(c, 0) for c in classes), ""])
     return buf.getvalue()
 
 
@@ -298,7 +298,7 @@ class RunLedger:
             "succeeded": len(ok),
             "processed": processed,
             "skipped": len(ok) - processed,
-            "failed": [{"image": r.item.source, "error": r.error} for r in results if r.error is not None],
+            "failed": [{"image": r.item.label, "error": r.error} for r in results if r.error is not None],
             "timings": _timings(results, summary.seconds),
             **(extra or {}),
         }

@@ -14,7 +14,15 @@ Per run (``finish``), from the per-image JSONs of every finished image, so a res
 files cover images done before the kill too:
 
 - ``coco``: ``coco_results.json`` + ``coco_images.json`` (pycocotools ``COCO(...).loadRes(...)``);
-- ``csv``: ``measurements.csv`` (one row per object; calibrated columns with ``px_per_unit``).
+- ``csv``: ``measurements.csv`` (one row per object; calibrated columns with ``px_per_unit`` or the
+  file's own pixel size);
+- ``label-tiff``, ``imagej-roi``, ``nifti``, ``geojson``, ``gpkg``: one file per input file, its planes
+  put back together (:mod:`masklab.io.formats.stacks`).
+
+Physical units: when the image's reader found a pixel size (OME, ImageJ, TIFF resolution in cm, DICOM
+PixelSpacing, NIfTI zooms, a projected GeoTIFF), or ``px_per_unit`` is given (it wins), the per-image
+JSON has ``"pixel_size": {"x", "y", "z", "unit", "source"}`` and every instance ``area_<unit>2`` and
+``perimeter_<unit>`` (anisotropic pixels: the contours measured with their real x and y spacing).
 
 Thread-safety: ``write`` for distinct stems may run concurrently (no shared mutable state; each file
 is written atomically).
@@ -41,14 +49,29 @@ __all__ = ["OutputWriter", "image_record", "FORMATS", "DEFAULT_FORMATS", "parse_
 OVERLAY_MAX_SIDE = 4096
 
 #: Every ``--save`` format. ``json`` is always written (the other files are rebuilt from it).
-FORMATS = ("json", "coco", "png-masks", "labelme", "yolo", "csv")
+FORMATS = ("json", "coco", "png-masks", "labelme", "yolo", "csv", "label-tiff", "imagej-roi", "nifti", "geojson", "gpkg",
+           "dicom-seg")
 DEFAULT_FORMATS = ("json",)
 
 
-def image_record(name: str, instances: Instances, model: str) -> dict[str, Any]:
-    """The per-image JSON document (schema in the README, "JSON format")."""
+def image_record(name: str, instances: Instances, model: str, *, meta=None, pixel_size=None) -> dict[str, Any]:
+    """The per-image JSON document (schema in the README, "JSON format"); ``meta``: the reader's
+    :class:`~masklab.io.planes.ImageMeta` (plane, kind, notes), ``pixel_size`` the one in force."""
     h, w = instances.image_size
-    return {"image": name, "width": w, "height": h, "model": model, "instances": instances.to_dict()}
+    rec: dict[str, Any] = {"image": name, "width": w, "height": h, "model": model, "instances": instances.to_dict()}
+    if meta is not None:
+        rec["kind"] = meta.kind
+        if meta.plane is not None:
+            rec["plane"] = {**meta.plane.to_json(), **({"axis": meta.notes["axis"]} if "axis" in meta.notes else {})}
+        if meta.notes:
+            rec["read"] = meta.notes
+    if pixel_size is not None:
+        from masklab.io.formats.measurements import physical_measures
+
+        rec["pixel_size"] = pixel_size.to_json()
+        for d, extra in zip(rec["instances"], physical_measures(instances, pixel_size)):
+            d.update(extra)
+    return rec
 
 
 def parse_list(value: str | Sequence[str] | None, *, known: Sequence[str], what: str, none_word: str = "none") -> tuple[str, ...]:
@@ -107,6 +130,7 @@ class OutputWriter:
         unit: str = "mm",
         polygon_tolerance: float = 1.0,
         overlay_max_side: int = OVERLAY_MAX_SIDE,
+        stitch_3d: float | None = None,
     ) -> None:
         from masklab.io.formats.measurements import check_unit
         from masklab.visualize import STYLES, get_visualizer
@@ -126,6 +150,9 @@ class OutputWriter:
         if overlay_max_side < 0:
             raise UsageError(f"overlay_max_side must be >= 0 pixels (0 = full size), found {overlay_max_side}")
         self.overlay_max_side = int(overlay_max_side)
+        if stitch_3d is not None and not 0 < stitch_3d <= 1:
+            raise UsageError(f"--stitch-3d: expected an IoU in (0, 1], such as 0.25, found {stitch_3d}")
+        self.stitch_3d = stitch_3d
         self._visualizers = [get_visualizer(style) for style in self.viz]  # bad style: error before any work
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -139,6 +166,7 @@ class OutputWriter:
             "px_per_unit": self.px_per_unit,
             "unit": self.unit,
             "polygon_tolerance": self.polygon_tolerance,
+            **({"stitch_3d": self.stitch_3d} if self.stitch_3d is not None else {}),
         }
 
     def json_path(self, stem: str) -> Path:
@@ -166,13 +194,27 @@ class OutputWriter:
         ext = Path(image_name).suffix.lower()
         return folder / f"{stem}{ext if ext in ('.jpg', '.jpeg') else '.png'}"
 
-    def write(self, *, stem: str, image_name: str, image: np.ndarray, instances: Instances) -> list[Path]:
+    def pixel_size_for(self, meta):
+        """The pixel size in force for an image: ``px_per_unit`` when given, else the file's, else None."""
+        from masklab.io.planes import PixelSize
+
+        if self.px_per_unit is not None:
+            z = meta.pixel_size.z if meta is not None and meta.pixel_size is not None else None
+            return PixelSize(x=1 / self.px_per_unit, y=1 / self.px_per_unit, z=z, unit=self.unit, source="--px-per-unit")
+        return None if meta is None else meta.pixel_size
+
+    def write(self, *, stem: str, image_name: str, image: np.ndarray, instances: Instances, meta=None) -> list[Path]:
         """Write the per-image files for one image (RGB uint8 (H, W, 3)); the JSON last, so its presence
-        means the rest is complete."""
+        means the rest is complete. ``meta``: the reader's :class:`~masklab.io.planes.ImageMeta`; for a
+        raster window, objects whose centroid lies outside the window's core are left to its neighbour."""
         from masklab.io.formats.label_maps import write_label_maps
         from masklab.io.formats.labelme import write_labelme
         from masklab.io.formats.yolo import write_yolo
 
+        if meta is not None and meta.plane is not None and meta.plane.keep is not None and len(instances):
+            x0, y0, x1, y1 = meta.plane.keep
+            c = np.nan_to_num(instances.centroids(), nan=-1.0)
+            instances = instances[(c[:, 0] >= x0) & (c[:, 0] < x1) & (c[:, 1] >= y0) & (c[:, 1] < y1)]
         written = []
         if self._visualizers:
             from masklab.visualize import render
@@ -191,7 +233,8 @@ class OutputWriter:
             written.append(
                 write_yolo(self.out_dir / "yolo" / "labels" / f"{stem}.txt", instances, self.class_names, tolerance=self.polygon_tolerance)
             )
-        written.append(atomic_write_json(self.json_path(stem), image_record(image_name, instances, self.model_name)))
+        record = image_record(image_name, instances, self.model_name, meta=meta, pixel_size=self.pixel_size_for(meta))
+        written.append(atomic_write_json(self.json_path(stem), record))
         return written
 
     def read_record(self, stem: str) -> dict[str, Any]:
@@ -202,9 +245,12 @@ class OutputWriter:
         JSONs. Returns the paths."""
         from masklab.io.formats.coco import write_coco
         from masklab.io.formats.measurements import write_measurements_csv
+        from masklab.io.formats.stacks import STACK_FORMATS, write_stacks
         from masklab.io.formats.yolo import write_yolo_classes, yolo_data_yaml
 
         written: list[Path] = []
+        if set(STACK_FORMATS) & set(self.formats) or self.stitch_3d is not None:
+            written += write_stacks(self.out_dir, self.formats, stems, self.read_record, stitch_3d=self.stitch_3d)
         if not {"coco", "csv"} & set(self.formats) and "yolo" not in self.formats:
             return written
         records = [self.read_record(s) for s in stems]
