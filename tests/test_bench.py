@@ -97,15 +97,17 @@ def test_bench_cli_prints_the_table(small_weights, capsys):
     assert main(args + ["--no-flops"]) == 0
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.startswith("| ")]
-    assert lines[0].startswith("| case | median s | p90 s | img/s")
+    assert lines[0].startswith("| case | ran | median s | p90 s | img/s")
     cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines[1:]]
     rows = {c[0]: c for c in cells}
     ref, ours = rows["torchvision:fp32:score_thresh=0.0"], rows["torch:fp32:score_thresh=0.0"]
     assert set(rows) == {ref[0], ours[0]}
-    assert ref[8] == "ref"
-    assert ours[8] == "100.0%"  # our eager path = torchvision's, instance for instance (100 of them)
-    assert float(ours[1]) > 0  # median s
-    assert float(ours[11]) > 0 and float(ours[12]) > 100  # cold start s, RSS MB
+    assert ref[9] == "ref" and ours[1] == "torch fp32"  # what ran
+    assert ours[9] == "100.0%"  # our eager path = torchvision's, instance for instance (100 of them)
+    assert float(ours[2]) > 0  # median s
+    assert float(ours[12]) > 0 and float(ours[14]) > 100  # cold start s, RSS MB
+    # `masklab segment one.png` in a fresh process, minus the model's own time: a positive overhead
+    assert float(ours[13]) > 0 and ref[13] == "-"  # (the baseline is not a masklab command)
     assert "measured peak: fp32" in out and "post-processing (paste + RLE" in out
 
 

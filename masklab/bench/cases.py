@@ -108,10 +108,11 @@ def _did_you_mean(value: str, valid) -> str:
 
 
 def default_cases(base: InferenceSettings | None = None) -> list[BenchCase]:
-    """torchvision eager fp32 (reference), our exact paths, bf16, and one knob setting; runtimes that are
-    not installed are left out."""
+    """torchvision eager fp32 (reference), ``auto`` (the default ``Segmenter()``, its fast path prepared),
+    our exact paths, bf16 (on a CPU without native bf16 it runs fp32: the row's "ran" column says so), and
+    one knob setting; runtimes that are not installed are left out."""
     have_ov = importlib.util.find_spec("openvino") is not None
-    texts = ["torchvision", "torch", "torch-fast"]
+    texts = ["torchvision", "auto", "torch", "torch-fast"]
     if have_ov:
         texts.append("openvino")
     if importlib.util.find_spec("onnxruntime") is not None:

@@ -9,7 +9,7 @@ import time
 
 from masklab.settings import InferenceSettings
 
-__all__ = ["cold_start"]
+__all__ = ["cold_start", "cli_wall"]
 
 
 def cold_start(settings: InferenceSettings, *, image_path: str, timeout: float = 900) -> dict[str, float]:
@@ -28,3 +28,22 @@ def cold_start(settings: InferenceSettings, *, image_path: str, timeout: float =
         err = proc.stderr.strip()
         raise RuntimeError(err.splitlines()[-1] if err else f"the cold-start process exited with {proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cli_wall(settings: InferenceSettings, *, image_path: str, out_dir: str, timeout: float = 900) -> float:
+    """Wall seconds of ``masklab segment IMAGE`` with ``settings``' model flags in a fresh process: what a
+    user waits for one image (interpreter start, imports, model load, the image, writing its outputs)."""
+    args = [sys.executable, "-m", "masklab", "segment", image_path, "--out", out_dir, "--model", settings.model,
+            "--backend", settings.backend, "--precision", settings.precision, "--device", settings.device]
+    if settings.weights:
+        args += ["--weights", settings.weights]
+    for name, value in settings.model_options().items():
+        if value is not None:
+            args += [f"--{name.replace('_', '-')}", str(value)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        err = proc.stderr.strip()
+        raise RuntimeError(err.splitlines()[-1] if err else f"masklab segment exited with {proc.returncode}")
+    return wall

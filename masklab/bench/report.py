@@ -16,6 +16,7 @@ class BenchRow:
     case: str
     backend: str
     precision: str
+    runtime: str | None = None  # what ran: "openvino fp32" (auto, or a precision this CPU only emulates)
     median_s: float | None = None
     p90_s: float | None = None
     images_per_s: float | None = None
@@ -25,6 +26,8 @@ class BenchRow:
     cold_import_s: float | None = None
     cold_load_s: float | None = None
     peak_rss_mb: float | None = None
+    cli_wall_s: float | None = None  # `masklab segment one.png` in a fresh process, wall clock
+    cold_beyond_model_s: float | None = None  # cli_wall_s minus this case's own (warm) median latency
     gflop: float | None = None
     gflops: float | None = None
     peak_share: float | None = None
@@ -68,16 +71,15 @@ class BenchReport:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, torch's thread count, torch / Python / runtime versions, and the GPU when there is one."""
+    """CPU model and the flags that decide precision (:mod:`masklab.hardware`), torch's thread count, torch /
+    Python / runtime versions, and the GPU when there is one."""
     import torch
 
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
+    from masklab.hardware import cpu_features
+
+    cpu = cpu_features()
+    info = {"cpu": cpu.model, "cpu_flags": " ".join(cpu.flags), "cpu_native": cpu.describe().rsplit("(native: ", 1)[-1].rstrip(")"),
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     for mod in ("openvino", "onnxruntime"):
@@ -94,9 +96,10 @@ def _fmt(v, spec: str, missing: str = "-") -> str:
 
 def _table_row(r: BenchRow) -> str:
     if r.error:
-        return f"| {r.case} | failed: {r.error} |" + " |" * 11
+        return f"| {r.case} | failed: {r.error} |" + " |" * 13
     return "| " + " | ".join([
         r.case,
+        r.runtime or "-",
         _fmt(r.median_s, ".3f"),
         _fmt(r.p90_s, ".3f"),
         _fmt(r.images_per_s, ".2f"),
@@ -108,18 +111,20 @@ def _table_row(r: BenchRow) -> str:
         _fmt(r.max_box_delta, ".3g"),
         _fmt(r.max_score_delta, ".3g"),
         _fmt(r.cold_start_s, ".1f"),
+        _fmt(r.cold_beyond_model_s, ".2f"),
         _fmt(r.peak_rss_mb, ".0f"),
     ]) + " |"
 
 
 def format_table(report: BenchReport) -> str:
     """The report as a Markdown table plus a few lines of context."""
-    head = ("| case | median s | p90 s | img/s | vs first | GFLOP | GFLOP/s | % peak | matched | max box Δ px "
-            "| max score Δ | cold start s | peak RSS MB |")
-    lines = [head, "|" + "---|" * 13] + [_table_row(r) for r in report.rows]
+    head = ("| case | ran | median s | p90 s | img/s | vs first | GFLOP | GFLOP/s | % peak | matched | max box Δ px "
+            "| max score Δ | cold start s | CLI beyond model s | peak RSS MB |")
+    lines = [head, "|" + "---|" * 15] + [_table_row(r) for r in report.rows]
     m, s = report.machine, report.settings
     lines.append("")
-    lines.append(f"machine: {m.get('cpu')}, {m.get('threads')} threads, torch {m.get('torch')}"
+    lines.append(f"machine: {m.get('cpu')} (flags: {m.get('cpu_flags') or '-'}; native: {m.get('cpu_native') or '-'}), "
+                 f"{m.get('threads')} threads, torch {m.get('torch')}"
                  + "".join(f", {k} {m[k]}" for k in ("openvino", "onnxruntime", "gpu") if k in m))
     lines.append(f"model: {s.get('model')} (weights {s.get('weights')}), {s.get('images')} image(s) "
                  f"{', '.join(s.get('image_sizes', []))}, {s.get('repeat')} timed run(s) each, device {s.get('device')}")
@@ -131,4 +136,5 @@ def format_table(report: BenchReport) -> str:
         share = f" ({100 * pp / ref:.1f}% of the first case's latency)" if ref else ""
         lines.append(f"post-processing (paste + RLE, 100 detections at full size): {pp * 1000:.0f} ms{share}")
     lines.append("matched: share of the first case's instances found with the same class at mask IoU >= 0.9")
+    lines.append("CLI beyond model: `masklab segment one.png` wall time in a fresh process minus the case's warm latency")
     return "\n".join(lines)

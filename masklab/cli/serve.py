@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("limits")
     g.add_argument("--max-body-bytes", type=int, default=20 * 1024 * 1024, help="largest request body, counted as it streams in; larger gets 413 (default: 20 MiB)")
     g.add_argument("--max-pixels", type=int, default=24_000_000, help="largest image, width x height; larger gets 413 (default: 24 MP)")
-    g.add_argument("--workers", type=int, default=1, help="images processed at once, each in its own thread (default: 1; on CPU the model already uses every core)")
+    g.add_argument("--workers", type=int, default=None, help="images processed at once, each in its own thread (default: what the runtime takes: 1 for eager torch, which uses every core itself; OpenVINO: one per stream + 1)")
     g.add_argument("--queue-size", type=int, default=4, help="requests that may wait for a worker; more get 503 with Retry-After (default: 4)")
     g.add_argument("--request-timeout", type=float, default=60.0, help="seconds from arrival to answer, upload included; later gets 504 (default: 60)")
     g.add_argument("--cache-mb", type=int, default=256, help="memory for recent results, so re-rendering does not rerun the model (default: 256; 0 disables)")

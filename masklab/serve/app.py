@@ -46,7 +46,7 @@ def create_app(settings: ServeSettings | None = None, *, segmenter_factory: Call
         title="masklab",
         version=__version__,
         description="Instance segmentation (Mask R-CNN): upload an image, get its masks. Limits: "
-        f"body {settings.max_body_bytes} bytes, {settings.max_pixels} pixels, {settings.workers} worker(s), "
+        f"body {settings.max_body_bytes} bytes, {settings.max_pixels} pixels, {settings.workers or 'auto'} worker(s), "
         f"queue {settings.queue_size}, deadline {settings.request_timeout_s:g} s.",
         lifespan=lifespan,
     )

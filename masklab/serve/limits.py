@@ -155,6 +155,10 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+#: the most images the server runs at once by default (``workers=None``: the runtime's concurrency)
+MAX_WORKERS = 8
+
+
 class WorkLimiter:
     """At most ``workers`` jobs run (in threads, off the event loop); at most ``queue_size`` more wait.
 
@@ -179,7 +183,16 @@ class WorkLimiter:
         self.waiting = 0  # admitted requests waiting for a worker (the queue depth)
         self.running = 0  # jobs in worker threads
         self._slots = asyncio.Semaphore(workers)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="masklab-serve")
+        # threads start on demand; the semaphore is the limit (grow() raises it once the model is known)
+        self._pool = ThreadPoolExecutor(max_workers=max(workers, MAX_WORKERS), thread_name_prefix="masklab-serve")
+
+    def grow(self, workers: int) -> None:
+        """Allow ``workers`` jobs at once (never fewer than now, at most :data:`MAX_WORKERS`); call it from
+        the event loop (``loop.call_soon_threadsafe``)."""
+        workers = min(int(workers), max(self.workers, MAX_WORKERS))
+        for _ in range(workers - self.workers):
+            self._slots.release()
+        self.workers = max(self.workers, workers)
 
     def deadline(self) -> float:
         """The absolute deadline (event-loop time) of a request arriving now."""

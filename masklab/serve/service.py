@@ -12,6 +12,7 @@ answers while every worker is busy. Uploaded bytes stay in memory (Starlette spo
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -111,7 +112,8 @@ class Service:
     def start(self) -> None:
         """Create the work limiter (inside the running event loop) and load the model in a thread."""
         s = self.settings
-        self.limiter = WorkLimiter(workers=s.workers, queue_size=s.queue_size, timeout_s=s.request_timeout_s,
+        self.loop = asyncio.get_running_loop()
+        self.limiter = WorkLimiter(workers=s.workers or 1, queue_size=s.queue_size, timeout_s=s.request_timeout_s,
                                    max_uploads=s.max_uploads)
         self.metrics.bind_gauges(queue_depth=lambda: self.limiter.waiting, running=lambda: self.limiter.running,
                                  uploads=lambda: self.limiter.uploading)
@@ -123,6 +125,8 @@ class Service:
             seg = self.factory()
             warm = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
             seg.predict([warm])
+            if self.settings.workers is None:  # as many at once as the runtime takes (OpenVINO: streams + 1)
+                self.loop.call_soon_threadsafe(self.limiter.grow, getattr(seg, "concurrency", 1))
             self.segmenter = seg
             log.info("model %s loaded and warm; ready", seg.spec.name)
         except Exception as e:  # reported by /readyz; the process stays up so the error can be read

@@ -25,7 +25,9 @@ class ServeSettings:
     :data:`masklab.settings.LOW_SCORE_THRESH` (0.05), so requests can choose any threshold above that.
 
     Limits: ``max_body_bytes`` (request body, counted while it streams in), ``max_pixels`` (decoded
-    image width x height), ``workers`` (images processed at once), ``queue_size`` (requests that may wait
+    image width x height), ``workers`` (images processed at once; None: as many as the model's runtime
+    runs usefully at once, known once it has loaded: 1 for eager torch, which uses every core itself; an
+    OpenVINO request per stream + 1, so decoding and mask pasting overlap inference), ``queue_size`` (requests that may wait
     for a worker; more get 503 + Retry-After), ``request_timeout_s`` (deadline from arrival to answer,
     body upload included), ``body_timeout_s`` (an upload is read before it queues for a worker, and must
     keep arriving: a gap longer than this, or under :data:`~masklab.serve.limits.MIN_BODY_RATE` bytes/s on
@@ -42,7 +44,7 @@ class ServeSettings:
     inference: InferenceSettings = field(default_factory=InferenceSettings)
     max_body_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 24_000_000
-    workers: int = 1
+    workers: int | None = None
     queue_size: int = 4
     request_timeout_s: float = 60.0
     body_timeout_s: float = 10.0
@@ -57,6 +59,8 @@ class ServeSettings:
         if self.inference.score_thresh is None:  # the one place the server's floor is defaulted
             object.__setattr__(self, "inference", self.inference.replace(score_thresh=LOW_SCORE_THRESH))
         for name in ("max_body_bytes", "max_pixels", "workers", "max_uploads", "max_connections"):
+            if name == "workers" and self.workers is None:
+                continue
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, found {getattr(self, name)}")
         for name in ("queue_size", "cache_bytes"):
