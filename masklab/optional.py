@@ -12,7 +12,8 @@ __all__ = ["require"]
 #: top-level module -> the extra that installs it
 _EXTRA = {"onnx": "masklab[onnx]", "onnxruntime": "masklab[onnx]", "openvino": "masklab[openvino]",
           "matplotlib": "masklab[plot]", "ray": "masklab[ray]", "fastapi": "masklab[serve]", "uvicorn": "masklab[serve]",
-          "filterpy": "masklab[track]", "scipy": "masklab[track]", "motmetrics": "masklab[track]"}
+          "filterpy": "masklab[track]", "scipy": "masklab[track]", "motmetrics": "masklab[track]",
+          "segment_anything": "masklab[sam]"}
 
 
 def require(module: str) -> ModuleType:
