@@ -43,7 +43,7 @@ def _grey(image: np.ndarray) -> np.ndarray:
 
 
 def refine_masks(image: np.ndarray, mask_probs: np.ndarray, boxes: np.ndarray, *, threshold: float = 0.5,
-                 eps: float = 1e-3, radius_cells: float = 1.0, padding: int = 1) -> np.ndarray:
+                 eps: float = 1e-3, radius_cells: float = 2.0, padding: int = 1) -> np.ndarray:
     """Refined bool masks (N, H, W) for an RGB uint8 ``image`` (H, W, 3).
 
     Args:
@@ -51,7 +51,9 @@ def refine_masks(image: np.ndarray, mask_probs: np.ndarray, boxes: np.ndarray, *
         boxes: float32 (N, 4) xyxy in pixels of ``image``.
         eps: guided-filter regulariser (grey levels in [0, 1], squared).
         radius_cells: filter radius in 28x28 mask cells (one cell = box side / M pixels): how far the
-            refined edge may move from the coarse one.
+            refined edge may move from the coarse one. The defaults (2 cells, eps 1e-3) are the middle of
+            ``benchmarks/mask_quality.py --sweep``'s grid; on flat-coloured shapes larger radii and smaller
+            eps score higher still, which would follow texture on real images.
         padding: as :func:`~masklab.structures.masks.paste_masks` (torchvision's paste).
     """
     import torch

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from masklab.errors import UsageError
-from masklab.inference.refine import refined_masks
 from masklab.inference.explain import Trace, build_trace, explain_runtime, record
+from masklab.inference.refine import refined_masks
 from masklab.inference.threads import configure_threads, resolve_device
 from masklab.inference.tiling import TILE_BATCH, predict_tiled, resolve_tile
 from masklab.io.formats.common import NOT_CLASSES

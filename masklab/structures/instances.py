@@ -326,6 +326,8 @@ class Instances:
                     "segmentation": rles[i],
                 }
             )
+            if self.quality is not None:  # masklab's mask quality; other COCO tools ignore the key
+                out[-1]["quality"] = float(self.quality[i])
         return out
 
     def to_mrcnn(self, class_names: Sequence[str]) -> dict[str, np.ndarray]:
