@@ -65,7 +65,8 @@ def _row(name: str, seg, gt, dets: dict, refine: dict | None, model_seconds: flo
     refine_seconds = (time.perf_counter() - t0) / max(len(dets), 1)
     classes = model_class_names(seg)
     res = evaluate_instances(gt, preds, model_classes=classes)
-    row = {"set": name, "refine": "none" if refine is None else "guided " + ", ".join(f"{k}={v:g}" for k, v in refine.items()),
+    label = "none" if refine is None else "guided " + (", ".join(f"{k}={v:g}" for k, v in refine.items()) or "(defaults)")
+    row = {"set": name, "refine": label,
            "images": len(gt.images), "model_s_per_image": round(model_seconds, 4), "post_s_per_image": round(refine_seconds, 4),
            "mask_AP": res.segm.stats["AP"], "boundary_AP": res.boundary.stats["AP"],
            "mask_AP_rescored": res.quality.rescored["segm_AP_rescored"],
