@@ -227,3 +227,34 @@ def test_sam_refinement_runs_on_a_random_tiny_sam(tmp_path, demo, shapes):
         assert (new == old).all() or (new & old).sum() / max((new | old).sum(), 1) >= 0.5
     with pytest.raises(UsageError, match="no file"):
         sam_refiner(str(tmp_path / "missing.pth"))
+
+
+def test_sam_refiner_keeps_only_masks_that_agree_with_the_coarse_one():
+    pytest.importorskip("segment_anything")
+    from types import SimpleNamespace
+
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from masklab.inference.sam import SamRefiner
+
+    coarse = np.zeros((2, 32, 32), bool)
+    coarse[0, 4:20, 4:20] = True
+    coarse[1, 20:30, 20:30] = True
+    close = coarse[0].copy()
+    close[4:20, 20:22] = True  # SAM's answer for box 0: the same object, a little wider (IoU 0.89)
+    far = np.zeros((32, 32), bool)
+    far[0:5, 0:5] = True  # for box 1: somewhere else (IoU 0)
+    answers = iter([close, far])
+    prompts = []
+
+    def predict(*, box, mask_input, multimask_output):
+        prompts.append(mask_input)
+        return next(answers)[None], np.ones(1), None
+
+    refiner = SamRefiner.__new__(SamRefiner)
+    refiner.agree_iou = 0.5
+    refiner.predictor = SimpleNamespace(set_image=lambda image: None, predict=predict, transform=ResizeLongestSide(64),
+                                        model=SimpleNamespace(image_encoder=SimpleNamespace(img_size=64)))
+    out = refiner.refine(np.zeros((32, 32, 3), np.uint8), np.array([[4, 4, 20, 20], [20, 20, 30, 30]], np.float32), coarse)
+    assert (out[0] == close).all() and (out[1] == coarse[1]).all()
+    assert prompts[0].shape == (1, 16, 16) and prompts[0].max() > 0 > prompts[0].min()  # the coarse mask as logits
