@@ -97,6 +97,7 @@ def _image(shapes: Path, k: int = 1) -> np.ndarray:
     return load_image(shapes.parent / "images" / f"{k:06d}.png").array
 
 
+@pytest.mark.slow
 def test_segmenter_gives_quality_from_the_mask_head_and_min_quality_filters(demo, shapes):
     image = _image(shapes)
     det = demo.runtime.predict([image])[0]
