@@ -15,7 +15,8 @@ _EXTRA = {"onnx": "masklab[onnx]", "onnxruntime": "masklab[onnx]", "openvino": "
           "filterpy": "masklab[track]", "scipy": "masklab[track]", "motmetrics": "masklab[track]",
           "supervision": "masklab[supervision]", "fiftyone": "fiftyone",
           **{m: "masklab[formats]" for m in ("tifffile", "roifile", "pydicom", "nibabel", "rasterio", "pyproj", "shapely",
-                                             "geopandas", "pyogrio", "highdicom")}}
+                                             "geopandas", "pyogrio", "highdicom")},
+          "segment_anything": "masklab[sam]"}
 
 
 def require(module: str) -> ModuleType:

@@ -27,6 +27,11 @@ Tiled inference (large images, small objects; :mod:`masklab.inference.tiling`): 
 None = off; an int SIZE or ``(w, h)`` in original-image pixels, or ``"auto"``), ``tile_overlap``
 (``--tile-overlap``, fraction of the tile in [0, 0.9], default 0.2), ``tile_full_pass``
 (``--tile-full-pass``: also one whole-image pass, merged with the tiles, for objects larger than a tile).
+
+Mask quality (:mod:`masklab.structures.quality`): ``min_quality`` (``--min-quality``: keep instances whose
+mask quality is at least this, [0, 1]; None keeps all) and ``refine`` (``--refine``: ``"none"``,
+``"guided"`` edge-aware refinement on the image, ``"sam"`` segment-anything prompted with each box, which
+needs ``sam_checkpoint``, ``--sam-checkpoint``).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ __all__ = [
     "MODEL_OPTIONS",
     "LOW_SCORE_THRESH",
     "RUNTIME_ONLY",
+    "REFINE_METHODS",
 ]
 
 #: The model users get when they name none.
@@ -61,6 +67,8 @@ MODEL_OPTIONS = ("score_thresh", "nms_thresh", "max_detections", "proposals", "m
 #: The floor that COCO evaluation and the web service keep, so that metrics see the whole
 #: precision-recall curve and a request can choose its own threshold above it.
 LOW_SCORE_THRESH = 0.05
+#: ``refine`` choices (:mod:`masklab.inference.refine`): none, guided filter on the image, segment-anything
+REFINE_METHODS = ("none", "guided", "sam")
 #: Settings that change how fast a run goes, not what it writes: left out of a run's resume fingerprint.
 RUNTIME_ONLY = ("device", "threads", "strict_precision")
 
@@ -88,6 +96,10 @@ class InferenceSettings:
         tile_full_pass: also run the whole image once and merge it with the tiles (objects larger than a tile).
         strict_precision: refuse a reduced ``precision`` this CPU only emulates (default: warn once and
             run fp32, which is faster there; see :mod:`masklab.hardware`).
+        min_quality: keep instances whose mask quality (``Instances.quality``) is >= this, in [0, 1]; None: all.
+        refine: one of :data:`REFINE_METHODS` (untiled runs): ``"guided"`` snaps mask outlines to image
+            edges inside each box; ``"sam"`` asks segment-anything (``sam_checkpoint``) for each box's mask.
+        sam_checkpoint: a segment-anything checkpoint file (``sam_vit_b_01ec64.pth`` ...) for ``refine="sam"``.
     """
 
     model: str = DEFAULT_MODEL
@@ -107,6 +119,9 @@ class InferenceSettings:
     tile_overlap: float = 0.2
     tile_full_pass: bool = False
     strict_precision: bool = False
+    min_quality: float | None = None
+    refine: str = "none"
+    sam_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         # normalise what callers naturally pass (paths, lists) so equal settings compare and hash equal
@@ -140,6 +155,12 @@ class InferenceSettings:
             raise UsageError(f"tile_overlap must be a fraction in [0, 0.9], found {self.tile_overlap!r}")
         if not isinstance(self.tile_full_pass, bool):
             raise UsageError(f"tile_full_pass must be true or false, found {self.tile_full_pass!r}")
+        if self.min_quality is not None and (isinstance(self.min_quality, bool) or not 0.0 <= self.min_quality <= 1.0):
+            raise UsageError(f"min_quality must be in [0, 1], found {self.min_quality!r}")
+        if self.refine not in REFINE_METHODS:
+            raise UsageError(f"refine must be one of {', '.join(REFINE_METHODS)}, found {self.refine!r}{_hint(self.refine, REFINE_METHODS)}")
+        if self.refine == "sam" and not self.sam_checkpoint:
+            raise UsageError("refine 'sam' needs a segment-anything checkpoint: pass --sam-checkpoint PATH (sam_vit_b_01ec64.pth ...)")
         if self.min_size is not None and self.max_size is not None and self.min_size > self.max_size:
             raise UsageError(f"min_size ({self.min_size}) must not exceed max_size ({self.max_size})")
 

@@ -8,7 +8,7 @@ import sys
 from masklab.cli.options import add_model_arguments
 
 #: the model flags bench does not take: each case names its own backend, precision and knobs
-_NOT_TAKEN = ("backend", "precision", "postprocess", "input", "classes")
+_NOT_TAKEN = ("backend", "precision", "postprocess", "input", "classes", "quality")
 
 
 def add_parser(sub) -> None:

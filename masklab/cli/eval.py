@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
         help="score a model or saved predictions on a COCO-format set",
         description=(
             "Score a model (run over the images) or saved COCO results against COCO ground truth: box and mask "
-            "AP (pycocotools), per-class AP, precision-recall curves, a confusion matrix and counting accuracy. "
+            "AP (pycocotools), Boundary AP, mask quality vs true IoU, per-class AP, precision-recall curves, a confusion matrix and counting accuracy. "
             "Writes DIR/eval.json, DIR/report.md, DIR/confusion.{json,png}, DIR/pr/*.png, DIR/counts.csv."
         ),
     )
@@ -34,6 +34,8 @@ def add_parser(sub) -> None:
     g.add_argument("--count-thresh", type=float, default=0.5,
                    help="score at or above which a detection counts, for the confusion matrix and counting accuracy (default: 0.5)")
     g.add_argument("--iou-thresh", type=float, default=0.5, help="IoU for a match in the confusion matrix (default: 0.5)")
+    g.add_argument("--dilation-ratio", type=float, default=0.02, metavar="F",
+                   help="Boundary AP's boundary width as a fraction of the image diagonal (default: 0.02, as the paper)")
     g.add_argument("--no-plots", action="store_true", help="skip the PNG pictures")
     g.add_argument("--diff", action="store_true",
                    help="also draw ground truth vs prediction per image (DIR/diff/<image id>.png: correct, wrong class, "
@@ -92,7 +94,10 @@ def run(args) -> int:
         results, notes = conv.results, conv.notes
         atomic_write_json(out / "predictions.json", results)
         settings["model"] = seg.settings()
-    result = evaluator.evaluate_results(gt, results, count_thresh=args.count_thresh, iou_thresh=args.iou_thresh, notes=notes)
+    if not 0.0 < args.dilation_ratio <= 1.0:
+        raise UsageError(f"--dilation-ratio must be in (0, 1], found {args.dilation_ratio}")
+    result = evaluator.evaluate_results(gt, results, count_thresh=args.count_thresh, iou_thresh=args.iou_thresh, notes=notes,
+                                        dilation_ratio=args.dilation_ratio)
     result.failures = failures
     differences = None
     if args.diff:

@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--format", "-f", required=True, choices=("onnx", "openvino", "torchscript"), help="output format")
     p.add_argument("--out", "-o", required=True, metavar="FILE", help="output file: .onnx, .xml (+ .bin) or .pt")
-    add_model_arguments(p, exclude=("runtime", "classes"), title="model and baked-in options (recorded in the model card)")
+    add_model_arguments(p, exclude=("runtime", "classes", "quality"), title="model and baked-in options (recorded in the model card)")
     p.set_defaults(run=run)
 
 

@@ -13,12 +13,12 @@ import argparse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from masklab.settings import BACKENDS, DEFAULT_MODEL, PRECISIONS
+from masklab.settings import BACKENDS, DEFAULT_MODEL, PRECISIONS, REFINE_METHODS
 
 __all__ = ["add_model_arguments", "GROUPS"]
 
 #: flag groups a command may leave out with ``exclude=``
-GROUPS = ("source", "runtime", "postprocess", "input", "classes", "tiling")
+GROUPS = ("source", "runtime", "postprocess", "input", "classes", "tiling", "quality")
 
 
 def add_model_arguments(
@@ -78,6 +78,21 @@ def add_model_arguments(
         help="comma-separated class names to keep, e.g. person,car (default: all)")
     if "tiling" not in skip:
         _add_tiling(parser, d)
+    if "quality" not in skip:
+        _add_quality(parser, d)
+
+
+def _add_quality(parser: argparse.ArgumentParser, d: Mapping[str, Any]) -> None:
+    """``--min-quality --refine --sam-checkpoint`` (README, "Mask quality")."""
+    g = parser.add_argument_group("mask quality")
+    g.add_argument("--min-quality", dest="min_quality", type=float, default=d.get("min_quality"), metavar="Q",
+                   help="keep objects whose mask quality (0..1, the `quality` of every output) is at least Q "
+                   "(default: keep all)")
+    g.add_argument("--refine", dest="refine", choices=REFINE_METHODS, default=d.get("refine"),
+                   help="mask refinement: guided = snap outlines to image edges inside each box (no extra model), "
+                   "sam = segment-anything prompted with each box (needs --sam-checkpoint); default: none")
+    g.add_argument("--sam-checkpoint", dest="sam_checkpoint", default=d.get("sam_checkpoint"), metavar="PTH",
+                   help="a segment-anything checkpoint for --refine sam (sam_vit_b_01ec64.pth ...; not downloaded)")
 
 
 def _add_tiling(parser: argparse.ArgumentParser, d: Mapping[str, Any]) -> None:

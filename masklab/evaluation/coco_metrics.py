@@ -3,6 +3,10 @@
 Every number is pycocotools' own (no re-implementation): the 12 ``COCOeval.stats`` and, per class, the
 same average over ``eval["precision"]`` that ``COCOeval.summarize`` does restricted to that class.
 Undefined values (pycocotools' ``-1``: e.g. APl with no large objects) are ``None`` here (JSON ``null``).
+
+``iou_type="boundary"`` is Boundary AP (Cheng et al. 2021, :mod:`masklab.evaluation.boundary`): the same
+``COCOeval`` with each detection-ground truth IoU replaced by min(mask IoU, boundary IoU), as the
+reference API and ``faster-coco-eval`` do.
 """
 
 from __future__ import annotations
@@ -64,19 +68,25 @@ def _build_results_api(coco_gt, results: list[dict], iou_type: str):
         return dt
 
 
-def run_cocoeval(coco_gt, results: list[dict], iou_type: str) -> CocoTypeResult:
+def run_cocoeval(coco_gt, results: list[dict], iou_type: str, *, dilation_ratio: float = 0.02) -> CocoTypeResult:
     """Run ``COCOeval(coco_gt, results, iou_type)`` (evaluate, accumulate, summarize) silently.
 
     Args:
         coco_gt: a ``pycocotools.coco.COCO`` ground truth.
         results: COCO results dicts (``image_id``, ``category_id``, ``score`` and ``bbox`` [x, y, w, h]
             and/or ``segmentation`` RLE), already checked against the ground truth; may be empty.
-        iou_type: ``"bbox"`` or ``"segm"``.
+        iou_type: ``"bbox"``, ``"segm"`` or ``"boundary"``.
+        dilation_ratio: boundary width as a fraction of the image diagonal (``"boundary"`` only).
     """
     from pycocotools.cocoeval import COCOeval
 
-    coco_dt = _build_results_api(coco_gt, results, iou_type)
-    ev = COCOeval(coco_gt, coco_dt, iou_type)
+    coco_dt = _build_results_api(coco_gt, results, "segm" if iou_type == "boundary" else iou_type)
+    if iou_type == "boundary":
+        from masklab.evaluation.boundary import BoundaryCOCOeval
+
+        ev = BoundaryCOCOeval(coco_gt, coco_dt, dilation_ratio=dilation_ratio)
+    else:
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
     with contextlib.redirect_stdout(io.StringIO()):
         ev.evaluate()
         ev.accumulate()

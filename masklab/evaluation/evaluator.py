@@ -22,8 +22,10 @@ import numpy as np
 
 from masklab.data.coco import CocoGroundTruth, annotation_to_rle
 from masklab.errors import DatasetError, UsageError
+from masklab.evaluation.boundary import DILATION_RATIO
 from masklab.evaluation.coco_metrics import CocoTypeResult, run_cocoeval
 from masklab.evaluation.confusion import ConfusionMatrix, CountTable, confusion_matrix, count_table, match_image
+from masklab.evaluation.mask_quality import QualityReport, quality_report
 from masklab.structures.instances import Instances
 
 __all__ = [
@@ -48,6 +50,10 @@ class EvalResult:
     Attributes:
         bbox, segm: COCO metrics per type (:class:`CocoTypeResult`); ``segm`` is None when the
             predictions carry no masks.
+        boundary: Boundary AP (:mod:`masklab.evaluation.boundary`, dilation ``dilation_ratio`` of the
+            image diagonal), None where ``segm`` is.
+        quality: how well the predictions' mask ``quality`` predicts their true IoU
+            (:class:`~masklab.evaluation.mask_quality.QualityReport`), None when they carry none.
         confusion: class confusion matrix at IoU ``iou_thresh`` for predictions with score >= ``count_thresh``.
         count_table: per-image object counts (same predictions as the confusion matrix).
         categories: ``{dataset category id: name}``; gt_instances: ``{id: non-crowd ground-truth count}``.
@@ -66,6 +72,9 @@ class EvalResult:
     num_predictions: int
     notes: list[str] = field(default_factory=list)
     failures: list[tuple[int, str]] = field(default_factory=list)
+    boundary: CocoTypeResult | None = None
+    quality: QualityReport | None = None
+    dilation_ratio: float = DILATION_RATIO
 
     @property
     def counts(self) -> dict:
@@ -73,7 +82,8 @@ class EvalResult:
         return self.count_table.summary()
 
     def per_class(self) -> dict[str, dict]:
-        """``{name: {"category_id", "gt_instances", "bbox": {AP, AP50, AP75}, "segm": {...} or None}}``."""
+        """``{name: {"category_id", "gt_instances", "bbox": {AP, AP50, AP75}, "segm": {...} or None,
+        "boundary": {...} or None}}``."""
         out = {}
         for cid, name in self.categories.items():
             out[name] = {
@@ -81,6 +91,7 @@ class EvalResult:
                 "gt_instances": self.gt_instances.get(cid, 0),
                 "bbox": self.bbox.per_class.get(cid),
                 "segm": None if self.segm is None else self.segm.per_class.get(cid),
+                "boundary": None if self.boundary is None else self.boundary.per_class.get(cid),
             }
         return out
 
@@ -89,6 +100,9 @@ class EvalResult:
         return {
             "bbox": dict(self.bbox.stats),
             "segm": None if self.segm is None else dict(self.segm.stats),
+            "boundary": None if self.boundary is None else dict(self.boundary.stats),
+            "boundary_dilation_ratio": self.dilation_ratio,
+            "quality": None if self.quality is None else self.quality.to_dict(),
             "per_class": self.per_class(),
             "counts": self.counts,
             "confusion": self.confusion.to_dict(),
@@ -173,6 +187,8 @@ def check_results(gt: CocoGroundTruth, results: Any) -> list[dict]:
             continue
         score = _number(r["score"], f"predictions[{i}]: score")
         e = {"image_id": r["image_id"], "category_id": r["category_id"], "score": score}
+        if r.get("quality") is not None:  # masklab's per-instance mask quality, kept for the quality report
+            e["quality"] = _number(r["quality"], f"predictions[{i}]: quality")
         img = gt.images[r["image_id"]]
         if "segmentation" in r:
             rle = annotation_to_rle(r["segmentation"], img.height, img.width, where=f"predictions[{i}]")
@@ -208,7 +224,7 @@ def check_results(gt: CocoGroundTruth, results: Any) -> list[dict]:
 
 
 def evaluate_results(gt: CocoGroundTruth, results: Any, *, count_thresh: float = COUNT_THRESH, iou_thresh: float = 0.5,
-                     notes: Sequence[str] = ()) -> EvalResult:
+                     notes: Sequence[str] = (), dilation_ratio: float = DILATION_RATIO) -> EvalResult:
     """Score COCO results (dataset category ids) against ``gt``.
 
     Args:
@@ -218,6 +234,9 @@ def evaluate_results(gt: CocoGroundTruth, results: Any, *, count_thresh: float =
             at or above it counts), in [0, 1]; the COCO metrics always use every prediction. Not the model's
             score threshold, which decides what the predictions hold in the first place.
         iou_thresh: IoU for a match in the confusion matrix (and crowd-ignore), in (0, 1].
+        dilation_ratio: Boundary AP's boundary width, a fraction of the image diagonal (0.02 as the paper).
+
+    Results carrying ``quality`` (masklab's) also get the quality report (``EvalResult.quality``).
     """
     if not 0.0 <= count_thresh <= 1.0:
         raise UsageError(f"count_thresh must be in [0, 1], found {count_thresh}")
@@ -229,6 +248,11 @@ def evaluate_results(gt: CocoGroundTruth, results: Any, *, count_thresh: float =
     bbox = run_cocoeval(coco_gt, checked, "bbox")
     # With no predictions, mask AP is as defined (0) as box AP; only box-only results have no mask AP.
     segm = run_cocoeval(coco_gt, checked, "segm") if use_masks or not checked else None
+    boundary = run_cocoeval(coco_gt, checked, "boundary", dilation_ratio=dilation_ratio) if segm is not None else None
+    quality = None
+    if use_masks:
+        quality = quality_report(gt, checked, score_thresh=count_thresh, dilation_ratio=dilation_ratio,
+                                 plain={"segm": segm.stats["AP"], "boundary": boundary.stats["AP"]})
     by_image: dict[int, list[dict]] = {i: [] for i in gt.images}
     for e in checked:
         by_image[e["image_id"]].append(e)
@@ -251,6 +275,9 @@ def evaluate_results(gt: CocoGroundTruth, results: Any, *, count_thresh: float =
         num_images=len(gt.images),
         num_predictions=len(checked),
         notes=list(notes),
+        boundary=boundary,
+        quality=quality,
+        dilation_ratio=dilation_ratio,
     )
 
 
@@ -310,7 +337,7 @@ def instances_to_results(gt: CocoGroundTruth, predictions: Mapping[int, Instance
 
 def evaluate_instances(gt: CocoGroundTruth, predictions: Mapping[int, Instances], *,
                        model_classes: Sequence[str] | None = None, count_thresh: float = COUNT_THRESH,
-                       iou_thresh: float = 0.5) -> EvalResult:
+                       iou_thresh: float = 0.5, dilation_ratio: float = DILATION_RATIO) -> EvalResult:
     """Score masklab predictions: ``{image id: Instances}`` (labels matched to dataset names).
 
     Args:
@@ -323,7 +350,8 @@ def evaluate_instances(gt: CocoGroundTruth, predictions: Mapping[int, Instances]
         count_thresh, iou_thresh: as :func:`evaluate_results`.
     """
     conv = instances_to_results(gt, predictions, model_classes=model_classes)
-    return evaluate_results(gt, conv.results, count_thresh=count_thresh, iou_thresh=iou_thresh, notes=conv.notes)
+    return evaluate_results(gt, conv.results, count_thresh=count_thresh, iou_thresh=iou_thresh, notes=conv.notes,
+                            dilation_ratio=dilation_ratio)
 
 
 def model_class_names(segmenter) -> list[str]:

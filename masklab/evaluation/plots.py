@@ -14,7 +14,7 @@ import numpy as np
 
 from masklab.errors import MissingDependencyError
 
-__all__ = ["pr_figure", "confusion_figure", "save_figure", "require_matplotlib", "PR_STYLES"]
+__all__ = ["pr_figure", "confusion_figure", "calibration_figure", "save_figure", "require_matplotlib", "PR_STYLES"]
 
 #: IoU threshold -> (colour, line width) of a precision-recall curve. The IoU 0.50 curve is drawn wide
 #: and under the 0.75 one, so where they coincide both stay visible.
@@ -101,6 +101,31 @@ def confusion_figure(matrix: np.ndarray, labels: list[str], *, title: str):
     ax.xaxis.set_label_position("top")
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def calibration_figure(bins: list[dict], *, title: str):
+    """Mask quality calibration: mean true IoU (y) against mean quality (x) per quality bin, marker area
+    ~ the bin's count, and the diagonal (a calibrated quality lies on it). ``bins`` as
+    :func:`masklab.evaluation.mask_quality.calibration_bins` returns them."""
+    Figure = require_matplotlib()
+    full = [b for b in bins if b["count"]]
+    fig = Figure(figsize=(4.2, 4.0), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="#999999", linewidth=1, linestyle="--", label="calibrated")
+    if full:
+        x = [b["mean_quality"] for b in full]
+        y = [b["mean_iou"] for b in full]
+        top = max(b["count"] for b in full)
+        ax.plot(x, y, color="#1f77b4", linewidth=1.5)
+        ax.scatter(x, y, s=[20 + 180 * b["count"] / top for b in full], color="#1f77b4", label="mean true IoU per bin")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("mask quality")
+    ax.set_ylabel("true mask IoU")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
     fig.suptitle(title, fontsize=10)
     return fig
 

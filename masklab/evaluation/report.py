@@ -2,8 +2,10 @@
 
 ``write_report(result, out_dir)`` writes:
 
-- ``eval.json``: ``{"bbox": {...}, "segm": {...}, "per_class": {...}, "counts": {...}, "confusion": {...}, ...}``
-  (fractions in [0, 1]; ``null`` where pycocotools reports -1, i.e. undefined);
+- ``eval.json``: ``{"bbox": {...}, "segm": {...}, "boundary": {...}, "quality": {...}, "per_class": {...},
+  "counts": {...}, "confusion": {...}, ...}`` (fractions in [0, 1]; ``null`` where pycocotools reports -1,
+  i.e. undefined; ``boundary`` is Boundary AP, ``quality`` how well mask quality predicts true IoU);
+- ``quality_calibration.png``: true mask IoU against mask quality (when the predictions carry quality);
 - ``confusion.json`` and ``confusion.png``: the class confusion matrix at IoU 0.5;
 - ``pr/overall.png`` and ``pr/<id>_<name>.png``: precision-recall curves (mask and box, IoU 0.50 and 0.75);
 - ``counts.csv``: true and predicted object counts per image and class;
@@ -40,8 +42,12 @@ def _fmt(v: float | None, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+_TYPE_NAMES = {"segm": "mask", "boundary": "boundary", "bbox": "box"}
+
+
 def _types(result: EvalResult) -> list[tuple[str, CocoTypeResult]]:
-    return [(t, r) for t, r in (("segm", result.segm), ("bbox", result.bbox)) if r is not None]
+    pairs = (("segm", result.segm), ("boundary", result.boundary), ("bbox", result.bbox))
+    return [(t, r) for t, r in pairs if r is not None]
 
 
 def pr_curves(tr: CocoTypeResult, category_id: int | None) -> dict[float, np.ndarray]:
@@ -125,6 +131,13 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike, *, plots: bool 
             save_figure(pr_picture(result, cid), out / rel)
             pictures[name] = rel
         files["pr_dir"] = out / "pr"
+        if result.quality is not None:
+            from masklab.evaluation.plots import calibration_figure
+
+            q = result.quality
+            title = f"{q.predictions} predictions (score >= {q.score_thresh:g}); Spearman {_fmt(q.spearman)}"
+            save_figure(calibration_figure(q.calibration, title=title), out / "quality_calibration.png")
+            files["quality_png"] = out / "quality_calibration.png"
     text = _markdown(result, pictures, plots) + (_differences_md(result, differences) if differences else "")
     files["report_md"] = atomic_write_text(out / "report.md", text)
     return files
@@ -142,21 +155,23 @@ def _markdown(result: EvalResult, pictures: dict[str, str], plots: bool) -> str:
         lines.append(f"- failed: image {image_id}: {err}")
     if result.notes or result.failures:
         lines.append("")
-    lines += ["## COCO metrics", "", "| metric | " + " | ".join("mask" if t == "segm" else "box" for t, _ in _types(result)) + " |",
+    lines += ["## COCO metrics", "", "| metric | " + " | ".join(_TYPE_NAMES[t] for t, _ in _types(result)) + " |",
               "|---|" + "---:|" * len(_types(result))]
     for name in STAT_NAMES:
         lines.append(f"| {name} | " + " | ".join(_fmt(tr.stats[name]) for _, tr in _types(result)) + " |")
     lines += ["", "## Per class", ""]
     counts = result.counts
-    head = "| class | id | objects | mask AP | mask AP50 | box AP | box AP50 | count MAE | exact count |"
-    lines += [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    head = "| class | id | objects | mask AP | mask AP50 | boundary AP | box AP | box AP50 | count MAE | exact count |"
+    lines += [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, pc in result.per_class().items():
-        segm = pc["segm"] or {}
+        segm, bnd = pc["segm"] or {}, pc["boundary"] or {}
         c = counts["per_class"][name]
         lines.append(
             f"| {name} | {pc['category_id']} | {pc['gt_instances']} | {_fmt(segm.get('AP'))} | {_fmt(segm.get('AP50'))} | "
+            f"{_fmt(bnd.get('AP'))} | "
             f"{_fmt(pc['bbox']['AP'])} | {_fmt(pc['bbox']['AP50'])} | {_fmt(c['mae'])} | {_fmt(c['exact'])} |"
         )
+    lines += _quality_md(result, plots)
     o = counts["overall"]
     lines += [
         "",
@@ -180,6 +195,24 @@ def _markdown(result: EvalResult, pictures: dict[str, str], plots: bool) -> str:
     return "\n".join(lines)
 
 
+def _quality_md(result: EvalResult, plots: bool) -> list[str]:
+    """The report's "Mask quality" section (empty when the predictions carry no quality)."""
+    q = result.quality
+    if q is None:
+        return []
+    r = q.rescored
+    lines = ["", "## Mask quality", "",
+             f"Spearman rank correlation of each prediction's mask quality with its true mask IoU (best IoU with a "
+             f"same-class object; predictions with score >= {q.score_thresh:g}, {q.predictions} of them): "
+             f"**{_fmt(q.spearman)}**.", "",
+             "| scores | mask AP | boundary AP |", "|---|---:|---:|",
+             f"| as predicted | {_fmt(r['segm_AP'])} | {_fmt(r['boundary_AP'])} |",
+             f"| score x quality | {_fmt(r['segm_AP_rescored'])} | {_fmt(r['boundary_AP_rescored'])} |"]
+    if plots:
+        lines += ["", "![mask quality calibration](quality_calibration.png)"]
+    return lines
+
+
 def _differences_md(result: EvalResult, differences: list) -> str:
     """The report's "Ground truth vs prediction" section: one row and link per image."""
     cm = result.confusion
@@ -198,9 +231,13 @@ def format_table(result: EvalResult) -> str:
     """The short stdout table: COCO AP/AP50/AP75/AR100 for masks and boxes, and the count error."""
     rows = [("", "AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")]
     for t, tr in _types(result):
-        rows.append(("mask" if t == "segm" else "box", *(_fmt(tr.stats[k]) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"))))
+        rows.append((_TYPE_NAMES[t], *(_fmt(tr.stats[k]) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    if result.quality is not None:
+        q = result.quality
+        lines.append(f"mask quality vs true IoU: Spearman {_fmt(q.spearman)} ({q.predictions} predictions); "
+                     f"mask AP rescored by quality {_fmt(q.rescored['segm_AP_rescored'])}")
     o = result.counts["overall"]
     lines.append(f"count: MAE {_fmt(o['mae'])}, exact {_fmt(o['exact'])} of {result.num_images} images "
                  f"(score >= {result.counts['score_thresh']:g})")

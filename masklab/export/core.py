@@ -82,4 +82,5 @@ def core_to_detections(out: CoreOutputs, size_hw: tuple[int, int], *, mask_thres
         scores=np.asarray(out.scores, np.float32).reshape(-1),
         class_ids=np.asarray(out.labels).astype(np.int64).reshape(-1),
         masks=masks,
+        mask_probs=probs[:, 0],  # (N, M, M): the per-instance quality and refine read them
     )

@@ -27,6 +27,7 @@ import numpy as np
 
 from masklab.errors import UsageError
 from masklab.hardware import cpu_features
+from masklab.inference.refine import refined_masks
 from masklab.inference.threads import configure_threads, resolve_device
 from masklab.inference.tiling import TILE_BATCH, predict_tiled, resolve_tile
 from masklab.io.formats.common import NOT_CLASSES
@@ -39,6 +40,7 @@ from masklab.runtime import Runtime, make_runtime, prepare, resolve_precision, w
 from masklab.runtime.prepared import find_prepared, note, prepared_model
 from masklab.settings import MODEL_OPTIONS, InferenceSettings
 from masklab.structures.instances import Instances
+from masklab.structures.quality import detection_quality
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -211,7 +213,7 @@ class Segmenter:
         if self.inference.tile is not None:
             out = [self._predict_tiled(a) for a in arrays]
         else:
-            out = [self._to_instances(d, a.shape[:2]) for d, a in zip(self.runtime.predict(arrays), arrays)]
+            out = [self._to_instances(d, a.shape[:2], image=a) for d, a in zip(self.runtime.predict(arrays), arrays)]
         if self._planned is not None:
             self._after_eager(len(arrays), time.perf_counter() - t0)
         return out
@@ -239,24 +241,29 @@ class Segmenter:
     def _predict_tiled(self, array: np.ndarray) -> Instances:
         tile = self.tile_for(array.shape[:2])
         if tile is None:  # auto, and the model would not shrink this image: one pass, as untiled
-            return self._to_instances(self.runtime.predict([array])[0], array.shape[:2])
+            return self._to_instances(self.runtime.predict([array])[0], array.shape[:2], image=array)
         o = self.inference
         batch = TILE_BATCH["cuda" if self.device.startswith("cuda") else "cpu"]
         det = predict_tiled(self.runtime, array, tile_wh=tile, overlap=o.tile_overlap, full_pass=o.tile_full_pass, batch=batch)
         inst = self._to_instances(det, array.shape[:2])
         return inst.dense() if inst.masks.size <= DENSE_MASK_BYTES else inst
 
-    def _to_instances(self, det, size_hw) -> Instances:
+    def _to_instances(self, det, size_hw, *, image: np.ndarray | None = None) -> Instances:
         cats = self.spec.categories
         labels = [cats[i] if 0 <= i < len(cats) else f"class_{i}" for i in det.class_ids.tolist()]
         inst = Instances(
             boxes=det.boxes,
-            masks=det.masks,
+            masks=refined_masks(det, image, self.inference) if image is not None else det.masks,
             scores=det.scores,
             class_ids=det.class_ids,
             labels=labels,
             image_size=size_hw,
+            quality=detection_quality(det),
         )
+        if self.inference.min_quality is not None:
+            if inst.quality is None:
+                raise UsageError(f"min_quality: the {self.runtime.name} runtime gives no mask quality to filter on")
+            inst = inst.filter(min_quality=self.inference.min_quality)
         # COCO's unused ids ("N/A") are not classes: a detection there (seen with untrained heads) is dropped.
         inst = inst[np.array([lab not in NOT_CLASSES for lab in inst.labels], bool)]
         if self.classes is not None:

@@ -25,12 +25,13 @@ The optional whole-image pass (``tile_full_pass``) runs on the image scaled to a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from masklab.structures.cropped import CroppedMasks
 from masklab.structures.detections import Detections
+from masklab.structures.quality import detection_quality
 
 __all__ = ["tile_windows", "resolve_tile", "predict_tiled", "merge_parts", "Parts", "MATCH_IOS", "FULL_PASS_SIDE"]
 
@@ -94,17 +95,19 @@ def tile_windows(*, image_hw: tuple[int, int], tile_wh: tuple[int, int], overlap
 class Parts:
     """Detections gathered from tiles, before merging. ``class_ids`` int64 (N,); ``scores`` float32 (N,);
     ``bitmaps`` N bool (h_i, w_i); ``offsets`` int64 (N, 2) ``(x0, y0)`` in image pixels; ``windows``
-    int64 (N, 4) xyxy: the window each detection was seen in."""
+    int64 (N, 4) xyxy: the window each detection was seen in; ``qualities`` float (N,) mask quality
+    (NaN where the runtime gave none)."""
 
     class_ids: list
     scores: list
     bitmaps: list
     offsets: list
     windows: list
+    qualities: list = field(default_factory=list)
 
     @classmethod
     def empty(cls) -> Parts:
-        return cls([], [], [], [], [])
+        return cls([], [], [], [], [], [])
 
     def add(self, det: Detections, window: Sequence[int], *, scale: float = 1.0) -> None:
         """Add a runtime's detections for the image region ``window`` (its masks are in that region's
@@ -112,6 +115,7 @@ class Parts:
         import cv2
 
         wx0, wy0, wx1, wy1 = (int(v) for v in window)
+        quality = detection_quality(det)
         for k in range(len(det.scores)):
             m = det.masks[k]
             rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
@@ -130,6 +134,7 @@ class Parts:
             self.bitmaps.append(np.ascontiguousarray(bitmap))
             self.offsets.append((wx0 + x0, wy0 + y0))
             self.windows.append((wx0, wy0, wx1, wy1))
+            self.qualities.append(float("nan") if quality is None else float(quality[k]))
 
 
 def predict_tiled(runtime, image: np.ndarray, *, tile_wh: tuple[int, int], overlap: float, full_pass: bool = False,
@@ -248,7 +253,8 @@ def merge_parts(parts: Parts, *, image_size: tuple[int, int]) -> Detections:
     scores = np.asarray(parts.scores, np.float32)
     boxes = _boxes(parts.bitmaps, offsets)
     pairs = [p for p in _candidate_pairs(boxes, class_ids) if _same_object(*p, parts, boxes, offsets, windows)]
-    bitmaps, offs, out_scores, out_classes = [], [], [], []
+    qualities = np.asarray(parts.qualities, np.float32)
+    bitmaps, offs, out_scores, out_classes, out_quality = [], [], [], [], []
     for group in _groups(n, pairs):
         g = np.asarray(group)
         x0, y0 = boxes[g, 0].min(), boxes[g, 1].min()
@@ -261,7 +267,10 @@ def merge_parts(parts: Parts, *, image_size: tuple[int, int]) -> Detections:
         offs.append((x0, y0))
         out_scores.append(scores[g].max())
         out_classes.append(class_ids[g[0]])
+        out_quality.append(qualities[g[np.argmax(scores[g])]])  # the best-scored part's mask quality
     order = np.argsort(-np.asarray(out_scores, np.float32), kind="stable")
     masks = CroppedMasks([bitmaps[i] for i in order], np.asarray(offs, np.int64)[order], image_size=image_size)
+    quality = np.asarray(out_quality, np.float32)[order]
     return Detections(boxes=masks.boxes(), scores=np.asarray(out_scores, np.float32)[order],
-                      class_ids=np.asarray(out_classes, np.int64)[order], masks=masks)
+                      class_ids=np.asarray(out_classes, np.int64)[order], masks=masks,
+                      quality=None if np.isnan(quality).any() else quality)

@@ -72,6 +72,7 @@ class TorchRuntime:
                     scores=det["scores"].float().cpu().numpy(),
                     class_ids=det["labels"].cpu().numpy().astype(np.int64),
                     masks=masks,
+                    mask_probs=det["masks"][:, 0].float().cpu().numpy(),  # (N, 28, 28): quality, refine
                 )
             )
         return out

@@ -123,6 +123,7 @@ class TorchFastRuntime:
                     scores=scores.numpy(),
                     class_ids=labels.numpy().astype(np.int64),
                     masks=paste_masks_torch(probs, boxes, os_, threshold=self.mask_threshold),
+                    mask_probs=probs[:, 0].numpy(),  # (N, 28, 28): quality, refine
                 )
             )
         return out

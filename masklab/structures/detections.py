@@ -21,9 +21,16 @@ class Detections:
     ``boxes`` float32 (N, 4) xyxy; ``scores`` float32 (N,) in [0, 1]; ``class_ids`` int64 (N,) the model's
     ids (index into the model card's categories); ``masks`` bool (N, H, W): a dense array, or (tiled
     inference) a :class:`~masklab.structures.cropped.CroppedMasks` of that shape.
+
+    Optional: ``mask_probs`` float32 (N, M, M), the mask head's probabilities in [0, 1] inside each box
+    before pasting (M = 28; the runtimes that paste set it), from which the per-instance mask quality and
+    ``refine`` work; ``quality`` float32 (N,) in [0, 1] where the model predicts it itself (a MaskIoU head)
+    or tiling merged it.
     """
 
     boxes: np.ndarray
     scores: np.ndarray
     class_ids: np.ndarray
     masks: np.ndarray
+    mask_probs: np.ndarray | None = None
+    quality: np.ndarray | None = None

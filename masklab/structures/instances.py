@@ -16,6 +16,9 @@ Fields (all numpy, N = number of instances, H, W = original image height and wid
 - ``class_ids``: int64 (N,), the model's (or dataset's) own category ids.
 - ``labels``: tuple of N str, the category names.
 - ``image_size``: ``(H, W)``.
+- ``quality`` (optional): float32 (N,) in [0, 1], how good each *mask* is (``scores`` rate the box's
+  class): training-free from the mask head's probabilities (:mod:`masklab.structures.quality`) or a
+  MaskIoU head's predicted IoU; None where unknown (ground truth, results read from files without it).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class Instances:
     labels: tuple[str, ...]
     image_size: tuple[int, int]
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    quality: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         h, w = (int(v) for v in self.image_size)
@@ -88,12 +92,16 @@ class Instances:
         n = len(boxes)
         lengths = {"masks": len(masks), "scores": len(scores), "class_ids": len(class_ids), "labels": len(labels)}
         lengths.update({f"extra[{k!r}]": len(v) for k, v in self.extra.items()})
+        quality = None if self.quality is None else _as_array(self.quality, np.float32, "quality", 1)
+        if quality is not None:
+            lengths["quality"] = len(quality)
         bad = {k: v for k, v in lengths.items() if v != n}
         if bad:
             raise ValueError(f"Instances: every field needs {n} entries (as boxes has); found {bad}")
         for name, value in (("boxes", boxes), ("masks", masks), ("scores", scores), ("class_ids", class_ids)):
             object.__setattr__(self, name, value)
         object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "quality", quality)
         object.__setattr__(self, "extra", {k: np.asarray(v) for k, v in self.extra.items()})
 
     # -- construction -------------------------------------------------------------------------------
@@ -165,6 +173,7 @@ class Instances:
             labels=tuple(self.labels[i] for i in idx),
             image_size=self.image_size,
             extra={k: v[idx] for k, v in self.extra.items()},
+            quality=None if self.quality is None else self.quality[idx],
         )
 
     def __iter__(self):
@@ -213,6 +222,8 @@ class Instances:
             labels=sum((i.labels for i in items), ()),
             image_size=items[0].image_size,
             extra={k: np.concatenate([i.extra[k] for i in items]) for k in keys if all(k in i.extra for i in items)},
+            # known for all or for none: a part without quality makes the whole unknown (no made-up values)
+            quality=np.concatenate([i.quality for i in items]) if all(i.quality is not None for i in items) else None,
         )
 
     # -- mask storage -------------------------------------------------------------------------------
@@ -246,11 +257,17 @@ class Instances:
         return dataclasses.replace(self, masks=masks)
 
     # -- selection helpers --------------------------------------------------------------------------
-    def filter(self, *, min_score: float | None = None, classes: Sequence[str] | None = None) -> Instances:
-        """Keep instances with ``score >= min_score`` and (if given) a label in ``classes``."""
+    def filter(self, *, min_score: float | None = None, classes: Sequence[str] | None = None,
+               min_quality: float | None = None) -> Instances:
+        """Keep instances with ``score >= min_score``, ``quality >= min_quality`` and (if given) a label in
+        ``classes``. ``min_quality`` on instances without ``quality`` is an error (nothing to filter on)."""
         keep = np.ones(len(self), bool)
         if min_score is not None:
             keep &= self.scores >= min_score
+        if min_quality is not None:
+            if self.quality is None:
+                raise ValueError("Instances.filter(min_quality=...): these instances carry no quality")
+            keep &= self.quality >= min_quality
         if classes is not None:
             wanted = set(classes)
             keep &= np.array([lab in wanted for lab in self.labels], bool)
@@ -283,7 +300,8 @@ class Instances:
         return self.masks.perimeters() if self.is_cropped else mask_perimeters(self.masks)
 
     def measurements(self) -> list[dict[str, Any]]:
-        """One dict per instance: id, label, class_id, score, area_px, perimeter_px, centroid_xy, bbox_xyxy.
+        """One dict per instance: id, label, class_id, score, quality (None when unknown), area_px,
+        perimeter_px, centroid_xy, bbox_xyxy.
 
         An empty mask (a box whose mask fell below the threshold) has ``centroid_xy`` ``[None, None]``:
         JSON has no NaN, and ``null`` is what the web API and every strict parser expect.
@@ -295,6 +313,7 @@ class Instances:
                 "label": self.labels[i],
                 "class_id": int(self.class_ids[i]),
                 "score": float(self.scores[i]),
+                "quality": None if self.quality is None else float(self.quality[i]),
                 "area_px": int(areas[i]),
                 "perimeter_px": float(perims[i]),
                 "centroid_xy": [float(v) if np.isfinite(v) else None for v in cents[i]],
@@ -327,6 +346,8 @@ class Instances:
                     "segmentation": rles[i],
                 }
             )
+            if self.quality is not None:  # masklab's mask quality; other COCO tools ignore the key
+                out[-1]["quality"] = float(self.quality[i])
         return out
 
     def to_mrcnn(self, class_names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -365,6 +386,7 @@ class Instances:
                     "label": m["label"],
                     "class_id": m["class_id"],
                     "score": round(m["score"], 6),
+                    "quality": None if m["quality"] is None else round(m["quality"], 6),
                     "bbox_xyxy": [round(v, 3) for v in m["bbox_xyxy"]],
                     "area_px": m["area_px"],
                     "perimeter_px": round(m["perimeter_px"], 3),
@@ -381,6 +403,7 @@ class Instances:
 
         h, w = image_size
         masks = decode_rle([d["rle"] for d in instances], (h, w))
+        qualities = [d.get("quality") for d in instances]
         return cls(
             boxes=np.array([d["bbox_xyxy"] for d in instances], np.float32).reshape(-1, 4),
             masks=masks,
@@ -388,4 +411,5 @@ class Instances:
             class_ids=[d["class_id"] for d in instances],
             labels=[d["label"] for d in instances],
             image_size=(h, w),
+            quality=None if not qualities or any(q is None for q in qualities) else qualities,
         )

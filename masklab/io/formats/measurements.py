@@ -1,8 +1,8 @@
 """CSV of per-instance measurements for a whole run, optionally calibrated to a real unit.
 
-Columns: ``image, id, label, class_id, score, area_px, perimeter_px, centroid_x, centroid_y, bbox_x1,
+Columns: ``image, id, label, class_id, score, quality, area_px, perimeter_px, centroid_x, centroid_y, bbox_x1,
 bbox_y1, bbox_x2, bbox_y2`` (pixels; centroid with pixel centres at +0.5, bbox xyxy with x2/y2 the
-right/bottom edge). With ``px_per_unit`` (pixels per unit of length, e.g. 12.5 px per mm) two more:
+right/bottom edge; ``quality`` the mask quality in [0, 1], empty where unknown). With ``px_per_unit`` (pixels per unit of length, e.g. 12.5 px per mm) two more:
 ``area_<unit>2 = area_px / px_per_unit**2`` and ``perimeter_<unit> = perimeter_px / px_per_unit``.
 Without it, images whose file gave a pixel size (the per-image JSON's ``pixel_size``) fill the same two
 columns in that file's unit (``area_um2``, ``perimeter_um``; one pair per unit seen in the run, empty
@@ -75,6 +75,7 @@ def measurement_rows(records: Sequence[dict[str, Any]], *, px_per_unit: float | 
                 "label": d["label"],
                 "class_id": d["class_id"],
                 "score": d["score"],
+                "quality": d.get("quality"),
                 "area_px": d["area_px"],
                 "perimeter_px": d["perimeter_px"],
                 "centroid_x": cx,

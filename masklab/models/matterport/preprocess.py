@@ -127,13 +127,15 @@ class UnmoldedDetections:
     """Final results in original-image pixels (matterport's ``detect()`` dict, masks channel-first).
 
     ``rois`` int32 (N, 4) ``y1, x1, y2, x2`` (y2, x2 exclusive); ``class_ids`` int32 (N,);
-    ``scores`` float32 (N,); ``masks`` bool (N, H, W).
+    ``scores`` float32 (N,); ``masks`` bool (N, H, W); ``mask_probs`` float32 (N, 28, 28), the mask head's
+    probabilities before pasting (masklab's per-instance quality reads them).
     """
 
     rois: np.ndarray
     class_ids: np.ndarray
     scores: np.ndarray
     masks: np.ndarray
+    mask_probs: np.ndarray | None = None
 
 
 def unmold_detections(
@@ -168,5 +170,6 @@ def unmold_detections(
         region = full[i, y1:y2, x1:x2]
         region[...] = (small >= 0.5)[: region.shape[0], : region.shape[1]]
     return UnmoldedDetections(
-        rois=boxes.astype(np.int32), class_ids=class_ids, scores=scores.astype(np.float32), masks=full
+        rois=boxes.astype(np.int32), class_ids=class_ids, scores=scores.astype(np.float32), masks=full,
+        mask_probs=np.asarray(masks, np.float32),
     )

@@ -101,6 +101,7 @@ class MatterportRuntime:
             scores=result.scores.astype(np.float32),
             class_ids=result.class_ids.astype(np.int64),
             masks=result.masks,
+            mask_probs=result.mask_probs,
         )
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:

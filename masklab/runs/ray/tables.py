@@ -12,6 +12,7 @@ id               int32               instance index in the image (descending sco
 label            string              class name
 class_id         int32               the model's class id
 score            float64             0..1
+quality          float64             mask quality 0..1 (null where unknown)
 bbox_xyxy        list<float64>[4]    x1, y1, x2, y2 in pixels (x2/y2 the right/bottom edges)
 area_px          int64               mask pixels
 perimeter_px     float64             contour length in pixels
@@ -51,6 +52,7 @@ def instance_schema():
             ("label", pa.string()),
             ("class_id", pa.int32()),
             ("score", pa.float64()),
+            ("quality", pa.float64()),
             ("bbox_xyxy", pa.list_(pa.float64(), 4)),
             ("area_px", pa.int64()),
             ("perimeter_px", pa.float64()),
@@ -94,6 +96,7 @@ def instance_table(records: Sequence[tuple[str, dict[str, Any]]]):
                     "label": d["label"],
                     "class_id": d["class_id"],
                     "score": d["score"],
+                    "quality": d.get("quality"),
                     "bbox_xyxy": d["bbox_xyxy"],
                     "area_px": d["area_px"],
                     "perimeter_px": d["perimeter_px"],
@@ -142,6 +145,7 @@ def record_from_rows(image: dict[str, Any], rows: Sequence[dict[str, Any]], *, m
                 "label": r["label"],
                 "class_id": r["class_id"],
                 "score": r["score"],
+                "quality": r.get("quality"),
                 "bbox_xyxy": list(r["bbox_xyxy"]),
                 "area_px": r["area_px"],
                 "perimeter_px": r["perimeter_px"],

@@ -218,7 +218,8 @@ function buildTable() {
       render();
     });
     box.addEventListener("click", (e) => e.stopPropagation());
-    const cells = [box, String(d.id), d.label, d.score.toFixed(3), d.area_px.toLocaleString()];
+    const quality = d.quality == null ? "–" : d.quality.toFixed(3);
+    const cells = [box, String(d.id), d.label, d.score.toFixed(3), quality, d.area_px.toLocaleString()];
     cells.forEach((c, i) => {
       const td = document.createElement("td");
       if (i >= 3) td.className = "num";
