@@ -28,6 +28,8 @@ def add_parser(sub) -> None:
     g.add_argument("--freeze", default=None, help="none | backbone | heads, or a schedule like backbone:2,none (default: none)")
     g.add_argument("--min-size", type=int, default=None, help="training image shorter side in pixels (default: the model's)")
     g.add_argument("--max-size", type=int, default=None, help="training image longer-side cap in pixels (default: the model's)")
+    g.add_argument("--mask-iou-head", action="store_true", default=None,
+                   help="also train a MaskIoU head (Mask Scoring R-CNN): its predicted mask IoU becomes each object's quality")
     g = p.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=None, help="number of passes over the training set")
     g.add_argument("--time-budget", default=None, metavar="DURATION", help="wall-clock budget, e.g. 20m or 1h; the LR schedule fits it")
@@ -73,6 +75,7 @@ def run(args) -> int:
         "max_steps": args.max_steps, "batch_size": args.batch_size, "accumulate": args.accumulate, "lr": args.lr,
         "warmup_steps": args.warmup_steps, "patience": args.patience, "augment": False if args.no_augment else None,
         "device": args.device, "amp": args.amp, "workers": args.workers, "seed": args.seed,
+        "mask_iou_head": args.mask_iou_head,
     }
     given = {k: v for k, v in given.items() if v is not None}  # None = not typed: defaults live in TrainConfig
     if world_size_from_env() <= 1:  # under torchrun, its OMP_NUM_THREADS shares the CPUs between processes

@@ -8,10 +8,12 @@ from pathlib import Path
 
 from masklab._version import __version__
 from masklab.errors import UsageError
+from masklab.export.core import output_names
 from masklab.io.atomic import atomic_write, atomic_write_bytes, atomic_write_json
 from masklab.models.card import ModelCard
 from masklab.models.exported import CARD_KEY, FORMATS, TS_CARD_FILE, detect_export_format, read_card
 from masklab.models.loading import LoadedModel, load_model
+from masklab.models.mask_iou import has_mask_iou_head
 from masklab.optional import require
 from masklab.settings import InferenceSettings
 
@@ -35,6 +37,7 @@ _OUTPUTS = {
     "mask_probs": "float32 (N, 1, 28, 28) mask probabilities inside each box; paste with "
     "masklab.structures.masks.paste_masks (padding 1, threshold mask_threshold)",
 }
+_MASK_IOU_OUTPUT = {"mask_iou": "float32 (N,) in [0, 1], the MaskIoU head's predicted IoU of each mask (its quality)"}
 
 
 def model_card(loaded: LoadedModel, *, mask_threshold: float = 0.5) -> ModelCard:
@@ -54,7 +57,7 @@ def model_card(loaded: LoadedModel, *, mask_threshold: float = 0.5) -> ModelCard
         mask_threshold=float(mask_threshold),
         weights=None,
         source_weights=loaded.weights_source,
-        outputs=dict(_OUTPUTS),
+        outputs={**_OUTPUTS, **(_MASK_IOU_OUTPUT if has_mask_iou_head(m) else {})},
         masklab_version=__version__,
     )
 
@@ -91,7 +94,7 @@ def trace_core(module, *, example_hw: tuple[int, int] = (240, 320)):
         return torch.jit.trace(core, (example,), check_trace=False), example
 
 
-def _export_onnx(traced, example, out: Path, card: dict, *, opset: int = 17) -> None:
+def _export_onnx(traced, example, out: Path, card: dict, names: tuple[str, ...], *, opset: int = 17) -> None:
     import io
     import warnings
 
@@ -108,14 +111,8 @@ def _export_onnx(traced, example, out: Path, card: dict, *, opset: int = 17) -> 
             dynamo=False,  # the TorchScript exporter handles torchvision's detection ops (NMS, RoIAlign)
             opset_version=opset,
             input_names=["image"],
-            output_names=["boxes", "scores", "labels", "mask_probs"],
-            dynamic_axes={
-                "image": {1: "height", 2: "width"},
-                "boxes": {0: "n"},
-                "scores": {0: "n"},
-                "labels": {0: "n"},
-                "mask_probs": {0: "n"},
-            },
+            output_names=list(names),
+            dynamic_axes={"image": {1: "height", 2: "width"}, **{name: {0: "n"} for name in names}},
         )
     proto = onnx.load_from_string(buf.getvalue())
     entry = proto.metadata_props.add()
@@ -124,10 +121,10 @@ def _export_onnx(traced, example, out: Path, card: dict, *, opset: int = 17) -> 
     atomic_write_bytes(out, proto.SerializeToString())
 
 
-def _export_openvino(traced, out: Path, card: dict) -> None:
+def _export_openvino(traced, out: Path, card: dict, names: tuple[str, ...]) -> None:
     ov = require("openvino")
     model = ov.convert_model(traced, input=[ov.PartialShape([3, -1, -1])])
-    for i, name in enumerate(("boxes", "scores", "labels", "mask_probs")):
+    for i, name in enumerate(names):
         model.outputs[i].get_tensor().set_names({name})
     model.set_rt_info(json.dumps(card), ["masklab", "card"])
     # .xml + .bin: written in a temp folder next to the target, then moved (bin first, so a reader that
@@ -172,10 +169,11 @@ def export_loaded(
     out.parent.mkdir(parents=True, exist_ok=True)
     card = model_card(loaded).replace(export_format=fmt).to_json()
     traced, example = traced if traced is not None else trace_core(loaded.module, example_hw=example_hw)
+    names = output_names(loaded.module)  # + mask_iou with a MaskIoU head
     if fmt == "onnx":
-        _export_onnx(traced, example, out, card)
+        _export_onnx(traced, example, out, card, names)
     elif fmt == "openvino":
-        _export_openvino(traced, out, card)
+        _export_openvino(traced, out, card, names)
     else:
         _export_torchscript(traced, out, card)
     atomic_write_json(out.with_name(out.name + ".card.json"), card, indent=2)

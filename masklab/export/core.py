@@ -11,7 +11,9 @@ Core contract (one image per call; any H, W; N may be 0):
 - ``boxes``: float32 (N, 4) xyxy in pixels of the *input* image;
 - ``scores``: float32 (N,) in [0, 1], descending;
 - ``labels``: int64 (N,), the model's class ids;
-- ``mask_probs``: float32 (N, 1, 28, 28), probabilities in [0, 1] inside each box.
+- ``mask_probs``: float32 (N, 1, 28, 28), probabilities in [0, 1] inside each box;
+- ``mask_iou`` (only for a model with a MaskIoU head, :mod:`masklab.models.mask_iou`): float32 (N,) in
+  [0, 1], the predicted IoU of each mask, which becomes the detection's ``quality``.
 """
 
 from __future__ import annotations
@@ -20,19 +22,40 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CoreOutputs", "TensorCore", "core_to_detections", "CORE_OUTPUT_NAMES"]
+__all__ = ["CoreOutputs", "TensorCore", "core_to_detections", "CORE_OUTPUT_NAMES", "MASK_IOU_OUTPUT", "output_names"]
 
 CORE_OUTPUT_NAMES = ("boxes", "scores", "labels", "mask_probs")
+#: the fifth output of a model with a MaskIoU head
+MASK_IOU_OUTPUT = "mask_iou"
 
 
 @dataclass(frozen=True)
 class CoreOutputs:
-    """The core's four outputs for one image, as numpy (see the module docstring for shapes)."""
+    """The core's outputs for one image, as numpy (see the module docstring for shapes); ``mask_iou``
+    None for a model without a MaskIoU head."""
 
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
     mask_probs: np.ndarray
+    mask_iou: np.ndarray | None = None
+
+    def select(self, keep: np.ndarray) -> CoreOutputs:
+        """The detections where bool (N,) ``keep`` is True."""
+        return CoreOutputs(self.boxes[keep], self.scores[keep], self.labels[keep], self.mask_probs[keep],
+                           None if self.mask_iou is None else self.mask_iou[keep])
+
+    @classmethod
+    def from_outputs(cls, outputs) -> CoreOutputs:
+        """From the core's outputs in order (four, or five with ``mask_iou``)."""
+        return cls(*outputs[:4], mask_iou=outputs[4] if len(outputs) > 4 else None)
+
+
+def output_names(model) -> tuple[str, ...]:
+    """The core's output names for a torchvision ``MaskRCNN`` ``model`` (``mask_iou`` with a MaskIoU head)."""
+    from masklab.models.mask_iou import has_mask_iou_head
+
+    return CORE_OUTPUT_NAMES + ((MASK_IOU_OUTPUT,) if has_mask_iou_head(model) else ())
 
 
 def _tensor_core_class():
@@ -40,7 +63,7 @@ def _tensor_core_class():
     from torchvision.models.detection.transform import resize_boxes
 
     class _TensorCore(torch.nn.Module):
-        """``image (3, H, W)`` -> ``(boxes, scores, labels, mask_probs)``; wraps a torchvision MaskRCNN."""
+        """``image (3, H, W)`` -> ``(boxes, scores, labels, mask_probs[, mask_iou])``; wraps a torchvision MaskRCNN."""
 
         def __init__(self, model) -> None:
             super().__init__()
@@ -57,6 +80,8 @@ def _tensor_core_class():
             detections, _ = self.roi_heads(features, proposals, batch.image_sizes)
             det = detections[0]
             boxes = resize_boxes(det["boxes"], batch.image_sizes[0], original_size)
+            if "mask_iou" in det:  # a MaskIoU head (its hook on roi_heads added it)
+                return boxes, det["scores"], det["labels"], det["masks"], det["mask_iou"]
             return boxes, det["scores"], det["labels"], det["masks"]
 
     return _TensorCore
@@ -83,4 +108,5 @@ def core_to_detections(out: CoreOutputs, size_hw: tuple[int, int], *, mask_thres
         class_ids=np.asarray(out.labels).astype(np.int64).reshape(-1),
         masks=masks,
         mask_probs=probs[:, 0],  # (N, M, M): the per-instance quality and refine read them
+        quality=None if out.mask_iou is None else np.asarray(out.mask_iou, np.float32).reshape(-1),
     )

@@ -68,6 +68,9 @@ class ModelCard:
         base_model, trained, reproduce, notes: provenance (``trained``: data, init, epochs, steps, command).
         data_stats: the training set's image and object sizes in original pixels
             (:func:`masklab.data.stats.dataset_stats`); ``--tile auto`` uses them.
+        mask_iou_head: the sizes of the model's MaskIoU head (:func:`masklab.models.mask_iou.head_config`)
+            when it was trained with one (``masklab train --mask-iou-head``): loading builds the head, and
+            its predicted mask IoU is every detection's ``quality``; None: no head.
         export_format, source_weights, outputs: for exported files (format, what was exported, output specs).
         extra: keys this version does not know, kept so that a card read and written again loses nothing.
     """
@@ -94,6 +97,7 @@ class ModelCard:
     base_model: str | None = None
     trained: dict | None = None
     data_stats: dict | None = None
+    mask_iou_head: dict | None = None
     reproduce: tuple[str, ...] = ()
     notes: str = ""
     export_format: str | None = None

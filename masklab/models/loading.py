@@ -16,6 +16,7 @@ from typing import Any
 from masklab.errors import UsageError, WeightsMismatchError
 from masklab.models.card import ModelCard
 from masklab.models.exported import read_card
+from masklab.models.mask_iou import attach_mask_iou_head, config_from_state, head_config
 from masklab.models.source import (
     ModelSource,
     detect_arch,
@@ -80,9 +81,15 @@ def _load_weights_into(module, state: Mapping, source: str) -> None:
     module.load_state_dict(state, strict=True)
 
 
-def _with_state(spec: ModelSpec, path: Path, settings: InferenceSettings, state: Mapping | None = None) -> tuple:
+def _with_state(spec: ModelSpec, path: Path, settings: InferenceSettings, state: Mapping | None = None,
+                mask_iou: Mapping | None = None) -> tuple:
+    """Build ``spec``'s network and load ``path``'s weights; with a MaskIoU head when ``mask_iou`` (a card's
+    ``mask_iou_head``) says so or the weights hold one."""
     state = load_state_dict(path) if state is None else state  # fp16-stored tensors are copied into fp32
     module = build_module(spec, settings)
+    mask_iou = mask_iou or config_from_state(state)
+    if mask_iou:
+        attach_mask_iou_head(module, mask_iou)
     _load_weights_into(module, state, str(path))
     return spec, module, str(path)
 
@@ -119,7 +126,8 @@ def _load_card(src: ModelSource, settings: InferenceSettings, seed: int) -> tupl
     card = read_card_file(src.card_path)
     if card.weights is None or not card.weights.file:
         raise UsageError(f"{src.card_path}: the model card names no weights file")
-    spec, module, weights = _with_state(spec_from_card(card), src.card_path.parent / card.weights.file, settings)
+    spec, module, weights = _with_state(spec_from_card(card), src.card_path.parent / card.weights.file, settings,
+                                        mask_iou=card.mask_iou_head)
     return spec, module, weights, card
 
 
@@ -182,6 +190,9 @@ def load_model(
         card = card.replace(export_format=src.export_format)
     if file_card:  # a trained model: its card's record of the training data and provenance stays with it
         c = file_card[0]
-        card = card.replace(data_stats=c.data_stats, trained=c.trained, base_model=c.base_model, metrics=dict(c.metrics))
+        card = card.replace(data_stats=c.data_stats, trained=c.trained, base_model=c.base_model, metrics=dict(c.metrics),
+                            mask_iou_head=c.mask_iou_head)
+    if module is not None and head_config(module) is not None:
+        card = card.replace(mask_iou_head=head_config(module))
     return LoadedModel(spec=spec, card=card, module=module, weights_source=weights_source, source=src,
                        prepared=prepared, settings=settings)

@@ -52,7 +52,7 @@ class _CoreRuntime:
             core = self.run_core(_image_input(im))
             if self.score_thresh is not None:
                 keep = np.asarray(core.scores) >= self.score_thresh  # before pasting: no work on dropped ones
-                core = CoreOutputs(core.boxes[keep], core.scores[keep], core.labels[keep], core.mask_probs[keep])
+                core = core.select(keep)
             out.append(core_to_detections(core, im.shape[:2], mask_threshold=self.mask_threshold))
         return out
 
@@ -100,10 +100,10 @@ class OpenVINORuntime(_CoreRuntime):
         request = self._requests.get()  # thread-safe: each caller runs on a request of its own
         try:
             res = request.infer([x])  # releases the GIL while the CPU plugin runs
-            boxes, scores, labels, probs = (np.array(res[o]) for o in self.compiled.outputs)  # copies
+            outs = [np.array(res[o]) for o in self.compiled.outputs]  # copies; a 5th: mask_iou
         finally:
             self._requests.put(request)
-        return CoreOutputs(boxes, scores, labels, probs)
+        return CoreOutputs.from_outputs(outs)
 
 
 def _streams(threads: int | None) -> int:
@@ -135,8 +135,7 @@ class OnnxRuntime(_CoreRuntime):
         self.name = "onnx"
 
     def run_core(self, x: np.ndarray) -> CoreOutputs:
-        boxes, scores, labels, probs = self.session.run(None, {"image": x})
-        return CoreOutputs(boxes, scores, labels, probs)
+        return CoreOutputs.from_outputs(self.session.run(None, {"image": x}))  # a 5th output: mask_iou
 
 
 class TorchScriptRuntime(_CoreRuntime):
@@ -161,4 +160,4 @@ class TorchScriptRuntime(_CoreRuntime):
 
         with torch.inference_mode():
             outs = self.module(torch.from_numpy(x).to(self.device))
-        return CoreOutputs(*(o.cpu().numpy() for o in outs))
+        return CoreOutputs.from_outputs([o.cpu().numpy() for o in outs])

@@ -73,6 +73,7 @@ class TorchRuntime:
                     class_ids=det["labels"].cpu().numpy().astype(np.int64),
                     masks=masks,
                     mask_probs=det["masks"][:, 0].float().cpu().numpy(),  # (N, 28, 28): quality, refine
+                    quality=det["mask_iou"].float().cpu().numpy() if "mask_iou" in det else None,  # a MaskIoU head's
                 )
             )
         return out

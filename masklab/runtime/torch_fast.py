@@ -111,12 +111,13 @@ class TorchFastRuntime:
         per_image = []
         for det, rs, os_ in zip(detections, resized, original):
             boxes = resize_boxes(det["boxes"].float(), rs, os_)
-            per_image.append((boxes, det["scores"].float(), det["labels"], det["masks"].float()))
+            iou = det["mask_iou"].float() if "mask_iou" in det else None  # a MaskIoU head's prediction
+            per_image.append((boxes, det["scores"].float(), det["labels"], det["masks"].float(), iou))
         if self.device.type == "cuda":
-            per_image = [tuple(t.to("cpu", non_blocking=True) for t in row) for row in per_image]
+            per_image = [tuple(None if t is None else t.to("cpu", non_blocking=True) for t in row) for row in per_image]
             torch.cuda.current_stream(self.device).synchronize()
         out = []
-        for (boxes, scores, labels, probs), os_ in zip(per_image, original):
+        for (boxes, scores, labels, probs, iou), os_ in zip(per_image, original):
             out.append(
                 Detections(
                     boxes=boxes.numpy(),
@@ -124,6 +125,7 @@ class TorchFastRuntime:
                     class_ids=labels.numpy().astype(np.int64),
                     masks=paste_masks_torch(probs, boxes, os_, threshold=self.mask_threshold),
                     mask_probs=probs[:, 0].numpy(),  # (N, 28, 28): quality, refine
+                    quality=None if iou is None else iou.numpy(),
                 )
             )
         return out

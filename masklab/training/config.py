@@ -47,6 +47,8 @@ class TrainConfig:
         workers: DataLoader worker processes; seed: seeds sampling and augmentation.
         save_every_s: also save ``last`` mid-epoch this often (seconds).
         max_steps: stop after this many optimizer updates (tests; None: no limit).
+        mask_iou_head: also train a MaskIoU head (Mask Scoring R-CNN, :mod:`masklab.models.mask_iou`),
+            whose predicted mask IoU becomes each detection's ``quality``.
         command: the command line that started (and resumed) the run, recorded in the model card.
     """
 
@@ -74,6 +76,7 @@ class TrainConfig:
     seed: int = 0
     save_every_s: float = 600.0
     max_steps: int | None = None
+    mask_iou_head: bool = False
     command: str = ""
 
     def check(self) -> None:

@@ -105,15 +105,17 @@ def _init_coco(module: nn.Module, cfg: TrainConfig) -> str:
 
 def apply_freeze(module: nn.Module, mode: str) -> None:
     """``none``: all train; ``backbone``: the trunk (``backbone.body``) is frozen; ``heads``: only the
-    class-specific box and mask predictors train. Frozen BatchNorm layers also stop updating statistics."""
+    class-specific box and mask predictors (and a MaskIoU head, new like them) train. Frozen BatchNorm layers
+    also stop updating statistics."""
     for p in module.parameters():
         p.requires_grad_(mode == "none")
     if mode == "backbone":
         for name, p in module.named_parameters():
             p.requires_grad_(not name.startswith("backbone.body."))
     elif mode == "heads":
-        for sub in (module.roi_heads.box_predictor, module.roi_heads.mask_predictor):
-            for p in sub.parameters():
+        rh = module.roi_heads
+        for sub in (rh.box_predictor, rh.mask_predictor, getattr(rh, "mask_iou_head", None)):
+            for p in (sub.parameters() if sub is not None else ()):
                 p.requires_grad_(True)
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):

@@ -27,7 +27,7 @@ __all__ = ["LOSS_NAMES", "write_settings", "write_metrics", "read_metrics", "plo
            "write_card", "card_metrics", "package_model"]
 
 #: The losses torchvision's Mask R-CNN returns in training mode (metrics.csv has their epoch means).
-LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg", "loss_mask_iou")
 _CSV_FIELDS = ("epoch", "step", "seconds", "lr", "loss", *LOSS_NAMES, "box_ap", "box_ap50", "mask_ap", "mask_ap50")
 
 
@@ -98,10 +98,10 @@ def plot_curves(run_dir: Path, rows: list[dict]) -> None:
 
 # -- model.json -------------------------------------------------------------------------------------
 def trained_card(cfg: TrainConfig, spec: ModelSpec, weights_file: str, score: dict | None, *, step: int, epoch: int,
-                 data_stats: dict | None = None) -> ModelCard:
+                 data_stats: dict | None = None, mask_iou_head: dict | None = None) -> ModelCard:
     """The run's model card: ``spec``'s classes and input size, ``weights_file`` (relative to the run
     directory), the val ``score`` of those weights (fractions; None without ``--val``), provenance and the
-    training set's sizes (``data_stats``, for ``--tile auto``)."""
+    training set's sizes (``data_stats``, for ``--tile auto``); ``mask_iou_head``: the MaskIoU head's sizes, if any."""
     return spec.card().replace(  # the architecture's defaults (NMS, proposals...) written out in full
         weights=WeightsRef(file=weights_file, storage="float32"),
         metrics={} if score is None else {"dataset": cfg.val, **score},
@@ -110,6 +110,7 @@ def trained_card(cfg: TrainConfig, spec: ModelSpec, weights_file: str, score: di
         trained={"data": cfg.data, "init": cfg.init, "epochs": epoch, "steps": step, "command": cfg.command},
         masklab_version=__version__,
         data_stats=data_stats,
+        mask_iou_head=mask_iou_head,
     )
 
 

@@ -22,6 +22,7 @@ from masklab.data.dataset import open_dataset
 from masklab.data.stats import dataset_stats
 from masklab.errors import UsageError
 from masklab.inference.threads import resolve_device
+from masklab.models.mask_iou import attach_mask_iou_head, head_config
 from masklab.models.weights import check_state_dict
 from masklab.training.checkpoint import checkpoint_paths, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from masklab.training.config import TrainConfig, TrainResult, freeze_mode, parse_freeze
@@ -36,6 +37,7 @@ from masklab.training.ddp import (
     wrap_module,
 )
 from masklab.training.evaluate import evaluate_model
+from masklab.training.mask_iou import mask_iou_loss
 from masklab.training.model import (
     apply_freeze,
     build_model,
@@ -196,6 +198,7 @@ class Trainer:
         no_sync = self.ddp_module.no_sync() if (self.info.distributed and not sync) else contextlib.nullcontext()
         with no_sync, torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
             losses = self.ddp_module(images, targets)
+            losses = {**losses, **mask_iou_loss(self.module)}  # {} without --mask-iou-head
             loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -264,7 +267,8 @@ class Trainer:
             self.best_score = card_metrics(self.run_dir)
         best = checkpoint_paths(self.run_dir, "best") or checkpoint_paths(self.run_dir, "last")
         card = trained_card(self.cfg, self.spec, str(best.weights.relative_to(self.run_dir)), self.best_score,
-                            step=self.counters.step, epoch=self.counters.epoch, data_stats=self.data_stats)
+                            step=self.counters.step, epoch=self.counters.epoch, data_stats=self.data_stats,
+                            mask_iou_head=head_config(self.module))
         write_card(self.run_dir, card)
         write_metrics(self.run_dir, self.history)
         plot_curves(self.run_dir, self.history)
@@ -320,6 +324,8 @@ class Trainer:
         self.spec = train_spec(cfg, self.class_names)
         self.module = build_model(self.spec)
         self.init_note = "resumed" if self.resume else init_weights(self.module, cfg, self.spec)
+        if cfg.mask_iou_head:  # after --init (COCO weights have no such head), before --resume loads its weights
+            attach_mask_iou_head(self.module)
         self.module.to(device)
         self.use_amp = (cfg.amp if cfg.amp is not None else device.startswith("cuda")) and device.startswith("cuda")
         if cfg.amp and not device.startswith("cuda"):

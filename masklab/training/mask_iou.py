@@ -1,0 +1,71 @@
+"""The MaskIoU head's loss (Mask Scoring R-CNN): L2 between the head's predicted IoU and the true IoU
+of the predicted mask, on the positive RoIs of the training step that just ran.
+
+For each positive RoI (the ones torchvision's mask branch trained on): its ground-truth object is the
+one the RoI heads' matcher assigns (recomputed here from the same boxes, so it is the same object); the
+*true IoU* is that of the predicted 28x28 mask of the object's class thresholded at probability 0.5
+with the object's mask projected onto the RoI at 28x28 (torchvision's ``project_masks_on_boxes``, >= 0.5),
+as the mask loss's own target. The head sees the predicted mask detached: the IoU loss trains the head
+and, through the RoI features, the shared layers, never the masks themselves.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from masklab.models.mask_iou import HEAD_NAME, has_mask_iou_head, take_training_stash
+
+__all__ = ["mask_iou_loss", "mask_iou_predictions", "mask_iou_targets", "LOSS_NAME"]
+
+LOSS_NAME = "loss_mask_iou"
+
+
+def mask_iou_targets(mask_logits: torch.Tensor, labels: torch.Tensor, gt_projected: torch.Tensor) -> torch.Tensor:
+    """True IoU float (P,) in [0, 1] of ``mask_logits`` (P, num_classes, M, M) for class ``labels`` int64 (P,),
+    thresholded at 0 (probability 0.5), with ``gt_projected`` float (P, M, M) in [0, 1] (>= 0.5 inside);
+    0 when both are empty."""
+    pred = mask_logits.gather(1, labels[:, None, None, None].expand(-1, 1, *mask_logits.shape[-2:]))[:, 0] > 0
+    gt = gt_projected >= 0.5
+    inter = (pred & gt).flatten(1).sum(1).float()
+    union = (pred | gt).flatten(1).sum(1).float()
+    return inter / union.clamp(min=1.0)
+
+
+def mask_iou_loss(module) -> dict[str, torch.Tensor]:
+    """``{"loss_mask_iou": L2 loss}`` for the training forward of ``module`` that just ran (an empty dict
+    for a module without a MaskIoU head). Call it after ``module(images, targets)`` in training mode."""
+    if not has_mask_iou_head(module):
+        return {}
+    pred, target = mask_iou_predictions(module)
+    if pred is None:  # no positive RoI in the batch: a zero that still reaches every head parameter
+        head = getattr(module.roi_heads, HEAD_NAME)
+        return {LOSS_NAME: sum(p.sum() for p in head.parameters()) * 0.0}
+    return {LOSS_NAME: torch.nn.functional.mse_loss(pred.float(), target)}
+
+
+def mask_iou_predictions(module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The head's predicted IoU float (P,) (unclipped, with gradients) and the true IoU float (P,) of the
+    positive RoIs of the training forward of ``module`` that just ran; ``(None, None)`` without positives."""
+    from torchvision.models.detection.roi_heads import project_masks_on_boxes
+    from torchvision.ops import box_iou
+
+    rh = module.roi_heads
+    kept = take_training_stash(module)
+    if kept is None or kept["targets"] is None or kept["logits"] is None:
+        raise RuntimeError("mask_iou_loss: no training forward of the model ran since the last call")
+    labels, projected = [], []
+    for boxes, target in zip(kept["boxes"], kept["targets"]):
+        if len(boxes) == 0:
+            continue
+        matched = rh.proposal_matcher(box_iou(target["boxes"], boxes)).clamp(min=0)
+        labels.append(target["labels"][matched])
+        projected.append(project_masks_on_boxes(target["masks"], boxes, matched, kept["logits"].shape[-1]))
+    if not labels:
+        return None, None
+    labels_t = torch.cat(labels)
+    logits = kept["logits"].detach()
+    with torch.no_grad():
+        target_iou = mask_iou_targets(logits, labels_t, torch.cat(projected))
+    probs = logits.gather(1, labels_t[:, None, None, None].expand(-1, 1, *logits.shape[-2:])).sigmoid()
+    pred = getattr(rh, HEAD_NAME)(kept["features"], probs).gather(1, labels_t[:, None])[:, 0]
+    return pred, target_iou
