@@ -74,7 +74,7 @@ def test_head_sizes_round_trip_through_the_state_dict_and_a_second_head_is_refus
     assert config_from_state(m.state_dict()) is None and head_config(m) is None
     attach_mask_iou_head(m)
     cfg = head_config(m)
-    assert cfg == {"in_channels": 128, "num_classes": 4, "conv_channels": 128, "fc_channels": 128, "num_convs": 4,
+    assert cfg == {"in_channels": 128, "num_classes": 4, "conv_channels": 128, "fc_channels": 128, "num_convs": 2,
                    "roi_size": 14}
     assert config_from_state(m.state_dict()) == cfg
     assert any(k.startswith("roi_heads.mask_iou_head.") for k in m.state_dict())
