@@ -13,7 +13,7 @@ import torch
 from masklab.models.card import ModelCard, WeightsRef
 from masklab.models.mask_iou import attach_mask_iou_head, config_from_state, head_config
 from masklab.structures.quality import mask_quality
-from masklab.training.mask_iou import mask_iou_loss, mask_iou_targets
+from masklab.training.mask_iou import mask_iou_loss, mask_iou_predictions, mask_iou_targets
 
 DEMO = Path(__file__).resolve().parents[1] / "masklab" / "assets" / "shapes_small.safetensors"
 
@@ -98,9 +98,9 @@ def _train_steps(module, ds, steps: int, *, lr: float) -> list[float]:
         for p in head.parameters():
             p.requires_grad_(True)
         images, targets = zip(*[ds[(2 * step + j) % len(ds)] for j in range(2)])
-        other = module(list(images), list(targets))
-        assert "loss_mask" in other  # torchvision's own losses are unchanged
-        loss = mask_iou_loss(module)["loss_mask_iou"]
+        out = module(list(images), list(targets))
+        assert {"loss_mask", "loss_classifier"} <= set(out)  # torchvision's own losses are still there
+        loss = out["loss_mask_iou"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -113,20 +113,25 @@ def _roi_correlation(module, ds) -> tuple[float, int]:
     """Spearman of the head's prediction and the true IoU over the positive RoIs of ``ds`` (the training
     forward samples them; the head then runs in eval mode), and how many there were."""
     from masklab.evaluation.mask_quality import spearman
-    from masklab.training.mask_iou import mask_iou_predictions
     from masklab.training.model import apply_freeze
 
+    head = module.roi_heads.mask_iou_head
     preds, trues = [], []
+
+    def record(roi_heads, kept):  # as a loss function: sees the positive RoIs of the forward
+        p, t = mask_iou_predictions(roi_heads, kept)
+        preds.extend(p.tolist())
+        trues.extend(t.tolist())
+        return p.sum() * 0.0
+
+    loss_fn, head.loss_fn = head.loss_fn, record
     for i in range(0, len(ds) - 1, 2):
         torch.manual_seed(i)  # the same RoIs for every model compared
         module.train()
         apply_freeze(module, "heads")
         with torch.no_grad():
             module(*map(list, zip(*[ds[i], ds[i + 1]])))
-            module.roi_heads.mask_iou_head.eval()
-            p, t = mask_iou_predictions(module)
-        preds += p.tolist()
-        trues += t.tolist()
+    head.loss_fn = loss_fn
     module.eval()
     return spearman(preds, trues), len(preds)
 
@@ -144,7 +149,7 @@ def test_trained_head_predicts_true_iou(shapes, tmp_path):
     held = TorchDataset(open_dataset(str(write_shapes(tmp_path / "held", n=8, seed=9).parent)), augment=False)
     m = _demo_module()
     torch.manual_seed(0)
-    attach_mask_iou_head(m)
+    attach_mask_iou_head(m, loss=mask_iou_loss)
     before, n = _roi_correlation(m, held)
     losses = _train_steps(m, ds, 30, lr=1e-3)
     after, n_after = _roi_correlation(m, held)
@@ -297,3 +302,29 @@ def test_cli_train_with_the_head_makes_a_model_whose_quality_is_the_heads(shapes
     # --resume rebuilds the head before loading the checkpoint (strict: its weights are there) and trains on.
     assert main(["train", "--resume", str(run), "--max-steps", "3", "--no-progress"]) == 0
     assert json.loads((run / "model.json").read_text())["trained"]["steps"] == 3
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_the_head(tmp_path):
+    """DDP: the head's loss is computed inside the model's forward (a parameter used outside it would be
+    marked ready twice by DDP's reducer)."""
+    import os
+    import subprocess
+    import sys
+
+    from masklab.data.shapes import write_shapes
+    from masklab.training.checkpoint import load_checkpoint
+
+    write_shapes(tmp_path / "train", n=4, size=64, seed=5)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "masklab", "train", "--data", str(tmp_path / "train"), "--out", str(run), "--model", "small",
+           "--init", "scratch", "--min-size", "64", "--max-size", "64", "--batch-size", "1", "--epochs", "1",
+           "--device", "cpu", "--no-progress", "--warmup-steps", "1", "--mask-iou-head"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    weights, state = load_checkpoint(run, "last")
+    assert state["step"] == 2
+    head = {k: v for k, v in weights.items() if k.startswith("roi_heads.mask_iou_head.")}
+    assert head and all(torch.isfinite(v).all() for v in head.values())

@@ -17,8 +17,10 @@ three forward hooks, all module-level functions that find the head through the m
 - on ``roi_heads.mask_roi_pool``: keeps the boxes it pooled and the features it returned;
 - on ``roi_heads.mask_predictor``: keeps the mask logits (training only);
 - on ``roi_heads``: in eval mode adds ``"mask_iou"`` float (N,) in [0, 1] to every detection dict (the
-  torch runtimes and the traced export core read it there); in training mode it keeps the resized
-  targets, and :func:`masklab.training.mask_iou.mask_iou_loss` computes the head's loss from what was kept.
+  torch runtimes and the traced export core read it there); in training mode, when the head has a
+  ``loss_fn`` (``masklab train`` gives it :func:`masklab.training.mask_iou.mask_iou_loss`), it adds
+  ``"loss_mask_iou"`` to the losses torchvision returns. The loss is computed inside the model's forward,
+  as DistributedDataParallel requires of every parameter's use.
 
 Attach the head after :func:`masklab.models.roi_pool.use_fast_roi_pooling` (which replaces the pooler,
 and with it the hook on it).
@@ -30,12 +32,14 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["HEAD_NAME", "attach_mask_iou_head", "head_config", "config_from_state", "has_mask_iou_head",
-           "default_config", "take_training_stash"]
+           "default_config", "LOSS_NAME"]
 
 #: the head's attribute on ``roi_heads`` (and its state-dict prefix after ``roi_heads.``)
 HEAD_NAME = "mask_iou_head"
 _PREFIX = f"roi_heads.{HEAD_NAME}."
 _STASH = "_masklab_mask_iou_stash"
+#: the head's loss in the dict torchvision's Mask R-CNN returns in training mode
+LOSS_NAME = "loss_mask_iou"
 
 
 def _head_class():
@@ -61,6 +65,9 @@ def _head_class():
             self.fcs = nn.Sequential(nn.Linear(conv_channels * side * side, fc_channels), nn.ReLU(inplace=True),
                                      nn.Linear(fc_channels, fc_channels), nn.ReLU(inplace=True))
             self.predictor = nn.Linear(fc_channels, num_classes)
+            #: ``loss_fn(roi_heads, kept) -> scalar tensor``, called in training mode (None: no loss); ``kept``:
+            #: ``boxes`` (the positive RoIs per image, resized pixels), ``features``, ``logits``, ``targets``
+            self.loss_fn = None
             # As mmdetection's MaskIoUHead: Kaiming convs, Xavier FCs, a small output layer.
             for m in self.modules():
                 if isinstance(m, nn.Conv2d):
@@ -116,15 +123,17 @@ def config_from_state(state: Mapping[str, Any]) -> dict[str, int] | None:
             "fc_channels": int(pred.shape[1]), "num_convs": len(convs), "roi_size": 2 * side}
 
 
-def attach_mask_iou_head(module, config: Mapping[str, int] | None = None):
+def attach_mask_iou_head(module, config: Mapping[str, int] | None = None, *, loss=None):
     """Add a MaskIoU head (random weights) and its hooks to the torchvision ``MaskRCNN`` ``module``, in
     place; returns the head. ``config``: its sizes (:func:`head_config` / a card's ``mask_iou_head``;
-    default :func:`default_config`). Raises ValueError when ``module`` already has one."""
+    default :func:`default_config`); ``loss``: the head's ``loss_fn`` for training (see the module
+    docstring). Raises ValueError when ``module`` already has one."""
     rh = module.roi_heads
     if hasattr(rh, HEAD_NAME):
         raise ValueError("this model already has a MaskIoU head")
     cfg = {**default_config(module), **dict(config or {})}
     head = _head_class()(**cfg)
+    head.loss_fn = loss
     p = next(rh.parameters(), None)
     if p is not None:
         head.to(p.device)
@@ -151,12 +160,14 @@ def _after_roi_heads(rh, args, output):
     if pooled is None:
         raise RuntimeError("MaskIoU head: the mask pooler's hook did not run (was roi_heads.mask_roi_pool "
                            "replaced after attach_mask_iou_head? attach the head last)")
+    result, losses = output
     if rh.training:
         logits = rh.mask_predictor.__dict__.pop(_STASH, None)
         targets = args[3] if len(args) > 3 else None
-        setattr(getattr(rh, HEAD_NAME), _STASH, {**pooled, "logits": logits, "targets": targets})
-        return output
-    result, losses = output
+        loss_fn = getattr(rh, HEAD_NAME).loss_fn
+        if loss_fn is None or targets is None or logits is None:
+            return output
+        return result, {**losses, LOSS_NAME: loss_fn(rh, {**pooled, "logits": logits, "targets": targets})}
     if not result:
         return output
     head = getattr(rh, HEAD_NAME)
@@ -176,9 +187,4 @@ def _cat(tensors):
 
     return torch.cat(tensors)
 
-
-def take_training_stash(module) -> dict | None:
-    """What the last training forward kept for the loss (``boxes``, ``features``, ``logits``,
-    ``targets``), removed from the head; None when the head did not run."""
-    return getattr(module.roi_heads, HEAD_NAME).__dict__.pop(_STASH, None)
 

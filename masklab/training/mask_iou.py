@@ -1,5 +1,7 @@
 """The MaskIoU head's loss (Mask Scoring R-CNN): L2 between the head's predicted IoU and the true IoU
-of the predicted mask, on the positive RoIs of the training step that just ran.
+of the predicted mask, on the positive RoIs of a training forward. :func:`mask_iou_loss` is the head's
+``loss_fn`` (:func:`masklab.models.mask_iou.attach_mask_iou_head`): the model's forward calls it and returns
+``loss_mask_iou`` with torchvision's losses.
 
 For each positive RoI (the ones torchvision's mask branch trained on): its ground-truth object is the
 one the RoI heads' matcher assigns (recomputed here from the same boxes, so it is the same object); the
@@ -13,11 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from masklab.models.mask_iou import HEAD_NAME, has_mask_iou_head, take_training_stash
+from masklab.models.mask_iou import HEAD_NAME, LOSS_NAME
 
 __all__ = ["mask_iou_loss", "mask_iou_predictions", "mask_iou_targets", "LOSS_NAME"]
-
-LOSS_NAME = "loss_mask_iou"
 
 
 def mask_iou_targets(mask_logits: torch.Tensor, labels: torch.Tensor, gt_projected: torch.Tensor) -> torch.Tensor:
@@ -31,33 +31,27 @@ def mask_iou_targets(mask_logits: torch.Tensor, labels: torch.Tensor, gt_project
     return inter / union.clamp(min=1.0)
 
 
-def mask_iou_loss(module) -> dict[str, torch.Tensor]:
-    """``{"loss_mask_iou": L2 loss}`` for the training forward of ``module`` that just ran (an empty dict
-    for a module without a MaskIoU head). Call it after ``module(images, targets)`` in training mode."""
-    if not has_mask_iou_head(module):
-        return {}
-    pred, target = mask_iou_predictions(module)
-    if pred is None:  # no positive RoI in the batch: a zero that still reaches every head parameter
-        head = getattr(module.roi_heads, HEAD_NAME)
-        return {LOSS_NAME: sum(p.sum() for p in head.parameters()) * 0.0}
-    return {LOSS_NAME: torch.nn.functional.mse_loss(pred.float(), target)}
+def mask_iou_loss(roi_heads, kept: dict) -> torch.Tensor:
+    """The head's L2 loss on the positive RoIs of one training forward: the ``loss_fn`` of
+    :func:`masklab.models.mask_iou.attach_mask_iou_head` (which calls it with ``roi_heads`` and what it
+    ``kept`` of the forward). Without a positive RoI, a zero that still reaches every head parameter."""
+    pred, target = mask_iou_predictions(roi_heads, kept)
+    if pred is None:
+        return sum(p.sum() for p in getattr(roi_heads, HEAD_NAME).parameters()) * 0.0
+    return torch.nn.functional.mse_loss(pred.float(), target)
 
 
-def mask_iou_predictions(module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def mask_iou_predictions(roi_heads, kept: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The head's predicted IoU float (P,) (unclipped, with gradients) and the true IoU float (P,) of the
-    positive RoIs of the training forward of ``module`` that just ran; ``(None, None)`` without positives."""
+    positive RoIs of a training forward (``kept``: see :func:`mask_iou_loss`); ``(None, None)`` without any."""
     from torchvision.models.detection.roi_heads import project_masks_on_boxes
     from torchvision.ops import box_iou
 
-    rh = module.roi_heads
-    kept = take_training_stash(module)
-    if kept is None or kept["targets"] is None or kept["logits"] is None:
-        raise RuntimeError("mask_iou_loss: no training forward of the model ran since the last call")
     labels, projected = [], []
     for boxes, target in zip(kept["boxes"], kept["targets"]):
         if len(boxes) == 0:
             continue
-        matched = rh.proposal_matcher(box_iou(target["boxes"], boxes)).clamp(min=0)
+        matched = roi_heads.proposal_matcher(box_iou(target["boxes"], boxes)).clamp(min=0)
         labels.append(target["labels"][matched])
         projected.append(project_masks_on_boxes(target["masks"], boxes, matched, kept["logits"].shape[-1]))
     if not labels:
@@ -67,5 +61,5 @@ def mask_iou_predictions(module) -> tuple[torch.Tensor | None, torch.Tensor | No
     with torch.no_grad():
         target_iou = mask_iou_targets(logits, labels_t, torch.cat(projected))
     probs = logits.gather(1, labels_t[:, None, None, None].expand(-1, 1, *logits.shape[-2:])).sigmoid()
-    pred = getattr(rh, HEAD_NAME)(kept["features"], probs).gather(1, labels_t[:, None])[:, 0]
+    pred = getattr(roi_heads, HEAD_NAME)(kept["features"], probs).gather(1, labels_t[:, None])[:, 0]
     return pred, target_iou

@@ -198,7 +198,6 @@ class Trainer:
         no_sync = self.ddp_module.no_sync() if (self.info.distributed and not sync) else contextlib.nullcontext()
         with no_sync, torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
             losses = self.ddp_module(images, targets)
-            losses = {**losses, **mask_iou_loss(self.module)}  # {} without --mask-iou-head
             loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -325,7 +324,7 @@ class Trainer:
         self.module = build_model(self.spec)
         self.init_note = "resumed" if self.resume else init_weights(self.module, cfg, self.spec)
         if cfg.mask_iou_head:  # after --init (COCO weights have no such head), before --resume loads its weights
-            attach_mask_iou_head(self.module)
+            attach_mask_iou_head(self.module, loss=mask_iou_loss)  # adds loss_mask_iou to the model's losses
         self.module.to(device)
         self.use_amp = (cfg.amp if cfg.amp is not None else device.startswith("cuda")) and device.startswith("cuda")
         if cfg.amp and not device.startswith("cuda"):
