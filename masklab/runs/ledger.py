@@ -145,6 +145,9 @@ def versions() -> dict[str, str | None]:
     from masklab import __version__
 
     def dist(name: str) -> str | None:
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "__version__"):  # loaded: its own word (torch's has +cu130)
+            return str(module.__version__)
         try:
             return metadata.version(name)
         except metadata.PackageNotFoundError:
