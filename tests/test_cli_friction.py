@@ -156,3 +156,30 @@ def test_help_lists_every_exit_code(capsys):
         codes = [int(m) for m in re.findall(r"^\s+(\d+)\s", table, re.M)]
         assert codes == [0, 1, UsageError.exit_code, WeightsUnavailableError.exit_code, WeightsMismatchError.exit_code, 130]
         assert codes[2:5] == [2, 3, 4]
+
+
+def test_serve_missing_weights_stop_at_once_and_ready_is_logged(capsys):
+    """README: missing weights stop `serve` before it listens (exit 3, the reason on stderr); a model that
+    loads says so on stderr (the log record existed, but no handler showed INFO)."""
+    pytest.importorskip("fastapi")
+    import logging
+
+    from masklab.cli.serve import log_to_stderr
+    from masklab.serve.service import Service
+    from masklab.serve.settings import ServeSettings
+    from masklab.settings import InferenceSettings
+
+    assert main(["serve", "--model", "maskrcnn_resnet50_fpn_v2", "--port", "0"]) == 3
+    assert "not cached" in _err(capsys)
+    handler = log_to_stderr()
+    try:
+        from masklab import Segmenter
+
+        inference = InferenceSettings(model="shapes_demo", device="cpu")
+        svc = Service(ServeSettings(inference=inference), lambda: Segmenter(settings=inference))
+        svc.load()
+        assert svc.segmenter is not None and svc.error is None
+        assert re.search(r"INFO: +masklab.serve: model shapes_small loaded and warm in [\d.]+ s; ready", _err(capsys))
+    finally:
+        logging.getLogger("masklab").removeHandler(handler)
+        logging.getLogger("masklab").setLevel(logging.NOTSET)
