@@ -62,6 +62,14 @@ def test_demo_model_is_listed_and_works_by_name_from_any_folder(shapes, elsewher
     assert f"results in {Path('runs') / 'segment-2'}" in err
 
 
+def test_models_json_lists_the_bundled_model(capsys):
+    import json
+
+    assert main(["models", "--json"]) == 0
+    demo = next(c for c in json.loads(capsys.readouterr().out) if c["name"] == "shapes_demo")
+    assert Path(demo["bundled"]).is_file() and demo["categories"][1:] == ["square", "circle", "triangle"]
+
+
 def test_offline_message_names_the_demo_model(shapes, tmp_path, capsys):
     image = sorted((shapes / "images").glob("*.png"))[0]
     code = main(["segment", str(image), "--out", str(tmp_path / "o")])  # the default COCO model, offline

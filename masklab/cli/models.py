@@ -62,7 +62,9 @@ def run(args) -> int:
     bundled = _bundled_cards()
     if args.json:
         docs = [{**s.card().to_json(), "cached": s.weights is not None and is_cached(s.weights)} for s in MODELS.values()]
-        docs += [{**card.to_json(), "name": name, "bundled": str(bundled_model(name))} for name, card in bundled]
+        # "weights" describes a download; a bundled model has none: "bundled" is its file in the package
+        docs += [{**card.to_json(), "name": name, "weights": None, "bundled": str(bundled_model(name))}
+                 for name, card in bundled]
         print(json.dumps(docs, indent=2))
         return 0
     rows = [("model", "box AP", "mask AP", "weights", "tags")]

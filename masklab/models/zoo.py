@@ -318,6 +318,5 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
     except KeyError:
-        known = model_names()
-        raise UsageError(f"unknown model {name!r}{did_you_mean(name, known)}; known models: {', '.join(known)} "
-                         "(or a path)") from None
+        known = list(MODELS)  # architectures; a bundled model is a trained file (see find_source)
+        raise UsageError(f"unknown model {name!r}{did_you_mean(name, known)}; known models: {', '.join(known)}") from None
