@@ -147,6 +147,7 @@ def test_summary_csv_columns_are_stable(shapes, tmp_path, capsys):
     _err(capsys)
 
 
+@pytest.mark.slow
 def test_eval_takes_a_dataset_folder_like_train(shapes, tmp_path, capsys):
     assert main(["eval", "--data", str(shapes), "--model", "shapes_demo", "--no-plots", "--out", str(tmp_path / "e")]) == 0
     out = capsys.readouterr().out
@@ -166,6 +167,7 @@ def test_help_lists_every_exit_code(capsys):
         assert codes[2:5] == [2, 3, 4]
 
 
+@pytest.mark.slow
 def test_serve_missing_weights_stop_at_once_and_ready_is_logged(capsys):
     """README: missing weights stop `serve` before it listens (exit 3, the reason on stderr); a model that
     loads says so on stderr (the log record existed, but no handler showed INFO)."""
