@@ -1,4 +1,5 @@
-"""``masklab models``: the model table with published accuracy and whether weights are cached."""
+"""``masklab models``: the model table with published accuracy and whether weights are cached, then the
+models shipped inside masklab (``shapes_demo``, the offline demo model)."""
 
 from __future__ import annotations
 
@@ -39,23 +40,47 @@ def _prepare(args) -> int:
     return 0
 
 
+def _bundled_cards() -> list[tuple[str, object]]:
+    """``(name, card)`` of each bundled model, its card read from the file beside its weights."""
+    from masklab.models.source import read_card_file
+    from masklab.models.zoo import BUNDLED, bundled_model
+
+    return [(name, read_card_file(bundled_model(name).with_suffix(".json"))) for name in BUNDLED]
+
+
+def _pct(v) -> str:
+    """A card score (a fraction) in the table's units (percent, as the published COCO APs)."""
+    return "-" if v is None else f"{100 * float(v):.1f}"
+
+
 def run(args) -> int:
     if args.prepare:
         return _prepare(args)
     from masklab.models.weights import is_cached, weights_path
-    from masklab.models.zoo import DEFAULT_MODEL, MODELS
+    from masklab.models.zoo import DEFAULT_MODEL, MODELS, bundled_model
 
+    bundled = _bundled_cards()
     if args.json:
-        print(json.dumps([{**s.card().to_json(), "cached": s.weights is not None and is_cached(s.weights)} for s in MODELS.values()], indent=2))
+        docs = [{**s.card().to_json(), "cached": s.weights is not None and is_cached(s.weights)} for s in MODELS.values()]
+        # "weights" describes a download; a bundled model has none: "bundled" is its file in the package
+        docs += [{**card.to_json(), "name": name, "weights": None, "bundled": str(bundled_model(name))}
+                 for name, card in bundled]
+        print(json.dumps(docs, indent=2))
         return 0
     rows = [("model", "box AP", "mask AP", "weights", "tags")]
     for s in MODELS.values():
         cached = "-" if s.weights is None else ("cached" if is_cached(s.weights) else "not cached")
         name = s.name + (" (default)" if s.name == DEFAULT_MODEL else "")
         rows.append((name, str(s.published.get("box_ap", "-")), str(s.published.get("mask_ap", "-")), cached, ",".join(s.tags)))
+    for name, card in bundled:
+        rows.append((name, _pct(card.metrics.get("box_ap")), _pct(card.metrics.get("mask_ap")), "bundled", "demo,offline"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    for name, card in bundled:
+        classes = ", ".join(c for c in card.categories if c != "__background__")
+        print(f"\n{name}: the offline demo model, shipped with masklab ({classes}; AP on its own synthetic val set); "
+              f"works without network: masklab segment IMAGES --model {name}\n  file: {bundled_model(name)}")
     some = next((s for s in MODELS.values() if s.weights is not None), None)
     if some is not None:
         print(f"\nweights cache: {weights_path(some.weights).parent}")

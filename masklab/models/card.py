@@ -127,11 +127,17 @@ class ModelCard:
         """Raise a clear error when ``classes`` (names to keep) holds a name this model does not predict."""
         if classes is None:
             return
-        known = set(self.categories) - NOT_CLASSES
+        import difflib
+
+        known = [c for c in dict.fromkeys(self.categories) if c not in NOT_CLASSES]  # model order
         unknown = [c for c in classes if c not in known]
         if unknown:
-            raise UsageError(f"unknown class names {unknown} for model {self.name!r}; its classes: "
-                             f"{', '.join(sorted(known)[:20])}{' ...' if len(known) > 20 else ''}")
+            lower = {k.lower(): k for k in known}
+            close = [difflib.get_close_matches(c.lower(), list(lower), n=1, cutoff=0.6) for c in unknown]
+            hints = [f"{lower[m[0]]!r} for {c!r}" for c, m in zip(unknown, close) if m]
+            hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+            raise UsageError(f"unknown class names {unknown} for model {self.name!r}{hint}; its {len(known)} classes: "
+                             f"{', '.join(known[:40])}{' ...' if len(known) > 40 else ''}")
 
     def replace(self, **changes: Any) -> ModelCard:
         return dataclasses.replace(self, **changes)

@@ -8,6 +8,7 @@ is exactly the card's). An exported file has no torch module: its runtime reads 
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,7 @@ def build_module(spec: ModelSpec, settings: InferenceSettings | None = None):
     return spec.build(num_classes=spec.num_classes, **module_kwargs(spec, settings))
 
 
-def _load_weights_into(module, state: Mapping, source: str) -> None:
+def _load_weights_into(module, state: Mapping, source: str, *, spec: ModelSpec, given_as_weights: bool) -> None:
     try:
         check_state_dict(module, state, source=f"weights {source}")
     except WeightsMismatchError as e:
@@ -75,15 +76,25 @@ def _load_weights_into(module, state: Mapping, source: str) -> None:
             arch, n = detect_arch(state)
         except WeightsMismatchError:
             raise e from None
+        if not given_as_weights:
+            raise e from None
+        # The fix that works: the file as the model (its architecture and class count are read from its
+        # keys, its card from NAME.json beside it). "--model <arch name>" would fail again whenever the
+        # class count differs from that entry's.
         name = next((s.name for s in MODELS.values() if s.arch == arch), arch)
-        raise WeightsMismatchError(f"{e}\n  the file holds {name} weights ({n} classes): use --model {name}") from None
+        what = "the same architecture" if arch == spec.arch else f"{name} weights"
+        raise WeightsMismatchError(
+            f"{e}\n  the file holds {what} with {n} classes (background included); pass the file itself as the "
+            f"model: --model {shlex.quote(source)} (no --weights)"
+        ) from None
     module.load_state_dict(state, strict=True)
 
 
-def _with_state(spec: ModelSpec, path: Path, settings: InferenceSettings, state: Mapping | None = None) -> tuple:
+def _with_state(spec: ModelSpec, path: Path, settings: InferenceSettings, state: Mapping | None = None, *,
+                given_as_weights: bool = False) -> tuple:
     state = load_state_dict(path) if state is None else state  # fp16-stored tensors are copied into fp32
     module = build_module(spec, settings)
-    _load_weights_into(module, state, str(path))
+    _load_weights_into(module, state, str(path), spec=spec, given_as_weights=given_as_weights)
     return spec, module, str(path)
 
 
@@ -99,7 +110,7 @@ def _load_zoo(src: ModelSource, settings: InferenceSettings, seed: int) -> tuple
     if src.weights == "random":
         return _random(spec, settings, seed)
     if src.weights is not None:
-        return _with_state(spec, Path(src.weights), settings)
+        return _with_state(spec, Path(src.weights), settings, given_as_weights=True)
     if spec.weights is None:
         raise UsageError(f"model {spec.name!r} has no published weights: pass --weights PATH")
     return _with_state(spec, ensure_weights(spec.weights), settings)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,9 @@ def _unavailable(spec: WeightsSpec, target: Path, reason: str) -> WeightsUnavail
         f"model weights {spec.filename} are not cached and could not be downloaded ({reason}).\n"
         f"  URL:    {spec.url}\n"
         f"  sha256: {spec.sha256 or f'not published; checked by size ({spec.size_bytes} bytes)'}\n"
-        f"Download it on a machine with network and copy it to {target}, or pass --weights PATH."
+        f"Download it on a machine with network and copy it to {target}, or pass --weights PATH.\n"
+        "To try masklab offline, use the demo model shipped with it: --model shapes_demo "
+        "(squares, circles, triangles; `masklab data shapes` makes images for it)."
     )
 
 
@@ -156,7 +159,8 @@ def _download(spec: WeightsSpec, target: Path, *, progress: bool, timeout: float
 def load_state_dict(path: str | os.PathLike) -> dict:
     """Read a state dict from ``.safetensors`` or a torch file (``weights_only=True``: no code runs).
 
-    A training checkpoint holding ``{"model": state_dict, ...}`` is accepted too.
+    A training checkpoint holding ``{"model": state_dict, ...}`` is accepted too. A file that is not
+    weights gets masklab's own message (PyTorch's would advise ``weights_only=False``, which runs code).
     """
     import torch
 
@@ -166,18 +170,38 @@ def load_state_dict(path: str | os.PathLike) -> dict:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # SafetensorError: header too large / invalid JSON / truncated
+            raise WeightsMismatchError(f"{path} is not a readable .safetensors weights file ({_first_line(e)})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, zip errors, refused globals
-        raise WeightsMismatchError(
-            f"could not read {path} as a PyTorch state dict (loaded with weights_only=True): {e}".splitlines()[0]
-        ) from None
+        raise WeightsMismatchError(_not_weights(path, e)) from None
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
         raise WeightsMismatchError(f"{path} does not hold a state dict (found {type(obj).__name__})")
     return dict(obj)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:160]
+
+
+def _not_weights(path: Path, e: BaseException) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in masklab's words (never PyTorch's advice to
+    load with ``weights_only=False``: that runs whatever code the file holds)."""
+    text = str(e)
+    expected = ("expected a state dict saved with torch.save(model.state_dict(), PATH), a masklab training "
+                "checkpoint, or a .safetensors file")
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found or "Unsupported global" in text:
+        what = f" (e.g. {found.group(1)}; a whole pickled model?)" if found else ""
+        return (f"{path} holds pickled Python objects besides tensors{what}; masklab reads .pth/.pt files with "
+                f"torch.load(weights_only=True) and never runs code from a weights file: {expected}")
+    return f"{path} is not a PyTorch weights file (read with weights_only=True: {type(e).__name__}); {expected}"
 
 
 def check_state_dict(module, state: Mapping, *, source: str = "weights", max_listed: int = 5) -> None:
