@@ -112,8 +112,7 @@ class Segmenter:
         self.inference: InferenceSettings = asked.replace(device=device).with_model_defaults(self.card.defaults())
         self.runtime: Runtime = make_runtime(self.loaded, self.inference, device=device)
         self._planned: int | None = None  # images still to come in this run (plan()), for auto's decision
-        if self.eager_by_default:
-            _say_how_to_prepare(asked, self.spec.name)
+        self._asked = asked  # what the user named: the prepare command the first eager call prints
 
     # -- the fast path (see masklab.runtime: backend "auto") ------------------------------------------------
     @property
@@ -216,6 +215,8 @@ class Segmenter:
             out = [self._to_instances(d, a.shape[:2], image=a) for d, a in zip(self.runtime.predict(arrays), arrays)]
         if self._planned is not None:
             self._after_eager(len(arrays), time.perf_counter() - t0)
+        if self.runtime.name == "torch" and self.eager_by_default:  # said once per model and process
+            _say_how_to_prepare(self._asked, self.spec.name)
         return out
 
     def with_options(self, **changes: Any) -> Segmenter:
