@@ -103,10 +103,8 @@ def make_runtime(loaded: LoadedModel, settings: InferenceSettings, *, device: st
     """The runtime for ``loaded`` under ``settings`` (its ``backend``, ``precision``, ``threads`` and, for
     exported cores, ``score_thresh``) on ``device`` (already resolved: ``"cpu"`` or ``"cuda[:N]"``)."""
     backend, precision = settings.backend, settings.precision
-    if loaded.spec.arch == "matterport_resnet101":  # its own graph, eager fp32 only
-        if backend not in ("auto", "torch") or precision != "fp32":
-            raise UsageError(f"{loaded.spec.name} runs only with backend 'torch' at precision 'fp32'")
-        return MatterportRuntime(loaded.module, device=device)
+    if loaded.spec.arch == "matterport_resnet101":  # its own graph and runtimes
+        return _matterport_runtime(loaded, settings, device)
     fmt = loaded.export_format
     if fmt is not None:  # an exported file: only its own runtime can run it
         if backend not in ("auto", fmt):
@@ -123,6 +121,26 @@ def make_runtime(loaded: LoadedModel, settings: InferenceSettings, *, device: st
     if device.startswith("cuda") and backend == "openvino":
         raise UsageError("the openvino backend runs on the CPU here; use --device cpu or backend torch-fast")
     return _file_runtime(backend, str(_ensure_converted(loaded, backend)), settings, device=device)
+
+
+def _matterport_runtime(loaded: LoadedModel, settings: InferenceSettings, device: str) -> Runtime:
+    """matterport's graph: eager torch (the reference; ``auto``), or its networks in OpenVINO on the CPU
+    (``backend="openvino"``, fp32 exact or bf16; converted once and cached)."""
+    backend, precision = settings.backend, settings.precision
+    if backend in ("auto", "torch") and precision == "fp32":
+        return MatterportRuntime(loaded.module, device=device)
+    if backend == "openvino" and precision in ("fp32", "bf16") and not device.startswith("cuda"):
+        import torch
+
+        from masklab.runtime.matterport_ov import MatterportOpenVINORuntime, prepared_export
+
+        threads = settings.threads or torch.get_num_threads()
+        config = loaded.module.config
+        return MatterportOpenVINORuntime(prepared_export(loaded.module), precision=precision, threads=threads, config=config)
+    raise UsageError(
+        f"{loaded.spec.name} runs with backend 'torch' (fp32) or 'openvino' (fp32 or bf16, on the CPU); "
+        f"found backend {backend!r}, precision {precision!r}, device {device!r}"
+    )
 
 
 def _file_runtime(fmt: str, path: str, settings: InferenceSettings, *, device: str) -> Runtime:
