@@ -122,7 +122,7 @@ def test_same_heads_give_the_same_detections(ov_segmenter, threshold):
     ra, rb = a.result, b.result
     assert len(ra.rois) > 0 and np.array_equal(ra.rois, rb.rois) and np.array_equal(ra.class_ids, rb.class_ids)
     assert np.abs(ra.scores - rb.scores).max() == 0  # same numbers in, same code
-    assert np.abs(a.masks28 - b.masks28).max() <= 1e-5
+    assert np.abs(a.masks28 - b.masks28).max() <= 1e-4  # the reference README's tolerance for probabilities
     inter = (ra.masks & rb.masks).sum((1, 2))
     union = (ra.masks | rb.masks).sum((1, 2))
     assert (inter / np.maximum(union, 1)).min() >= 0.99
