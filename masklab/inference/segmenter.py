@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,8 +44,6 @@ from masklab.structures.instances import Instances
 from masklab.structures.quality import detection_quality
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from masklab.inference.explain import Trace
 
 __all__ = ["Segmenter", "DENSE_MASK_BYTES"]
@@ -130,8 +129,15 @@ class Segmenter:
         prepared file, or None for a model masklab does not convert (exported files, matterport's port)."""
         if self.loaded.prepared is not None:
             return self.loaded.prepared
-        if self.loaded.module is None or self.spec.arch == "matterport_resnet101" or not _openvino_installed():
+        if self.loaded.module is None or not _openvino_installed():
             return None
+        if self.spec.arch == "matterport_resnet101":  # its own export (three networks); auto finds it next time
+            from masklab.runtime.matterport_ov import prepared_export
+
+            path = Path(prepared_export(self.loaded.module))
+            if self.inference.backend == "auto" and self.device == "cpu" and self.inference.precision == "fp32":
+                self.runtime = make_runtime(self.loaded, self.inference, device=self.device)
+            return path
         self.loaded = dataclasses.replace(self.loaded, prepared=prepare(self.loaded, "openvino"))
         if self.inference.backend == "auto" and self.device == "cpu" and self.inference.precision != "int8":
             self.runtime = make_runtime(self.loaded, self.inference, device=self.device)

@@ -173,12 +173,8 @@ def make_runtime(loaded: LoadedModel, settings: InferenceSettings, *, device: st
     exported cores, ``score_thresh``) on ``device`` (already resolved: ``"cpu"`` or ``"cuda[:N]"``).
     ``settings.precision`` should already be :func:`resolve_precision`'s answer (the Segmenter does that)."""
     backend, precision = settings.backend, settings.precision
-    if loaded.spec.arch == "matterport_resnet101":  # its own graph, eager fp32 only
-        if backend not in ("auto", "torch") or precision != "fp32":
-            raise UsageError(f"{loaded.spec.name} runs only with backend 'torch' at precision 'fp32'")
-        from masklab.models.matterport.runtime import MatterportRuntime
-
-        return MatterportRuntime(loaded.module, device=device)
+    if loaded.spec.arch == "matterport_resnet101":  # its own graph and runtimes
+        return _matterport_runtime(loaded, settings, device)
     fmt = loaded.export_format
     if fmt is not None:  # an exported file: only its own runtime can run it
         if backend not in ("auto", fmt):
@@ -208,10 +204,42 @@ def make_runtime(loaded: LoadedModel, settings: InferenceSettings, *, device: st
     return _file_runtime(backend, str(path), settings, device=device)
 
 
+def _openvino_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
 def _module(loaded: LoadedModel):
     if loaded.module is None:  # found prepared, then asked for another runtime: build the network after all
         raise UsageError(f"{loaded.spec.name}: this runtime needs the torch network; load it with backend 'torch'")
     return loaded.module
+
+
+def _matterport_runtime(loaded: LoadedModel, settings: InferenceSettings, device: str) -> Runtime:
+    """matterport's graph: eager torch (the reference), or its networks in OpenVINO on the CPU
+    (``backend="openvino"``, fp32 exact or bf16; converted once and cached). ``auto``: OpenVINO fp32 when
+    the conversion is in the cache (``masklab models --prepare matterport_r101_coco``), else eager."""
+    backend, precision = settings.backend, settings.precision
+    if backend == "auto" and precision == "fp32" and not device.startswith("cuda") and _openvino_installed():
+        from masklab.runtime.matterport_ov import find_export
+
+        if find_export(loaded.module) is not None:
+            backend = "openvino"
+    if backend in ("auto", "torch") and precision == "fp32":
+        from masklab.models.matterport.runtime import MatterportRuntime
+
+        return MatterportRuntime(loaded.module, device=device)
+    if backend == "openvino" and precision in ("fp32", "bf16") and not device.startswith("cuda"):
+        from masklab.runtime.matterport_ov import MatterportOpenVINORuntime, prepared_export
+
+        threads = settings.threads or thread_budget()
+        config = loaded.module.config
+        return MatterportOpenVINORuntime(prepared_export(loaded.module), precision=precision, threads=threads, config=config)
+    raise UsageError(
+        f"{loaded.spec.name} runs with backend 'torch' (fp32) or 'openvino' (fp32 or bf16, on the CPU); "
+        f"found backend {backend!r}, precision {precision!r}, device {device!r}"
+    )
 
 
 def _file_runtime(fmt: str, path: str, settings: InferenceSettings, *, device: str) -> Runtime:
