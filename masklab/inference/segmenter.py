@@ -126,7 +126,8 @@ class Segmenter:
     def prepare(self) -> Path | None:
         """Convert the model to OpenVINO once (cached; a second call, or another process with the same
         weights and options, finds it) and, under ``backend="auto"`` on the CPU, switch to it. Returns the
-        prepared file, or None for a model masklab does not convert (exported files, matterport's port)."""
+        prepared file (matterport's port: its export folder), or None for what masklab does not convert
+        (exported files; no OpenVINO installed)."""
         if self.loaded.prepared is not None:
             return self.loaded.prepared
         if self.loaded.module is None or not _openvino_installed():
