@@ -54,7 +54,8 @@ DEFAULT_MODEL = "maskrcnn_resnet50_fpn_v2"
 #: ``backend`` choices. auto: an exported file's own runtime; torch-fast on CUDA or reduced precision;
 #: eager torch on the CPU (see :mod:`masklab.runtime`).
 BACKENDS = ("auto", "torch", "torch-fast", "openvino", "onnx", "torchscript")
-#: ``precision`` choices; fp32 is exact, the others are used only when asked for.
+#: ``precision`` choices; fp32 is exact, the others are used only when asked for (int8: a model calibrated
+#: once with ``masklab quantize``, see :mod:`masklab.export.quantize`).
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 #: The options whose default comes from the model card (``None`` = that default).
 MODEL_OPTIONS = ("score_thresh", "nms_thresh", "max_detections", "proposals", "min_size", "max_size")
@@ -122,11 +123,6 @@ class InferenceSettings:
             raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, found {self.backend!r}{_hint(self.backend, BACKENDS)}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, found {self.precision!r}{_hint(self.precision, PRECISIONS)}")
-        if self.precision == "int8":
-            raise UsageError(
-                "precision 'int8' is not available yet (post-training quantisation is not implemented); "
-                "for speed use --precision bf16 and the knobs --min-size/--max-size, fewer proposals"
-            )
         d = self.device
         if d not in ("auto", "cpu", "cuda") and not (d.startswith("cuda:") and d[5:].isdigit()):
             raise UsageError(f"device must be auto, cpu or cuda[:N], found {d!r}")

@@ -111,7 +111,9 @@ def make_runtime(loaded: LoadedModel, settings: InferenceSettings, *, device: st
     if fmt is not None:  # an exported file: only its own runtime can run it
         if backend not in ("auto", fmt):
             raise UsageError(f"{loaded.weights_source} is a {fmt} export: use backend 'auto' or '{fmt}', not {backend!r}")
-        return _file_runtime(fmt, loaded.weights_source, settings, device=device)
+        return _file_runtime(fmt, loaded.weights_source, _file_precision(loaded, settings), device=device)
+    if precision == "int8":  # the model `masklab quantize` calibrated, next to the fp32 conversion
+        return _int8_runtime(loaded, settings, device=device)
     if backend == "auto":  # see the module docstring: eager on the CPU, fast on CUDA, never a conversion
         backend = "torch-fast" if device.startswith("cuda") or precision != "fp32" else "torch"
     if backend == "torch" and precision == "fp32":
@@ -123,6 +125,37 @@ def make_runtime(loaded: LoadedModel, settings: InferenceSettings, *, device: st
     if device.startswith("cuda") and backend == "openvino":
         raise UsageError("the openvino backend runs on the CPU here; use --device cpu or backend torch-fast")
     return _file_runtime(backend, str(_ensure_converted(loaded, backend)), settings, device=device)
+
+
+def _file_precision(loaded: LoadedModel, settings: InferenceSettings) -> InferenceSettings:
+    """An int8 file runs at int8 (asked for or left at the default fp32); an fp32 file never claims int8."""
+    path = loaded.weights_source
+    if loaded.card.precision == "int8":
+        if settings.precision not in ("fp32", "int8"):
+            raise UsageError(f"{path} is an int8 model: it runs at precision int8, not {settings.precision!r}")
+        return settings.replace(precision="int8")
+    if settings.precision == "int8":
+        raise UsageError(f"{path} is not quantised; make an int8 model from it with "
+                         f"`masklab quantize --model {path} --calib IMAGES --out FILE.xml`")
+    return settings
+
+
+def _int8_runtime(loaded: LoadedModel, settings: InferenceSettings, *, device: str) -> Runtime:
+    from masklab.export.quantize import quantized_path
+
+    if settings.backend not in ("auto", "openvino") or device.startswith("cuda"):
+        raise UsageError(f"precision int8 runs on the CPU with backend openvino or auto, found backend "
+                         f"{settings.backend!r} on {device}")
+    path = quantized_path(converted_path(loaded, "openvino"))
+    if not path.is_file():
+        weights = f" --weights {settings.weights}" if settings.weights else ""
+        raise UsageError(
+            f"no int8 model is prepared for {loaded.spec.name} ({loaded.weights_source}) with these options; "
+            f"calibrate one once on 100-300 images like those you will segment:\n"
+            f"masklab quantize --model {settings.model}{weights} --calib IMAGES_OR_DATASET\n"
+            f"(it is cached in {path.parent}), or pass an int8 .xml that `masklab quantize --out` wrote as the model"
+        )
+    return _file_runtime("openvino", str(path), settings, device=device)
 
 
 def _file_runtime(fmt: str, path: str, settings: InferenceSettings, *, device: str) -> Runtime:
