@@ -133,3 +133,22 @@ def test_cli_quantize_from_a_dataset_and_refuses_a_blank_folder(irs, tmp_path, c
     assert main(["quantize", "--model", str(fp32), "--calib", str(blank), "--out", str(tmp_path / "b.xml")]) == 2
     assert "finds no objects in any of the 3 calibration images" in capsys.readouterr().err
     assert not (tmp_path / "b.xml").exists()
+
+
+def test_bench_int8_case_reports_agreement_with_fp32(irs):
+    from masklab.bench import parse_case, run_bench
+
+    base = InferenceSettings(model=DEMO, device="cpu")
+    cached = quantized_path(converted_path(load_model(base), "openvino"))  # as `masklab quantize` prepares it
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in (".xml", ".bin"):
+        shutil.copy(irs[1].with_suffix(suffix), cached.with_suffix(suffix))
+    try:
+        cases = [parse_case("torch", base=base), parse_case("openvino:int8", base=base)]
+        report = run_bench(cases, images=_scenes(3, seed=11), repeat=1, cold=False, flops=False, peaks=False)
+    finally:
+        shutil.rmtree(cached.parent)
+    row = report.rows[1]
+    assert row.error is None and row.case == "openvino:int8" and row.precision == "int8"
+    assert row.instances > 0 and row.median_s > 0
+    assert 0.5 <= row.matched <= 1.0  # agreement with the fp32 reference is reported (not exact: int8)
