@@ -70,6 +70,7 @@ def test_int8_model_runs_and_returns_valid_instances(irs):
     assert q["subset_size"] == N_CALIB and q["with_detections"] > 0 and q["calibration"] == "generated shapes"
     seg = Segmenter(int8, device="cpu")
     assert (seg.runtime.name, seg.runtime.precision, seg.card.precision) == ("openvino", "int8", "int8")
+    assert seg.inference.precision == "int8"  # what runs is what the settings in force say
     ref = Segmenter(DEMO, device="cpu")  # eager fp32, the reference
     held_out = _scenes(8, seed=11)  # not the calibration scenes
     matched = n_ref = found = 0

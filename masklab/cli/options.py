@@ -56,7 +56,8 @@ def add_model_arguments(
         help="runtime (default: auto = eager torch on the CPU, torch-fast on CUDA; openvino is the fastest exact "
         "CPU path; see README 'Speed')")
     add("runtime", "--precision", dest="precision", choices=PRECISIONS,
-        help="fp32 is exact; bf16/fp16 are faster and change outputs slightly (default: fp32)")
+        help="fp32 is exact; bf16/fp16 are faster and change outputs slightly; int8 runs the model `masklab quantize` "
+        "calibrated (default: fp32)")
     score_default = d.get("score_thresh")
     add("postprocess", "--score-thresh", dest="score_thresh", type=float, metavar="S",
         help="minimum score, 0..1 (default: "

@@ -195,6 +195,9 @@ def quantize_ir(
     model = ov.Core().read_model(str(fp32_ir))
     card = _read_ir_card(model, str(fp32_ir))
     check = check_calibration(model, images, threads=threads)
+    if check.with_detections * 2 < check.checked:
+        print(f"masklab: the fp32 model finds objects in only {check.with_detections} of {check.checked} calibration "
+              "images checked; images like those you will segment calibrate the detection heads better", file=sys.stderr)
     if len(images) < MIN_ADVISED:
         print(f"masklab: calibrating on {len(images)} images; {MIN_ADVISED}-{DEFAULT_SUBSET} give more reliable int8 ranges",
               file=sys.stderr)

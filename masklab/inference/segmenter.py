@@ -95,6 +95,8 @@ class Segmenter:
         self.card.check_classes(asked.classes)
         #: the settings in force: the model's defaults filled in, the device resolved
         self.inference: InferenceSettings = asked.replace(device=device).with_model_defaults(self.card.defaults())
+        if self.card.precision == "int8" and self.inference.precision == "fp32":  # an int8 file runs at int8
+            self.inference = self.inference.replace(precision="int8")
         self.runtime: Runtime = make_runtime(self.loaded, self.inference, device=device)
 
     @property

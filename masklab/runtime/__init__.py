@@ -9,8 +9,8 @@ backend         what runs                                        precisions     
 =============== ================================================ =========================== ==========
 ``torch``       eager torchvision module (the reference)         fp32; bf16/fp16 -> autocast  yes
 ``torch-fast``  channels-last (+ autocast), CUDA batching        fp32, bf16, fp16 (CUDA)      yes
-``openvino``    OpenVINO on the tensor core (.xml, or converted  fp32, bf16, fp16             yes
-                once from the torch model and cached)
+``openvino``    OpenVINO on the tensor core (.xml, or converted  fp32, bf16, fp16; int8:      yes
+                once from the torch model and cached)            ``masklab quantize``'s model
 ``onnx``        ONNX Runtime on the tensor core (.onnx, or       fp32                         yes
                 exported once and cached)
 ``torchscript`` a TorchScript export (.pt)                       fp32                         yes
