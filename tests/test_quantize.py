@@ -17,6 +17,7 @@ pytest.importorskip("nncf")
 from masklab import Segmenter  # noqa: E402
 from masklab.bench.agreement import match_instances  # noqa: E402
 from masklab.cli import main  # noqa: E402
+from masklab.data.calibration import calibration_images  # noqa: E402
 from masklab.data.shapes import SHAPE_CLASSES, random_scene, write_shapes  # noqa: E402
 from masklab.errors import UsageError  # noqa: E402
 from masklab.export import export_model, read_card  # noqa: E402
@@ -25,7 +26,8 @@ from masklab.models.loading import load_model  # noqa: E402
 from masklab.runtime import converted_path  # noqa: E402
 from masklab.settings import InferenceSettings  # noqa: E402
 
-pytestmark = pytest.mark.slow  # one export (~10 s) and two NNCF runs on the tiny model (~10-20 s each)
+# the tests that use `irs` are slow: one export of the tiny model and two NNCF runs on it
+slow = pytest.mark.slow
 
 DEMO = str(Path(__file__).resolve().parents[1] / "masklab" / "assets" / "shapes_small.safetensors")
 N_CALIB = 12  # the brief's 100-300 images are for real models; the shapes model is tiny and its scenes alike
@@ -51,6 +53,7 @@ def irs(tmp_path_factory):
     return fp32, int8
 
 
+@slow
 def test_refuses_calibration_without_detections(irs, tmp_path):
     fp32, _ = irs
     out = tmp_path / "q.xml"
@@ -62,6 +65,7 @@ def test_refuses_calibration_without_detections(irs, tmp_path):
         quantize_ir(fp32, [], out=out)
 
 
+@slow
 def test_int8_model_runs_and_returns_valid_instances(irs):
     fp32, int8 = irs
     card = read_card(int8)
@@ -92,6 +96,7 @@ def test_int8_model_runs_and_returns_valid_instances(irs):
     assert matched / n_ref >= 0.75
 
 
+@slow
 def test_fp32_ir_is_not_int8(irs):
     fp32, _ = irs
     with pytest.raises(UsageError, match="is not quantised; make an int8 model from it with `masklab quantize"):
@@ -100,6 +105,7 @@ def test_fp32_ir_is_not_int8(irs):
         Segmenter(irs[1], device="cpu", precision="bf16")
 
 
+@slow
 def test_precision_int8_uses_the_prepared_model(irs):
     with pytest.raises(UsageError, match="no int8 model is prepared .*\n.*masklab quantize --model .* --calib"):
         Segmenter(DEMO, device="cpu", precision="int8")
@@ -116,6 +122,7 @@ def test_precision_int8_uses_the_prepared_model(irs):
         shutil.rmtree(cached.parent)
 
 
+@slow
 def test_cli_quantize_from_a_dataset_and_refuses_a_blank_folder(irs, tmp_path, capsys):
     fp32, _ = irs
     data = write_shapes(tmp_path / "calib", n=4, seed=3)  # a COCO dataset: its images calibrate
@@ -136,6 +143,7 @@ def test_cli_quantize_from_a_dataset_and_refuses_a_blank_folder(irs, tmp_path, c
     assert not (tmp_path / "b.xml").exists()
 
 
+@slow
 def test_bench_int8_case_reports_agreement_with_fp32(irs):
     from masklab.bench import parse_case, run_bench
 
@@ -153,3 +161,23 @@ def test_bench_int8_case_reports_agreement_with_fp32(irs):
     assert row.error is None and row.case == "openvino:int8" and row.precision == "int8"
     assert row.instances > 0 and row.median_s > 0
     assert 0.5 <= row.matched <= 1.0  # agreement with the fp32 reference is reported (not exact: int8)
+
+
+def test_calibration_images_from_a_folder_or_a_dataset(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "photos" / "day1"
+    folder.mkdir(parents=True)
+    for i in range(10):
+        Image.fromarray(np.full((20, 30, 3), 10 * i, np.uint8)).save(folder / f"{i:02d}.png")
+    (folder / "notes.txt").write_text("not an image")
+    images = calibration_images(tmp_path / "photos", limit=4)  # recursive; 4 spread over the 10
+    assert [p.name for p in images.paths] == ["00.png", "03.png", "06.png", "09.png"]
+    assert images[1].shape == (20, 30, 3) and images[1].dtype == np.uint8 and images[1][0, 0, 0] == 30
+    data = write_shapes(tmp_path / "set", n=3, seed=0)  # a COCO dataset: its images, found through the JSON
+    assert len(calibration_images(data.parent)) == 3 and calibration_images(data).source == str(data)
+    with pytest.raises(UsageError, match="no such file or folder"):
+        calibration_images(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="found no images"):
+        calibration_images(tmp_path / "empty")
