@@ -18,7 +18,7 @@ __all__ = ["main", "build_parser"]
 
 #: Sub-command modules under ``masklab.cli`` (one line each; no registry).
 COMMANDS = ("segment", "models", "serve", "eval", "data", "train", "export", "bench", "validate", "convert",
-            "eval_tracks", "explain")
+            "eval_tracks", "explain", "quantize")
 
 
 def build_parser() -> argparse.ArgumentParser:

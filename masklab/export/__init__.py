@@ -22,6 +22,7 @@ __all__ = [
     "trace_core",
     "export_loaded",
     "export_model",
+    "save_ir",
     "detect_export_format",
     "read_card",
     "require",
@@ -129,6 +130,13 @@ def _export_openvino(traced, out: Path, card: dict) -> None:
     model = ov.convert_model(traced, input=[ov.PartialShape([3, -1, -1])])
     for i, name in enumerate(("boxes", "scores", "labels", "mask_probs")):
         model.outputs[i].get_tensor().set_names({name})
+    save_ir(model, out, card)
+
+
+def save_ir(model, out: Path, card: dict) -> None:
+    """Write the ``openvino.Model`` ``model`` with ``card`` in its rt_info to ``out`` (.xml + .bin), fp32
+    weights kept (``compress_to_fp16=False``)."""
+    ov = require("openvino")
     model.set_rt_info(json.dumps(card), ["masklab", "card"])
     # .xml + .bin: written in a temp folder next to the target, then moved (bin first, so a reader that
     # finds the new .xml always finds its weights).

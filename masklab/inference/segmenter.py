@@ -102,13 +102,15 @@ class Segmenter:
             configure_threads(asked.threads)  # asked for explicitly: the caller's choice, not a side effect
         asked = asked.replace(precision=resolve_precision(asked.precision, device=device, strict=asked.strict_precision))
         source = find_source(asked.model, asked.weights)
-        found = find_prepared(asked, source=source) if _may_run_prepared(asked, device) else None
+        found = _prepared_for(asked, source) if _may_run_prepared(asked, device) else None
         self.loaded: LoadedModel = load_model(asked, source=source, prepared=found)
         self.card: ModelCard = self.loaded.card
         self.spec: ModelSpec = self.loaded.spec
         self.card.check_classes(asked.classes)
         #: the settings in force: the model's defaults filled in, the device resolved
         self.inference: InferenceSettings = asked.replace(device=device).with_model_defaults(self.card.defaults())
+        if self.card.precision == "int8" and self.inference.precision == "fp32":  # an int8 file runs at int8
+            self.inference = self.inference.replace(precision="int8")
         self.runtime: Runtime = make_runtime(self.loaded, self.inference, device=device)
         self._planned: int | None = None  # images still to come in this run (plan()), for auto's decision
         self._asked = asked  # what the user named: the prepare command the first eager call prints
@@ -349,9 +351,20 @@ def _openvino_installed() -> bool:
 
 
 def _may_run_prepared(settings: InferenceSettings, device: str) -> bool:
-    """Whether a prepared model could serve ``settings`` on ``device`` (auto/openvino on the CPU, not int8)."""
-    return (device == "cpu" and settings.backend in ("auto", "openvino") and settings.precision != "int8"
-            and _openvino_installed())
+    """Whether a prepared model could serve ``settings`` on ``device`` (auto/openvino on the CPU)."""
+    return device == "cpu" and settings.backend in ("auto", "openvino") and _openvino_installed()
+
+
+def _prepared_for(settings: InferenceSettings, source) -> Path | None:
+    """The prepared file that runs ``settings`` (fp32/bf16/fp16: the fp32 IR; int8: the model
+    ``masklab quantize`` made next to it), when the cache has it; found without torch."""
+    if settings.precision != "int8":
+        return find_prepared(settings, source=source)
+    from masklab.export.quantize import quantized_path
+
+    fp32 = prepared_model(settings, source=source)
+    int8 = None if fp32 is None else quantized_path(fp32.path)
+    return int8 if int8 is not None and int8.is_file() else None
 
 
 _TOLD: set[str] = set()

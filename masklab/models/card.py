@@ -69,6 +69,8 @@ class ModelCard:
         data_stats: the training set's image and object sizes in original pixels
             (:func:`masklab.data.stats.dataset_stats`); ``--tile auto`` uses them.
         export_format, source_weights, outputs: for exported files (format, what was exported, output specs).
+        precision, quantization: for exported files whose weights are not fp32: ``"int8"`` for an
+            NNCF-quantised OpenVINO IR, and how it was calibrated (:mod:`masklab.export.quantize`); None = fp32.
         extra: keys this version does not know, kept so that a card read and written again loses nothing.
     """
 
@@ -99,6 +101,8 @@ class ModelCard:
     export_format: str | None = None
     source_weights: str | None = None
     outputs: dict | None = None
+    precision: str | None = None
+    quantization: dict | None = None
     masklab_version: str | None = None
     extra: dict = field(default_factory=dict)
 

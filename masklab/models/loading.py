@@ -150,7 +150,7 @@ def _load_exported(src: ModelSource, settings: InferenceSettings, seed: int) -> 
             f"{src.path} was exported with score_thresh={card.score_thresh}: it cannot return lower scores "
             f"(asked for {settings.score_thresh}); export again with a lower threshold"
         )
-    return spec_from_card(card, exported=True), None, str(src.path)
+    return spec_from_card(card, exported=True), None, str(src.path), card
 
 
 _LOADERS = {
@@ -189,8 +189,10 @@ def load_model(
     else:
         spec, module, weights_source, *file_card = _LOADERS[src.kind](src, settings, seed)
     card = spec.card()
-    if src.kind == "exported":
-        card = card.replace(export_format=src.export_format)
+    if src.kind == "exported":  # an int8 IR's card says so (precision, calibration record)
+        card = card.replace(export_format=src.export_format, precision=file_card[0].precision,
+                            quantization=file_card[0].quantization)
+        file_card = []
     if file_card:  # a trained model: its card's record of the training data and provenance stays with it
         c = file_card[0]
         card = card.replace(data_stats=c.data_stats, trained=c.trained, base_model=c.base_model, metrics=dict(c.metrics))

@@ -179,12 +179,9 @@ def make_runtime(loaded: LoadedModel, settings: InferenceSettings, *, device: st
     if fmt is not None:  # an exported file: only its own runtime can run it
         if backend not in ("auto", fmt):
             raise UsageError(f"{loaded.weights_source} is a {fmt} export: use backend 'auto' or '{fmt}', not {backend!r}")
-        return _file_runtime(fmt, loaded.weights_source, settings, device=device)
-    if precision == "int8":
-        raise UsageError(
-            f"precision 'int8' runs a quantized model: make one with `masklab quantize --model {loaded.spec.name} "
-            "--calib IMAGES --out model-int8.xml` and pass it as --model"
-        )
+        return _file_runtime(fmt, loaded.weights_source, _file_precision(loaded, settings), device=device)
+    if precision == "int8":  # the model `masklab quantize` calibrated, next to the fp32 conversion
+        return _int8_runtime(loaded, settings, device=device)
     on_cpu = not device.startswith("cuda")
     if backend == "auto" and on_cpu and loaded.prepared is not None:
         return _file_runtime("openvino", str(loaded.prepared), settings, device=device)
@@ -240,6 +237,37 @@ def _matterport_runtime(loaded: LoadedModel, settings: InferenceSettings, device
         f"{loaded.spec.name} runs with backend 'torch' (fp32) or 'openvino' (fp32 or bf16, on the CPU); "
         f"found backend {backend!r}, precision {precision!r}, device {device!r}"
     )
+
+
+def _file_precision(loaded: LoadedModel, settings: InferenceSettings) -> InferenceSettings:
+    """An int8 file runs at int8 (asked for or left at the default fp32); an fp32 file never claims int8."""
+    path = loaded.weights_source
+    if loaded.card.precision == "int8":
+        if settings.precision not in ("fp32", "int8"):
+            raise UsageError(f"{path} is an int8 model: it runs at precision int8, not {settings.precision!r}")
+        return settings.replace(precision="int8")
+    if settings.precision == "int8":
+        raise UsageError(f"{path} is not quantised; make an int8 model from it with "
+                         f"`masklab quantize --model {path} --calib IMAGES --out FILE.xml`")
+    return settings
+
+
+def _int8_runtime(loaded: LoadedModel, settings: InferenceSettings, *, device: str) -> Runtime:
+    from masklab.export.quantize import quantized_path
+
+    if settings.backend not in ("auto", "openvino") or device.startswith("cuda"):
+        raise UsageError(f"precision int8 runs on the CPU with backend openvino or auto, found backend "
+                         f"{settings.backend!r} on {device}")
+    path = quantized_path(converted_path(loaded, "openvino"))
+    if not path.is_file():
+        weights = f" --weights {settings.weights}" if settings.weights else ""
+        raise UsageError(
+            f"no int8 model is prepared for {loaded.spec.name} ({loaded.weights_source}) with these options; "
+            f"calibrate one once on 100-300 images like those you will segment:\n"
+            f"masklab quantize --model {settings.model}{weights} --calib IMAGES_OR_DATASET\n"
+            f"(it is cached in {path.parent}), or pass an int8 .xml that `masklab quantize --out` wrote as the model"
+        )
+    return _file_runtime("openvino", str(path), settings, device=device)
 
 
 def _file_runtime(fmt: str, path: str, settings: InferenceSettings, *, device: str) -> Runtime:
