@@ -163,7 +163,7 @@ def save_checkpoint(run_dir: str | os.PathLike, *, model_state: dict, state: dic
         raise ValueError(f"checkpoint pointers are {_POINTERS}, found {bad}")
     d = _dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:07d}"
+    name = _free_name(run_dir, step)
     weights, state_file = d / f"{name}.safetensors", d / f"{name}.state.pt"
     digest = write_safetensors(weights, model_state, {"step": str(step), "format": "masklab-checkpoint"})
     _write_torch(state_file, {**state, "step": step})
@@ -171,13 +171,25 @@ def save_checkpoint(run_dir: str | os.PathLike, *, model_state: dict, state: dic
     paths = CheckpointPaths(weights, state_file, step, {"weights": digest, "state": sha256_file(state_file)},
                             {"weights": weights.stat().st_size, "state": state_file.stat().st_size})
     if "last" in which:
-        old = checkpoint_paths(run_dir, "last")
-        if old is not None and old.step != step:
+        old = checkpoint_paths(run_dir, "last")  # never this pair: _free_name chose a name no pointer has
+        if old is not None:
             atomic_write_json(d / "previous.json", _pointer_doc(old))
     for w in which:
         atomic_write_json(d / f"{w}.json", _pointer_doc(paths))
     _collect_garbage(run_dir)
     return paths
+
+
+def _free_name(run_dir: str | os.PathLike, step: int) -> str:
+    """``step-0000123``, or ``step-0000123.1``... when a pointer names that pair already (a second save at
+    one step, e.g. mid-epoch then at the epoch's end): files a pointer names are never rewritten in place,
+    so a crash cannot leave a pointer whose checksums no longer match its files."""
+    named = {p.weights.name for w in _ALL_POINTERS if (p := checkpoint_paths(run_dir, w)) is not None}
+    name, k = f"step-{step:07d}", 0
+    while f"{name}.safetensors" in named:
+        k += 1
+        name = f"step-{step:07d}.{k}"
+    return name
 
 
 def _collect_garbage(run_dir: str | os.PathLike) -> None:

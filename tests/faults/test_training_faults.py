@@ -357,3 +357,22 @@ def test_sigkill_during_a_checkpoint_write_then_resume_matches(shapes, reference
     assert torn, "the kill should have left the torn temp file"
     err = _resume_and_compare(run, reference, capsys)
     assert "newest checkpoint that verifies" not in err  # no damage to recover from, only a temp file
+
+
+def test_a_second_save_at_one_step_never_rewrites_named_files(tmp_path, monkeypatch):
+    """Saved twice at step 5 (mid-epoch, then at the epoch's end) and killed before the second pointer
+    moves: the pointer's checksums still match its files, because the second pair got a new name."""
+    import masklab.training.checkpoint as ck
+
+    ck.save_checkpoint(tmp_path, model_state={"w": torch.zeros(3)}, state={"n": 1}, step=5)
+
+    def killed(path, obj, **kw):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(ck, "atomic_write_json", killed)
+        ck.save_checkpoint(tmp_path, model_state={"w": torch.ones(3)}, state={"n": 2}, step=5)
+    weights, state = load_checkpoint(tmp_path)  # verifies sizes and sha256
+    assert state["n"] == 1 and torch.equal(weights["w"], torch.zeros(3))
+    ck.save_checkpoint(tmp_path, model_state={"w": torch.ones(3)}, state={"n": 2}, step=5)
+    assert load_checkpoint(tmp_path)[1]["n"] == 2 and checkpoint_paths(tmp_path, "previous").step == 5
