@@ -15,6 +15,9 @@ def add_parser(sub) -> None:
         "With --prepare MODEL: convert it once to OpenVINO (the fast exact CPU path that backend 'auto' then "
         "uses, without importing torch), e.g. while building a container image.")
     p.add_argument("--json", action="store_true", help="print model cards as JSON")
+    p.add_argument("--verify", action="store_true",
+                   help="re-hash every cached weights file against the digest recorded at its first verification "
+                   "(exit 3 if any is corrupt)")
     p.add_argument("--prepare", metavar="MODEL",
                    help="model name, weights file or training run folder to prepare (with --weights and the baked "
                    "options below, as the runs that will use it pass them)")
@@ -53,9 +56,34 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * float(v):.1f}"
 
 
+def _verify() -> int:
+    from masklab.models.weights import verify_cache, weights_path
+    from masklab.models.zoo import MODELS
+
+    specs = {s.weights.filename: s.weights for s in MODELS.values() if s.weights is not None}
+    results = verify_cache(specs.values())
+    for name, problem in results.items():
+        print(f"{'ok     ' if problem is None else 'CORRUPT'}  {weights_path(specs[name])}" + (f": {problem}" if problem else ""))
+    bad = [n for n, p in results.items() if p is not None]
+    print(f"{len(results)} cached weights files checked, {len(bad)} corrupt"
+          + (": delete them and run again (they are downloaded anew), or copy them from their URLs" if bad else ""))
+    return 3 if bad else 0  # 3: those models' weights are unavailable (masklab.errors.WeightsUnavailableError)
+
+
+def _cache_column(spec) -> str:
+    from masklab.models.weights import cache_problem
+
+    if spec.weights is None:
+        return "-"
+    problem = cache_problem(spec.weights)
+    return "cached" if problem is None else ("not cached" if problem == "not cached" else "CORRUPT (masklab models --verify)")
+
+
 def run(args) -> int:
     if args.prepare:
         return _prepare(args)
+    if args.verify:
+        return _verify()
     from masklab.models.weights import is_cached, weights_path
     from masklab.models.zoo import DEFAULT_MODEL, MODELS, bundled_model
 
@@ -69,7 +97,7 @@ def run(args) -> int:
         return 0
     rows = [("model", "box AP", "mask AP", "weights", "tags")]
     for s in MODELS.values():
-        cached = "-" if s.weights is None else ("cached" if is_cached(s.weights) else "not cached")
+        cached = _cache_column(s)
         name = s.name + (" (default)" if s.name == DEFAULT_MODEL else "")
         rows.append((name, str(s.published.get("box_ap", "-")), str(s.published.get("mask_ap", "-")), cached, ",".join(s.tags)))
     for name, card in bundled:

@@ -6,6 +6,7 @@ Under ``torchrun --nproc_per_node N -m masklab train ...`` the same command trai
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -21,7 +22,11 @@ def add_parser(sub) -> None:
     g.add_argument("--data", metavar="TRAIN", help="training set (a COCO JSON, VIA JSON, LabelMe folder, VOC folder or YOLO data.yaml)")
     g.add_argument("--val", metavar="VAL", default=None, help="validation set: mask AP each epoch, best checkpoint, early stopping")
     g.add_argument("--out", "-o", metavar="RUN_DIR", help="run directory to create")
-    g.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue this run from its last checkpoint")
+    g.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue this run from its newest checkpoint that verifies (--data/--val may name the "
+                   "run's data where it has moved: its fingerprint must match)")
+    g.add_argument("--allow-data-change", action="store_true",
+                   help="with --resume: continue although the data differ from the run's (recorded in settings.json)")
     g = p.add_argument_group("model")
     g.add_argument("--model", "-m", default=None, help="architecture: maskrcnn_resnet50_fpn_v2 (default), maskrcnn_resnet50_fpn, small")
     g.add_argument("--init", default=None, choices=("coco", "backbone", "scratch"),
@@ -61,6 +66,8 @@ def add_parser(sub) -> None:
 
 
 _OVERRIDABLE = ("epochs", "time_budget_s", "max_steps", "patience", "log_every")
+#: paths a resume may name anew (a moved dataset); the data's fingerprint decides whether they are the run's
+_PATHS = ("data", "val")
 
 
 def run(args) -> int:
@@ -85,11 +92,14 @@ def run(args) -> int:
         "device": args.device, "amp": args.amp, "workers": args.workers, "seed": args.seed, "log_every": args.log_every,
     }
     given = {k: v for k, v in given.items() if v is not None}  # None = not typed: defaults live in TrainConfig
+    given.update({k: os.path.abspath(given[k]) for k in _PATHS if k in given})
+    if args.allow_data_change and not args.resume:
+        raise UsageError("--allow-data-change applies to --resume RUN_DIR only")
     if world_size_from_env() <= 1:  # under torchrun, its OMP_NUM_THREADS shares the CPUs between processes
         configure_threads()
     if args.resume:
         cfg = load_settings(args.resume)
-        clash = {k: v for k, v in given.items() if k not in _OVERRIDABLE and k != "out" and getattr(cfg, k) != v}
+        clash = {k: v for k, v in given.items() if k not in (*_OVERRIDABLE, *_PATHS, "out") and getattr(cfg, k) != v}
         if "out" in given and given["out"] != args.resume:
             clash["out"] = given["out"]
         if clash:
@@ -99,8 +109,9 @@ def run(args) -> int:
             )
         # The card's command then reproduces the run: the first command, then each resume.
         cfg = replace(cfg, out=args.resume, command=f"{cfg.command} && {command}".strip(" &"),
-                      **{k: v for k, v in given.items() if k in _OVERRIDABLE})
-        return _report(train(cfg, resume=True, progress=False if args.no_progress else None))
+                      **{k: v for k, v in given.items() if k in (*_OVERRIDABLE, *_PATHS)})
+        return _report(train(cfg, resume=True, progress=False if args.no_progress else None,
+                             allow_data_change=args.allow_data_change))
     missing = [f"--{k}" for k in ("data", "out") if k not in given]
     if missing:
         raise UsageError(f"masklab train needs {' and '.join(missing)} (or --resume RUN_DIR)")

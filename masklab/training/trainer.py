@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +27,14 @@ from masklab.errors import UsageError
 from masklab.inference.threads import resolve_device
 from masklab.models.weights import check_state_dict
 from masklab.models.zoo import get_spec
-from masklab.training.checkpoint import checkpoint_paths, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from masklab.training.checkpoint import (
+    checkpoint_paths,
+    has_checkpoint,
+    newest_intact,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from masklab.training.config import TrainConfig, TrainResult, freeze_mode, parse_freeze, settings_path
 from masklab.training.data import TorchDataset, collate, epoch_batches
 from masklab.training.ddp import (
@@ -47,6 +55,7 @@ from masklab.training.defaults import (
     resolve_size,
 )
 from masklab.training.evaluate import evaluate_model
+from masklab.training.fingerprint import check_data, data_fingerprint
 from masklab.training.model import (
     apply_freeze,
     build_model,
@@ -114,8 +123,9 @@ class LossMeter:
 class Trainer:
     """One process's training run: built ready to :meth:`run` (weights initialised or resumed)."""
 
-    def __init__(self, cfg: TrainConfig, info: DistInfo, *, resume: bool, progress: bool | None) -> None:
-        self.cfg, self.info, self.resume = cfg, info, resume
+    def __init__(self, cfg: TrainConfig, info: DistInfo, *, resume: bool, progress: bool | None,
+                 allow_data_change: bool = False) -> None:
+        self.cfg, self.info, self.resume, self.allow_data_change = cfg, info, resume, allow_data_change
         self.given = cfg  # what was asked (None = follow the data / budget); self.cfg: what runs
         self.run_dir = Path(cfg.out)
         torch.manual_seed(cfg.seed)
@@ -339,6 +349,8 @@ class Trainer:
         val_kw = {"split": "val"} if str(cfg.val).endswith((".yaml", ".yml")) else {}
         self.val_ds = open_dataset(cfg.val, **val_kw) if cfg.val else None
         self.class_names = self.train_ds.class_names
+        self.fingerprints = {"data": data_fingerprint(self.train_ds), "val": self.val_ds and data_fingerprint(self.val_ds)}
+        self.data_changes: list[dict] = []  # --allow-data-change resumes: the step and what changed
 
     def _build_model(self) -> None:
         cfg, device = self.cfg, self.info.device
@@ -377,8 +389,15 @@ class Trainer:
                 print(f"masklab train: warning: {w}", file=sys.stderr)
 
     def _restore(self) -> None:
-        """Continue from the ``last`` checkpoint: weights, optimizer, AMP scaler, counters, RNG, metrics."""
-        model_state, state = load_checkpoint(self.run_dir, "last")
+        """Continue from the newest checkpoint that verifies (normally ``last``): weights, optimizer, AMP
+        scaler, counters, RNG, metrics; refuse a changed dataset unless ``allow_data_change``."""
+        # before hashing checkpoints: a refusal costs nothing
+        self.data_changes, changes = check_data(self.run_dir, self.cfg, self.fingerprints, allow=self.allow_data_change)
+        found = newest_intact(self.run_dir)
+        model_state, state = found.model_state, found.state
+        if found.skipped and self.info.is_main:
+            print("masklab: " + "\nmasklab: ".join(found.skipped) + f"\nmasklab: resuming from step {found.paths.step} "
+                  f"({found.paths.weights.name}), the newest checkpoint that verifies", file=sys.stderr)
         if list(state.get("class_names", [])) != list(self.class_names):
             raise UsageError(
                 f"--resume {self.run_dir}: the checkpoint was trained on classes {state.get('class_names')}, "
@@ -391,7 +410,9 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.counters = Counters.from_state(state)
         set_rng_state(state["rng"])
-        self.history = read_metrics(self.run_dir)
+        # Rows logged after the checkpoint (when an older one was the newest intact) are done again.
+        self.history = [r for r in read_metrics(self.run_dir) if r["step"] <= self.counters.step]
+        self.data_changes += [{"step": self.counters.step, **ch} for ch in changes]
 
     def _resolved(self) -> dict[str, Any]:
         """What the defaults became (``settings.json``'s ``resolved``)."""
@@ -403,7 +424,8 @@ class Trainer:
             "val_images": len(self.val_ds) if self.val_ds else 0,
             "train_format": self.train_ds.format, "val_format": self.val_ds.format if self.val_ds else None,
             "min_size": spec.min_size, "max_size": spec.max_size, "train_sizes": self.sizes, "init": self.init_note,
-            "torch": torch.__version__,
+            "torch": torch.__version__, "data_fingerprint": self.fingerprints["data"],
+            "val_fingerprint": self.fingerprints["val"], "data_changes": self.data_changes,
         }
 
     def _progress_bar(self, progress: bool | None) -> tqdm:
@@ -431,16 +453,20 @@ def _saved_choices(run_dir: Path, cfg: TrainConfig) -> Choices | None:
     return None
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None, threads: int | None = None) -> TrainResult:
-    """Run training as ``cfg`` says (``resume``: continue ``cfg.out`` from its ``last`` checkpoint).
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None, threads: int | None = None,
+          allow_data_change: bool = False) -> TrainResult:
+    """Run training as ``cfg`` says (``resume``: continue ``cfg.out`` from its newest intact checkpoint).
 
     Rank 0 evaluates and writes the run directory; under torchrun every process trains on its share.
     ``progress``: show a progress bar (None: when stderr is a terminal). ``threads``: torch CPU threads
     for the run, restored afterwards (None: leave torch's setting as the entry point made it).
+    ``allow_data_change``: resume although the data's fingerprint differs from the one the run recorded.
+    ``cfg.data`` / ``cfg.val`` are made absolute (settings.json then names the same data from anywhere).
     """
     cfg.check()
+    cfg = dataclasses.replace(cfg, data=os.path.abspath(cfg.data), val=cfg.val and os.path.abspath(cfg.val))
     run_dir = Path(cfg.out)
-    has_run = checkpoint_paths(run_dir, "last") is not None
+    has_run = has_checkpoint(run_dir)
     if resume and not has_run:
         raise UsageError(f"--resume {run_dir}: no checkpoint to continue from (checkpoints/last.json is missing)")
     if not resume and has_run:
@@ -450,7 +476,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        return Trainer(cfg, info, resume=resume, progress=progress).run()
+        return Trainer(cfg, info, resume=resume, progress=progress, allow_data_change=allow_data_change).run()
     finally:
         if threads is not None:
             torch.set_num_threads(threads_before)
