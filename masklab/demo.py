@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     except WeightsUnavailableError as e:
         reason = str(e).splitlines()[0]
         print(f"masklab demo: COCO weights unavailable ({reason}); using the offline demo model "
-              f"{DEMO_MODEL.name} on generated shapes scenes instead", file=sys.stderr)
+              f"shapes_demo ({DEMO_MODEL.name}; `--model shapes_demo` in any masklab command) on generated "
+              "shapes scenes instead", file=sys.stderr)
         try:
             seg = Segmenter(str(DEMO_MODEL))
         except MasklabError as e2:

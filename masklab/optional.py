@@ -10,7 +10,7 @@ from masklab.errors import MissingDependencyError
 __all__ = ["require"]
 
 #: top-level module -> the extra that installs it
-_EXTRA = {"onnx": "masklab[onnx]", "onnxruntime": "masklab[onnx]", "openvino": "masklab[openvino]",
+_EXTRA = {"onnx": "masklab[onnx]", "onnxruntime": "masklab[onnx]", "openvino": "masklab[openvino]", "nncf": "masklab[int8]",
           "matplotlib": "masklab[plot]", "ray": "masklab[ray]", "fastapi": "masklab[serve]", "uvicorn": "masklab[serve]",
           "filterpy": "masklab[track]", "scipy": "masklab[track]", "motmetrics": "masklab[track]",
           "supervision": "masklab[supervision]", "fiftyone": "fiftyone",

@@ -60,7 +60,8 @@ DEFAULT_MODEL = "maskrcnn_resnet50_fpn_v2"
 #: ``backend`` choices. auto: an exported file's own runtime; torch-fast on CUDA or reduced precision;
 #: eager torch on the CPU (see :mod:`masklab.runtime`).
 BACKENDS = ("auto", "torch", "torch-fast", "openvino", "onnx", "torchscript")
-#: ``precision`` choices; fp32 is exact, the others are used only when asked for.
+#: ``precision`` choices; fp32 is exact, the others are used only when asked for (int8: a model calibrated
+#: once with ``masklab quantize``, see :mod:`masklab.export.quantize`).
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 #: The options whose default comes from the model card (``None`` = that default).
 MODEL_OPTIONS = ("score_thresh", "nms_thresh", "max_detections", "proposals", "min_size", "max_size")

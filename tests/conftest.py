@@ -103,3 +103,12 @@ def accept(request) -> bool:
     import os
 
     return bool(request.config.getoption("--accept")) or os.environ.get("MASKLAB_ACCEPT") == "1"
+
+
+def pytest_collection_modifyitems(items):
+    """The fault-injection suite (issue 20, ``tests/faults/``) is marked ``faults``; ``make test`` and CI run
+    it. (Here, not in a ``tests/faults/conftest.py``: a second module named ``conftest`` would shadow this
+    one for the tests that import ``make_scene`` from it.)"""
+    for item in items:
+        if "tests/faults/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(pytest.mark.faults)

@@ -110,7 +110,7 @@ def test_torch_bf16_runs_and_returns_valid_instances(image, reference):
     [
         ("tensorrt", "fp32", "backend must be one of"),
         ("torch", "fp64", "precision must be one of"),
-        ("torch", "int8", "int8' runs a quantized model: make one with .masklab quantize"),
+        ("torch", "int8", "precision int8 runs on the CPU with backend openvino or auto, found backend 'torch'"),
         ("torch-fast", "fp16", "needs a CUDA GPU"),
         ("onnx", "bf16", "fp32 only"),
     ],

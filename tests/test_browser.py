@@ -136,6 +136,20 @@ def test_page_upload_toggle_style_download(live_server, tmp_path):
             rows = page.locator("#instances tbody tr")
             n = rows.count()
             assert n > 0
+
+            # The class chips count what the score slider shows (issue 19: they counted every object).
+            def chips_total() -> int:
+                texts = page.eval_on_selector_all("#classes .chip-text", "els => els.map(e => e.textContent)")
+                return sum(int(t.rsplit("(", 1)[1].rstrip(")")) for t in texts)
+
+            def slide(v: float) -> None:
+                page.eval_on_selector("#score", f"e => {{ e.value = {v}; e.dispatchEvent(new Event('input')); }}")
+
+            assert chips_total() == n
+            slide(1.0)  # random weights never score 1: nothing shown, nothing counted
+            assert chips_total() == 0
+            slide(0)
+            assert chips_total() == n
             first = rows.nth(0)
             label = first.locator("td").nth(2).inner_text()
             assert label in ("class_1", "class_2", "class_3")  # a weights file by path names its classes so

@@ -23,7 +23,6 @@ CARDS = Path(__file__).parent / "data" / "cards"
     [
         ({"backend": "torchfast"}, r"backend must be one of .*did you mean 'torch-fast'"),
         ({"precision": "bf15"}, r"precision must be one of .*did you mean 'bf16'"),
-        ({"precision": "int8"}, "int8' is not available"),
         ({"device": "gpu"}, "device must be auto, cpu or cuda"),
         ({"score_thresh": 1.5}, r"score_thresh must be in \[0, 1\], found 1.5"),
         ({"nms_thresh": -0.1}, r"nms_thresh must be in \[0, 1\]"),

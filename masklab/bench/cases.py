@@ -18,12 +18,14 @@ from masklab.bench.baseline import TorchvisionRuntime
 from masklab.errors import UsageError
 from masklab.settings import BACKENDS, InferenceSettings
 
-__all__ = ["BASELINE", "KNOBS", "BenchCase", "parse_case", "default_cases", "build_case"]
+__all__ = ["BASELINE", "KNOBS", "BenchCase", "parse_case", "default_cases", "prepare_case", "build_case"]
 
 #: the baseline case's backend name
 BASELINE = "torchvision"
 #: the InferenceSettings fields a case string may set (in the order labels list them) and their value type
 KNOBS: dict[str, type] = {"min_size": int, "max_size": int, "proposals": int, "max_detections": int, "score_thresh": float}
+#: generated images an int8 case calibrates on when no int8 model is prepared (seed 1: not the timed ones)
+INT8_CALIB_IMAGES = 16
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,35 @@ def default_cases(base: InferenceSettings | None = None) -> list[BenchCase]:
     texts.append("torch-fast:bf16")
     if have_ov:
         texts += ["openvino:bf16", "openvino:bf16:min_size=480,max_size=640,proposals=300"]
+    if have_ov and importlib.util.find_spec("nncf") is not None:
+        texts.append("openvino:int8")
     return [parse_case(t, base=base) for t in texts]
+
+
+def prepare_case(case: BenchCase, *, size_hw: tuple[int, int] = (480, 640), say=None) -> BenchCase:
+    """An int8 case runs an int8 IR: the one ``masklab quantize`` prepared for its settings, else one the
+    bench calibrates once on :data:`INT8_CALIB_IMAGES` generated ``size_hw`` images (cached under another
+    name, so that ``precision="int8"`` never picks up a model calibrated on generated images). The case
+    comes back with that file as its model; other cases come back as they are."""
+    from masklab.bench.images import generated_images
+    from masklab.export.quantize import ensure_quantized, quantized_path
+    from masklab.models.loading import load_model
+    from masklab.runtime import converted_path
+
+    if case.precision != "int8" or case.baseline:
+        return case
+    loaded = load_model(case.settings)
+    if loaded.export_format is not None:  # an int8 file already (or an error from its runtime)
+        return case
+    fp32_ir = converted_path(loaded, "openvino")
+    path = quantized_path(fp32_ir)
+    if not path.is_file():
+        path = fp32_ir.with_name(f"{fp32_ir.stem}-int8-generated{fp32_ir.suffix}")
+        if not path.is_file() and say is not None:
+            say(f"  no int8 model prepared (masklab quantize): calibrating one on {INT8_CALIB_IMAGES} generated images")
+        ensure_quantized(loaded, generated_images(INT8_CALIB_IMAGES, size_hw=size_hw, seed=1), fp32_ir=fp32_ir,
+                         out=path, calib_name=f"{INT8_CALIB_IMAGES} generated images (masklab bench)")
+    return BenchCase(case.settings.replace(model=str(path), weights=None))
 
 
 def build_case(case: BenchCase) -> Segmenter:

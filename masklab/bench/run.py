@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from masklab.bench.agreement import agreement
-from masklab.bench.cases import BenchCase, build_case
+from masklab.bench.cases import BenchCase, build_case, prepare_case
 from masklab.bench.cold import cli_wall, cold_start
 from masklab.bench.flops import count_gflop, measure_peaks, peak_for
 from masklab.bench.report import BenchReport, BenchRow, machine_info
@@ -124,11 +124,13 @@ def _run_settings(first: BenchCase, images: Sequence[np.ndarray], repeat: int) -
     }
 
 
-def _set_up(cases: Sequence[BenchCase], image: np.ndarray, live: _Live) -> None:
-    """Build and warm up every case (allocators, OpenVINO/oneDNN kernel selection) before any is timed."""
+def _set_up(cases: list[BenchCase], image: np.ndarray, live: _Live) -> None:
+    """Build and warm up every case (allocators, OpenVINO/oneDNN kernel selection) before any is timed.
+    An int8 case's entry in ``cases`` is replaced by the one that runs its int8 file (:func:`prepare_case`)."""
     for i, case in enumerate(cases):
         live.say(f"setting up {case.label}")
         try:
+            case = cases[i] = prepare_case(case, size_hw=image.shape[:2], say=live.say)
             t0 = time.perf_counter()
             seg = live.runners[i] = build_case(case)
             if case.settings.backend == "auto" and getattr(seg, "eager_by_default", False):

@@ -1,7 +1,8 @@
 """The ``masklab`` command. Thin: each sub-command is a module with ``add_parser(subparsers)`` and
 ``run(args) -> exit code``; all work happens in the library.
 
-Exit codes: 0 success; 1 some inputs failed; 2 usage error; 3 weights unavailable; 4 weights mismatch.
+Exit codes: :data:`masklab.cli.options.EXIT_CODES` (0 success; 1 some inputs failed; 2 usage error;
+3 weights unavailable; 4 weights mismatch; 130 interrupted), printed by every ``--help``.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ import argparse
 import importlib
 import sys
 
+from masklab.cli.options import HelpFormatter, exit_codes_help
 from masklab.errors import MasklabError
 
 __all__ = ["main", "build_parser"]
 
 #: Sub-command modules under ``masklab.cli`` (one line each; no registry).
 COMMANDS = ("segment", "models", "serve", "eval", "data", "train", "export", "bench", "validate", "convert",
-            "eval_tracks", "explain")
+            "eval_tracks", "explain", "quantize")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,17 +27,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="masklab",
         description="Instance segmentation with Mask R-CNN: masks, labels, counts and measurements.",
+        epilog=exit_codes_help(),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"masklab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"masklab.cli.{name}").add_parser(sub)
+    for p in sub.choices.values():  # every sub-command's --help ends with the same table
+        if p.epilog is None:
+            p.epilog = exit_codes_help()
+        p.formatter_class = HelpFormatter
     return parser
 
 
 def _print_error(e: BaseException) -> None:
     lines = str(e).strip().splitlines() or [type(e).__name__]
-    for line in lines[:5]:
+    for line in lines[:8]:
         print(f"masklab: {line}" if line is lines[0] else f"  {line.strip()}", file=sys.stderr)
 
 

@@ -31,8 +31,9 @@ def add_parser(sub) -> None:
         metavar="BACKEND[:PRECISION[:KNOB=V,...]]",
         help="a case, repeatable; the first is the reference. Backends: torchvision (baseline), torch, torch-fast, "
         "openvino, onnx, torchscript; knobs: min_size, max_size, proposals, max_detections, score_thresh. "
-        "Default: torchvision, torch, torch-fast, openvino, onnx (fp32), torch-fast and openvino bf16, and "
-        "openvino:bf16:min_size=480,max_size=640,proposals=300",
+        "Default: torchvision, torch, torch-fast, openvino, onnx (fp32), torch-fast and openvino bf16, "
+        "openvino:bf16:min_size=480,max_size=640,proposals=300 and openvino:int8 (with masklab[int8]: the model "
+        "`masklab quantize` prepared, else one calibrated once on generated images)",
     )
     add_model_arguments(p, exclude=_NOT_TAKEN, defaults={"device": "cpu"}, helps={
         "weights": "local weights file, or 'random' (default: seeded random weights for a zoo name: speed does not "

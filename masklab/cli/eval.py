@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -22,7 +23,9 @@ def add_parser(sub) -> None:
         ),
     )
     g = p.add_argument_group("data")
-    g.add_argument("--data", required=True, metavar="JSON", help="COCO ground-truth JSON (e.g. val.json)")
+    g.add_argument("--data", required=True, metavar="DATASET",
+                   help="ground truth: a COCO JSON (e.g. val.json), or any dataset `masklab train --data` reads "
+                   "(a COCO folder, VIA JSON, LabelMe folder, VOC folder, YOLO data.yaml: its val split)")
     g.add_argument("--images", default=None, metavar="DIR",
                    help="folder of the image files (default: relative to the JSON's folder, else its sibling folder named like the JSON)")
     g = p.add_argument_group("what to score (one of --model and --predictions)")
@@ -53,8 +56,34 @@ def _new_run_dir() -> Path:
     return path
 
 
-def run(args) -> int:
+def _ground_truth(args):
+    """The ground truth ``--data`` names: a COCO JSON as before, else whatever ``open_dataset`` reads (the
+    same datasets ``masklab train --data`` takes; a YOLO data.yaml gives its val split, as train's --val)."""
     from masklab.data.coco import CocoGroundTruth
+
+    path = Path(args.data)
+    if path.is_file() and path.suffix.lower() == ".json":
+        from masklab.data.readers import detect_format
+        from masklab.errors import DatasetError
+
+        try:
+            return CocoGroundTruth.load(path, images_dir=args.images)
+        except DatasetError as e:  # a VIA or LabelMe JSON is not COCO: the dataset readers take it below
+            try:
+                kind = detect_format(path)
+            except DatasetError:
+                raise e from None
+            if kind == "coco":
+                raise
+    from masklab.data.dataset import open_dataset
+
+    gt = open_dataset(path, **({"split": "val"} if path.suffix.lower() in (".yaml", ".yml") else {})).gt
+    if args.images is not None:
+        gt = dataclasses.replace(gt, images_dir=Path(args.images))
+    return gt
+
+
+def run(args) -> int:
     from masklab.errors import DatasetError, UsageError
     from masklab.evaluation import evaluator
     from masklab.evaluation.report import format_table, write_report
@@ -66,7 +95,7 @@ def run(args) -> int:
         require_matplotlib()  # fail before a long model run, not after
     if (args.model is None) == (args.predictions is None):
         raise UsageError("give what to score: either --model (a model to run) or --predictions (saved COCO results)")
-    gt = CocoGroundTruth.load(args.data, images_dir=args.images)
+    gt = _ground_truth(args)
     out = Path(args.out) if args.out else _new_run_dir()
     settings = {"data": str(args.data), "images": args.images, "count_thresh": args.count_thresh, "iou_thresh": args.iou_thresh}
     failures: list[tuple[int, str]] = []

@@ -13,9 +13,37 @@ import argparse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from masklab.errors import ImageLoadError, UsageError, WeightsMismatchError, WeightsUnavailableError
 from masklab.settings import BACKENDS, DEFAULT_MODEL, PRECISIONS, REFINE_METHODS
 
-__all__ = ["add_model_arguments", "GROUPS"]
+__all__ = ["add_model_arguments", "GROUPS", "EXIT_CODES", "exit_codes_help", "HelpFormatter"]
+
+#: What ``masklab`` exits with (the codes come from :mod:`masklab.errors`, so the table cannot drift).
+EXIT_CODES = (
+    (0, "success: every input was done"),
+    (ImageLoadError.exit_code, "some inputs failed; the run finished (each failure is in summary.csv and run.json)"),
+    (UsageError.exit_code, "usage error: a bad flag, an unknown model or class name, no inputs, a malformed "
+     "dataset, a missing optional dependency"),
+    (WeightsUnavailableError.exit_code, "model weights unavailable: not cached and no download (offline?); "
+     "--model shapes_demo runs offline"),
+    (WeightsMismatchError.exit_code, "the weights do not fit the model (another architecture or class count), "
+     "or the file is not weights"),
+    (130, "interrupted (Ctrl-C)"),
+)
+
+
+def exit_codes_help() -> str:
+    """The exit-code table as ``--help`` prints it (kept as lines by :class:`HelpFormatter`)."""
+    return "exit codes:\n" + "\n".join(f"  {code:<3d} {text}" for code, text in EXIT_CODES)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, except that the exit-code table keeps its lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("exit codes:"):
+            return "\n".join(indent + line for line in text.splitlines())
+        return super()._fill_text(text, width, indent)
 
 #: flag groups a command may leave out with ``exclude=``
 GROUPS = ("source", "runtime", "postprocess", "input", "classes", "tiling", "quality")

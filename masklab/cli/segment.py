@@ -1,5 +1,6 @@
-"""``masklab segment INPUT... --out DIR``: per-image JSON + overlay, ``summary.csv``, ``run.json``;
-videos give per-frame JSON Lines and an annotated video."""
+"""``masklab segment INPUT... [--out DIR]``: per-image JSON + overlay, ``summary.csv``, ``run.json``;
+videos give per-frame JSON Lines and an annotated video. Prints one line per image (what it found, how
+long it took) unless ``-q``, then where the results are; ``--out`` defaults to a new ``runs/segment-<n>``."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ def add_parser(sub) -> None:
         help="segment images (files, folders, globs, stdin lists, URLs) and videos",
         description=(
             "Segment images and videos. Writes DIR/<name>.json and DIR/<name>.png per image, DIR/summary.csv and "
-            "DIR/run.json; per video DIR/<name>.jsonl and DIR/<name>.annotated.mp4. Exit codes: 0 all inputs "
-            "succeeded, 1 some failed (listed in summary.csv/run.json), 2 usage error."
+            "DIR/run.json; per video DIR/<name>.jsonl and DIR/<name>.annotated.mp4. Prints one line per image "
+            "(e.g. 'photo.jpg: 2 person, 1 dog (0.41 s)'; -q: none) and where the results went."
         ),
     )
     p.add_argument(
@@ -26,8 +27,11 @@ def add_parser(sub) -> None:
         metavar="INPUT",
         help="image files, folders, glob patterns, videos; '-' reads more inputs from stdin, one per line",
     )
-    p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", "-o", default=None, metavar="DIR",
+                   help="output folder (default: a new folder runs/segment-<n>, n = 1, 2, ...)")
     p.add_argument("-r", "--recursive", action="store_true", help="scan folders recursively")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-image lines and no progress bar (errors and "
+                   "the final lines still print)")
     add_model_arguments(p)
     g = p.add_argument_group("output")
     g.add_argument(
@@ -198,19 +202,61 @@ def _writer_options(args) -> dict:
 
 
 def _report(summary, n: int, out: str, runtime=None) -> int:
-    """The run's lines on stderr (counts, rate, which runtime, skipped, each failure); returns its exit code."""
+    """The run's lines on stderr (counts, rate, which runtime, skipped, each failure, where the results are);
+    returns its exit code."""
     rate = summary.images_per_s
     done = f"segmented {summary.processed}/{n} images in {summary.seconds:.1f} s"
     done += f" ({rate:.2f} images/s" + (f", {runtime.name} {runtime.precision})" if runtime is not None else ")") if rate else ""
     if summary.skipped:
         done += f"; {summary.skipped} already done, skipped (same settings)"
-    print(f"{done} -> {out}", file=sys.stderr)
+    print(done, file=sys.stderr)
     for r in summary.failures:
         print(f"  failed: {r.error}", file=sys.stderr)
     if summary.disk_full:
         print(f"disk full: {summary.disk_full} images could not be written to {out}; free space and rerun the same "
               "command (finished images are skipped)", file=sys.stderr)
+    print(f"results in {out}", file=sys.stderr)
     return summary.exit_code
+
+
+def image_line(r) -> str:
+    """One image's line: ``photo.jpg: 2 circle, 1 square (0.41 s)``; most frequent class first."""
+    if r.error is not None:
+        return f"{r.item.label}: failed: {r.error}"
+    counts = sorted(r.counts.items(), key=lambda kv: -kv[1])  # stable: ties keep the highest score's first
+    what = ", ".join(f"{n} {label}" for label, n in counts) or "no objects"
+    return f"{r.item.label}: {what}" + (" (done by an earlier run)" if r.skipped else f" ({r.seconds:.2f} s)")
+
+
+def _print_image_line(r) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(image_line(r), file=sys.stderr)  # above the progress bar, which stays at the bottom
+
+
+def new_run_dir(base: str | Path = "runs", prefix: str = "segment") -> Path:
+    """``base/<prefix>-<n>`` for the smallest n >= 1 not yet used (ultralytics' ``runs/segment/predictN``)."""
+    base = Path(base)
+    taken = {p.name for p in base.glob(f"{prefix}-*")} if base.is_dir() else set()
+    n = 1
+    while f"{prefix}-{n}" in taken:
+        n += 1
+    return base / f"{prefix}-{n}"
+
+
+def _no_images(args) -> str:
+    """The empty-input message: which folders held no image files, and the -r hint where it applies."""
+    from masklab.io.images import IMAGE_SUFFIXES
+
+    folders = [raw for raw in args.inputs if raw != "-" and Path(raw).is_dir()]
+    where = ", ".join(folders) if folders else ", ".join(args.inputs)
+    kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+    msg = f"no images found in {where} (image files end in {kinds})"
+    if folders and not args.recursive:
+        sub = any(q.is_dir() for f in folders for q in Path(f).iterdir())
+        msg += ("; its subfolders were not searched: add -r to include them" if sub
+                else "; add -r to also search subfolders")
+    return msg
 
 
 def _segment_images(args, items, seg, writer_kwargs: dict, progress: bool | None) -> int:
@@ -237,6 +283,7 @@ def _segment_images(args, items, seg, writer_kwargs: dict, progress: bool | None
         batch_size=args.batch_size,
         workers=args.workers,
         skip_existing=args.skip_existing,
+        on_result=None if args.quiet else _print_image_line,
         max_pixels=args.max_pixels,
         url_limits=UrlLimits(max_bytes=int(args.url_max_mb * 2**20), timeout_s=args.url_timeout),
     )
@@ -277,17 +324,26 @@ def run(args) -> int:
 
         raise UsageError("--track needs a video, a camera (--source) or a folder of frames")
     if not items and not videos:
-        print("masklab: no images found in the inputs", file=sys.stderr)
-        return 2
+        from masklab.errors import UsageError
+
+        raise UsageError(_no_images(args))
     writer_kwargs = _writer_options(args)
     _read_options(args)  # bad --planes/--channels/--window/--axis: fail before the model loads
-    progress = False if args.no_progress else None
+    if args.out is None:
+        args.out = str(new_run_dir())
+    progress = False if (args.no_progress or args.quiet) else None
     if args.engine == "ray":  # the actors build the model; this process builds none
-        return _report(segment_on_ray(args, items, settings, writer_kwargs=writer_kwargs, progress=progress), len(items), args.out)
+        summary = segment_on_ray(args, items, settings, writer_kwargs=writer_kwargs, progress=progress)
+        for r in [] if args.quiet else summary.results:
+            print(image_line(r), file=sys.stderr)
+        return _report(summary, len(items), args.out)
     from masklab.runs.ledger import check_writable
 
     check_writable(args.out)  # before the model loads: an unwritable --out is a usage error naming it
     configure_threads()
     seg = Segmenter(settings=settings)
     code = _segment_images(args, items, seg, writer_kwargs, progress) if items else 0
-    return max(code, _segment_videos(args, videos, seg, tuple(writer_kwargs["viz"]) or None, progress, tracking))
+    code = max(code, _segment_videos(args, videos, seg, tuple(writer_kwargs["viz"]) or None, progress, tracking))
+    if videos and not items:
+        print(f"results in {args.out}", file=sys.stderr)
+    return code

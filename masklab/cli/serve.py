@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from masklab.cli.options import add_model_arguments
@@ -65,9 +66,21 @@ def run(args) -> int:
         max_connections=args.max_connections,
     )
     app = create_app(settings)
+    log_to_stderr()
     print(f"masklab serve: http://{args.host}:{args.port}/ (model {inference.model} loading; /readyz says when ready)", file=sys.stderr)
     run_server(app, host=args.host, port=args.port, root_path=args.root_path, forwarded_allow_ips=args.forwarded_allow_ips)
     return 0
+
+
+def log_to_stderr() -> logging.Handler:
+    """The entry point's logging: ``masklab.*`` records at INFO and above on stderr, next to uvicorn's own
+    lines (without a handler Python shows only warnings, so "model ... ready" went unseen)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+    logger = logging.getLogger("masklab")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return handler
 
 
 class _DeprecatedAlias(argparse.Action):

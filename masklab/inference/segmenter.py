@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,8 +44,6 @@ from masklab.structures.instances import Instances
 from masklab.structures.quality import detection_quality
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from masklab.inference.explain import Trace
 
 __all__ = ["Segmenter", "DENSE_MASK_BYTES"]
@@ -103,17 +102,18 @@ class Segmenter:
             configure_threads(asked.threads)  # asked for explicitly: the caller's choice, not a side effect
         asked = asked.replace(precision=resolve_precision(asked.precision, device=device, strict=asked.strict_precision))
         source = find_source(asked.model, asked.weights)
-        found = find_prepared(asked, source=source) if _may_run_prepared(asked, device) else None
+        found = _prepared_for(asked, source) if _may_run_prepared(asked, device) else None
         self.loaded: LoadedModel = load_model(asked, source=source, prepared=found)
         self.card: ModelCard = self.loaded.card
         self.spec: ModelSpec = self.loaded.spec
         self.card.check_classes(asked.classes)
         #: the settings in force: the model's defaults filled in, the device resolved
         self.inference: InferenceSettings = asked.replace(device=device).with_model_defaults(self.card.defaults())
+        if self.card.precision == "int8" and self.inference.precision == "fp32":  # an int8 file runs at int8
+            self.inference = self.inference.replace(precision="int8")
         self.runtime: Runtime = make_runtime(self.loaded, self.inference, device=device)
         self._planned: int | None = None  # images still to come in this run (plan()), for auto's decision
-        if self.eager_by_default:
-            _say_how_to_prepare(asked, self.spec.name)
+        self._asked = asked  # what the user named: the prepare command the first eager call prints
 
     # -- the fast path (see masklab.runtime: backend "auto") ------------------------------------------------
     @property
@@ -128,11 +128,19 @@ class Segmenter:
     def prepare(self) -> Path | None:
         """Convert the model to OpenVINO once (cached; a second call, or another process with the same
         weights and options, finds it) and, under ``backend="auto"`` on the CPU, switch to it. Returns the
-        prepared file, or None for a model masklab does not convert (exported files, matterport's port)."""
+        prepared file (matterport's port: its export folder), or None for what masklab does not convert
+        (exported files; no OpenVINO installed)."""
         if self.loaded.prepared is not None:
             return self.loaded.prepared
-        if self.loaded.module is None or self.spec.arch == "matterport_resnet101" or not _openvino_installed():
+        if self.loaded.module is None or not _openvino_installed():
             return None
+        if self.spec.arch == "matterport_resnet101":  # its own export (three networks); auto finds it next time
+            from masklab.runtime.matterport_ov import prepared_export
+
+            path = Path(prepared_export(self.loaded.module))
+            if self.inference.backend == "auto" and self.device == "cpu" and self.inference.precision == "fp32":
+                self.runtime = make_runtime(self.loaded, self.inference, device=self.device)
+            return path
         self.loaded = dataclasses.replace(self.loaded, prepared=prepare(self.loaded, "openvino"))
         if self.inference.backend == "auto" and self.device == "cpu" and self.inference.precision != "int8":
             self.runtime = make_runtime(self.loaded, self.inference, device=self.device)
@@ -216,6 +224,8 @@ class Segmenter:
             out = [self._to_instances(d, a.shape[:2], image=a) for d, a in zip(self.runtime.predict(arrays), arrays)]
         if self._planned is not None:
             self._after_eager(len(arrays), time.perf_counter() - t0)
+        if self.runtime.name == "torch" and self.eager_by_default:  # said once per model and process
+            _say_how_to_prepare(self._asked, self.spec.name)
         return out
 
     def with_options(self, **changes: Any) -> Segmenter:
@@ -341,9 +351,20 @@ def _openvino_installed() -> bool:
 
 
 def _may_run_prepared(settings: InferenceSettings, device: str) -> bool:
-    """Whether a prepared model could serve ``settings`` on ``device`` (auto/openvino on the CPU, not int8)."""
-    return (device == "cpu" and settings.backend in ("auto", "openvino") and settings.precision != "int8"
-            and _openvino_installed())
+    """Whether a prepared model could serve ``settings`` on ``device`` (auto/openvino on the CPU)."""
+    return device == "cpu" and settings.backend in ("auto", "openvino") and _openvino_installed()
+
+
+def _prepared_for(settings: InferenceSettings, source) -> Path | None:
+    """The prepared file that runs ``settings`` (fp32/bf16/fp16: the fp32 IR; int8: the model
+    ``masklab quantize`` made next to it), when the cache has it; found without torch."""
+    if settings.precision != "int8":
+        return find_prepared(settings, source=source)
+    from masklab.export.quantize import quantized_path
+
+    fp32 = prepared_model(settings, source=source)
+    int8 = None if fp32 is None else quantized_path(fp32.path)
+    return int8 if int8 is not None and int8.is_file() else None
 
 
 _TOLD: set[str] = set()

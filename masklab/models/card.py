@@ -72,6 +72,8 @@ class ModelCard:
             when it was trained with one (``masklab train --mask-iou-head``): loading builds the head, and
             its predicted mask IoU is every detection's ``quality``; None: no head.
         export_format, source_weights, outputs: for exported files (format, what was exported, output specs).
+        precision, quantization: for exported files whose weights are not fp32: ``"int8"`` for an
+            NNCF-quantised OpenVINO IR, and how it was calibrated (:mod:`masklab.export.quantize`); None = fp32.
         extra: keys this version does not know, kept so that a card read and written again loses nothing.
     """
 
@@ -103,6 +105,8 @@ class ModelCard:
     export_format: str | None = None
     source_weights: str | None = None
     outputs: dict | None = None
+    precision: str | None = None
+    quantization: dict | None = None
     masklab_version: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -131,11 +135,17 @@ class ModelCard:
         """Raise a clear error when ``classes`` (names to keep) holds a name this model does not predict."""
         if classes is None:
             return
-        known = set(self.categories) - NOT_CLASSES
+        import difflib
+
+        known = [c for c in dict.fromkeys(self.categories) if c not in NOT_CLASSES]  # model order
         unknown = [c for c in classes if c not in known]
         if unknown:
-            raise UsageError(f"unknown class names {unknown} for model {self.name!r}; its classes: "
-                             f"{', '.join(sorted(known)[:20])}{' ...' if len(known) > 20 else ''}")
+            lower = {k.lower(): k for k in known}
+            close = [difflib.get_close_matches(c.lower(), list(lower), n=1, cutoff=0.6) for c in unknown]
+            hints = [f"{lower[m[0]]!r} for {c!r}" for c, m in zip(unknown, close) if m]
+            hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+            raise UsageError(f"unknown class names {unknown} for model {self.name!r}{hint}; its {len(known)} classes: "
+                             f"{', '.join(known[:40])}{' ...' if len(known) > 40 else ''}")
 
     def replace(self, **changes: Any) -> ModelCard:
         return dataclasses.replace(self, **changes)

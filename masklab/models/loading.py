@@ -8,6 +8,7 @@ is exactly the card's). An exported file has no torch module: its runtime reads 
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,7 @@ def build_module(spec: ModelSpec, settings: InferenceSettings | None = None):
     return spec.build(num_classes=spec.num_classes, **module_kwargs(spec, settings))
 
 
-def _load_weights_into(module, state: Mapping, source: str) -> None:
+def _load_weights_into(module, state: Mapping, source: str, *, spec: ModelSpec, given_as_weights: bool) -> None:
     try:
         check_state_dict(module, state, source=f"weights {source}")
     except WeightsMismatchError as e:
@@ -76,13 +77,22 @@ def _load_weights_into(module, state: Mapping, source: str) -> None:
             arch, n = detect_arch(state)
         except WeightsMismatchError:
             raise e from None
+        if not given_as_weights:
+            raise e from None
+        # The fix that works: the file as the model (its architecture and class count are read from its
+        # keys, its card from NAME.json beside it). "--model <arch name>" would fail again whenever the
+        # class count differs from that entry's.
         name = next((s.name for s in MODELS.values() if s.arch == arch), arch)
-        raise WeightsMismatchError(f"{e}\n  the file holds {name} weights ({n} classes): use --model {name}") from None
+        what = "the same architecture" if arch == spec.arch else f"{name} weights"
+        raise WeightsMismatchError(
+            f"{e}\n  the file holds {what} with {n} classes (background included); pass the file itself as the "
+            f"model: --model {shlex.quote(source)} (no --weights)"
+        ) from None
     module.load_state_dict(state, strict=True)
 
 
-def _with_state(spec: ModelSpec, path: Path, settings: InferenceSettings, state: Mapping | None = None,
-                mask_iou: Mapping | None = None) -> tuple:
+def _with_state(spec: ModelSpec, path: Path, settings: InferenceSettings, state: Mapping | None = None, *,
+                given_as_weights: bool = False, mask_iou: Mapping | None = None) -> tuple:
     """Build ``spec``'s network and load ``path``'s weights; with a MaskIoU head when ``mask_iou`` (a card's
     ``mask_iou_head``) says so or the weights hold one."""
     state = load_state_dict(path) if state is None else state  # fp16-stored tensors are copied into fp32
@@ -90,7 +100,7 @@ def _with_state(spec: ModelSpec, path: Path, settings: InferenceSettings, state:
     mask_iou = mask_iou or config_from_state(state)
     if mask_iou:
         attach_mask_iou_head(module, mask_iou)
-    _load_weights_into(module, state, str(path))
+    _load_weights_into(module, state, str(path), spec=spec, given_as_weights=given_as_weights)
     return spec, module, str(path)
 
 
@@ -106,7 +116,7 @@ def _load_zoo(src: ModelSource, settings: InferenceSettings, seed: int) -> tuple
     if src.weights == "random":
         return _random(spec, settings, seed)
     if src.weights is not None:
-        return _with_state(spec, Path(src.weights), settings)
+        return _with_state(spec, Path(src.weights), settings, given_as_weights=True)
     if spec.weights is None:
         raise UsageError(f"model {spec.name!r} has no published weights: pass --weights PATH")
     return _with_state(spec, ensure_weights(spec.weights), settings)
@@ -147,7 +157,7 @@ def _load_exported(src: ModelSource, settings: InferenceSettings, seed: int) -> 
             f"{src.path} was exported with score_thresh={card.score_thresh}: it cannot return lower scores "
             f"(asked for {settings.score_thresh}); export again with a lower threshold"
         )
-    return spec_from_card(card, exported=True), None, str(src.path)
+    return spec_from_card(card, exported=True), None, str(src.path), card
 
 
 _LOADERS = {
@@ -186,8 +196,10 @@ def load_model(
     else:
         spec, module, weights_source, *file_card = _LOADERS[src.kind](src, settings, seed)
     card = spec.card()
-    if src.kind == "exported":
-        card = card.replace(export_format=src.export_format)
+    if src.kind == "exported":  # an int8 IR's card says so (precision, calibration record)
+        card = card.replace(export_format=src.export_format, precision=file_card[0].precision,
+                            quantization=file_card[0].quantization)
+        file_card = []
     if file_card:  # a trained model: its card's record of the training data and provenance stays with it
         c = file_card[0]
         card = card.replace(data_stats=c.data_stats, trained=c.trained, base_model=c.base_model, metrics=dict(c.metrics),

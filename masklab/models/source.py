@@ -35,7 +35,7 @@ from masklab.errors import UsageError, WeightsMismatchError
 from masklab.models.card import ModelCard
 from masklab.models.exported import detect_export_format, read_card
 from masklab.models.matterport.h5 import is_matterport_h5, looks_like_h5
-from masklab.models.zoo import MODELS, ModelSpec, get_spec
+from masklab.models.zoo import MODELS, ModelSpec, bundled_model, did_you_mean, get_spec, model_names
 
 __all__ = [
     "ModelSource",
@@ -85,7 +85,7 @@ def find_source(model: str | os.PathLike, weights: str | os.PathLike | None = No
     if text in MODELS:
         kind = "matterport_h5" if get_spec(text).arch == "matterport_resnet101" else "zoo"
         return ModelSource(kind, name=text, weights=w)
-    path = Path(text)
+    path = bundled_model(text) or Path(text)  # shapes_demo: the card-carrying file in masklab/assets/
     fmt = detect_export_format(path) if path.suffix.lower() in (".onnx", ".xml", ".pt", ".pth") else None
     if fmt is not None:
         _no_weights(path, w, f"an exported {fmt} model")
@@ -108,14 +108,9 @@ def find_source(model: str | os.PathLike, weights: str | os.PathLike | None = No
         return ModelSource("state_dict", path=path)
     if path.exists():
         raise UsageError(f"cannot use {path} as a model: expected a model name or a {'/'.join(STATE_DICT_SUFFIXES)} file")
-    raise UsageError(f"unknown model {text!r}; known models: {', '.join(MODELS)} (or a weights file path){_hint(text)}")
-
-
-def _hint(text: str) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(text, list(MODELS), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    known = model_names()
+    raise UsageError(f"unknown model {text!r}{did_you_mean(text, known)}; known models: {', '.join(known)} "
+                     "(see `masklab models`), or a weights file path")
 
 
 def card_path_of(path: Path) -> Path | None:

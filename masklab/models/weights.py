@@ -4,13 +4,20 @@
 - Downloads stream to a temp file in the same folder, are sha256-checked, then ``os.replace``d into
   place, so an interrupted download never leaves a file that later passes as complete.
 - ``MASKLAB_OFFLINE=1`` forbids any download (the error then says where to put the file).
+- A cached file is checked against the published hash (torchvision publishes only an 8-hex-digit sha256
+  prefix; matterport only a size) once; that first check records the file's *full* sha256 in
+  ``FILE.verified`` with its size, mtime, ctime and inode. A later load re-hashes only when one of those
+  changed (an in-place edit changes the ctime, which no tool can set back) and then compares the full
+  digest; ``masklab models --verify`` (:func:`verify_cache`) re-hashes every cached file.
 - Loading never unpickles arbitrary objects: ``torch.load(..., weights_only=True)`` or safetensors.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +25,8 @@ from pathlib import Path
 from masklab.errors import WeightsMismatchError, WeightsUnavailableError
 from masklab.io.atomic import atomic_write_text, temp_file_beside
 
-__all__ = ["WeightsSpec", "cache_dir", "weights_path", "is_cached", "ensure_weights", "load_state_dict", "check_state_dict", "sha256_file"]
+__all__ = ["WeightsSpec", "cache_dir", "weights_path", "is_cached", "cache_problem", "verify_cache", "ensure_weights",
+           "load_state_dict", "check_state_dict", "sha256_file"]
 
 _CHUNK = 1 << 20
 
@@ -79,24 +87,72 @@ def _verified_marker(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
 
-def _verify_cached(path: Path, spec: WeightsSpec) -> None:
-    """Check a cached file once; remember the check (size + mtime) so later loads skip the hashing."""
+def _stamp(path: Path) -> dict:
     st = path.stat()
-    stamp = f"{st.st_size} {st.st_mtime_ns} {spec.sha256}"
-    marker = _verified_marker(path)
-    if marker.exists() and marker.read_text() == stamp:
-        return
-    problem = _integrity_problem(path, spec, None)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
+
+
+def _read_marker(path: Path, spec: WeightsSpec) -> dict | None:
+    """The record of ``path``'s first verification against ``spec``, or None (none, unreadable, an old
+    size+mtime text stamp, or made for another published hash)."""
+    try:
+        doc = json.loads(_verified_marker(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(doc, dict) and doc.get("published") == spec.sha256 and len(str(doc.get("sha256", ""))) == 64
+    return doc if ok else None
+
+
+def _record(path: Path, spec: WeightsSpec, digest: str) -> None:
+    atomic_write_text(_verified_marker(path), json.dumps({**_stamp(path), "sha256": digest, "published": spec.sha256}))
+
+
+def _check_cached(path: Path, spec: WeightsSpec, *, rehash: bool = False) -> str | None:
+    """Why the cached ``path`` is not ``spec``'s file, or None. Hashes only when the file changed since
+    its recorded verification (or ``rehash``); the first verification records the full digest."""
+    marker = _read_marker(path, spec)
+    if marker is not None and not rehash and {k: marker.get(k) for k in ("size", "mtime_ns", "ctime_ns", "inode")} == _stamp(path):
+        return None
+    digest = sha256_file(path)
+    if marker is not None:
+        if digest != marker["sha256"]:
+            return f"sha256 {digest[:16]}... is not the {marker['sha256'][:16]}... recorded when it was first verified"
+    else:
+        problem = _integrity_problem(path, spec, digest)
+        if problem:
+            return problem
+    _record(path, spec, digest)
+    return None
+
+
+def _verify_cached(path: Path, spec: WeightsSpec) -> None:
+    problem = _check_cached(path, spec)
     if problem:
         raise WeightsUnavailableError(
             f"cached weights {path} are corrupt: {problem}\n"
             f"delete the file and run again, or download {spec.url} by hand"
         )
-    atomic_write_text(marker, stamp)
 
 
 def is_cached(spec: WeightsSpec) -> bool:
-    return weights_path(spec).is_file()
+    """Whether ``spec``'s file is in the cache and verifies (cheap unless it changed since it last did)."""
+    path = weights_path(spec)
+    return path.is_file() and _check_cached(path, spec) is None
+
+
+def cache_problem(spec: WeightsSpec, *, rehash: bool = False) -> str | None:
+    """Why ``spec``'s cached file cannot be used (``"not cached"`` when absent), or None when it verifies;
+    ``rehash``: hash it even when it looks unchanged."""
+    path = weights_path(spec)
+    if not path.is_file():
+        return "not cached"
+    return _check_cached(path, spec, rehash=rehash)
+
+
+def verify_cache(specs) -> dict[str, str | None]:
+    """Re-hash every cached file of ``specs`` (WeightsSpecs): ``{filename: problem or None}``; files not
+    in the cache are left out."""
+    return {s.filename: cache_problem(s, rehash=True) for s in specs if weights_path(s).is_file()}
 
 
 def _unavailable(spec: WeightsSpec, target: Path, reason: str) -> WeightsUnavailableError:
@@ -104,7 +160,9 @@ def _unavailable(spec: WeightsSpec, target: Path, reason: str) -> WeightsUnavail
         f"model weights {spec.filename} are not cached and could not be downloaded ({reason}).\n"
         f"  URL:    {spec.url}\n"
         f"  sha256: {spec.sha256 or f'not published; checked by size ({spec.size_bytes} bytes)'}\n"
-        f"Download it on a machine with network and copy it to {target}, or pass --weights PATH."
+        f"Download it on a machine with network and copy it to {target}, or pass --weights PATH.\n"
+        "To try masklab offline, use the demo model shipped with it: --model shapes_demo "
+        "(squares, circles, triangles; `masklab data shapes` makes images for it)."
     )
 
 
@@ -147,8 +205,7 @@ def _download(spec: WeightsSpec, target: Path, *, progress: bool, timeout: float
         if problem:
             raise WeightsUnavailableError(f"downloaded {spec.url} but its {problem}; nothing was saved")
         os.replace(tmp, target)
-        st = target.stat()
-        atomic_write_text(_verified_marker(target), f"{st.st_size} {st.st_mtime_ns} {spec.sha256}")
+        _record(target, spec, h.hexdigest())
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -156,28 +213,59 @@ def _download(spec: WeightsSpec, target: Path, *, progress: bool, timeout: float
 def load_state_dict(path: str | os.PathLike) -> dict:
     """Read a state dict from ``.safetensors`` or a torch file (``weights_only=True``: no code runs).
 
-    A training checkpoint holding ``{"model": state_dict, ...}`` is accepted too.
+    A training checkpoint holding ``{"model": state_dict, ...}`` is accepted too. A file that is not
+    weights gets masklab's own message (PyTorch's would advise ``weights_only=False``, which runs code).
     """
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise WeightsUnavailableError(f"weights file {path} does not exist")
+    if not os.access(path, os.R_OK):
+        raise WeightsUnavailableError(f"weights file {path} cannot be read (permission denied)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # SafetensorError: a torn header or data, or not safetensors at all
+            raise _damaged(path, e) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, zip errors, refused globals
-        raise WeightsMismatchError(
-            f"could not read {path} as a PyTorch state dict (loaded with weights_only=True): {e}".splitlines()[0]
-        ) from None
+        raise WeightsMismatchError(_not_weights(path, e)) from None
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
         raise WeightsMismatchError(f"{path} does not hold a state dict (found {type(obj).__name__})")
     return dict(obj)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:160]
+
+
+def _not_weights(path: Path, e: BaseException) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in masklab's words (never PyTorch's advice to
+    load with ``weights_only=False``: that runs whatever code the file holds)."""
+    text = str(e)
+    expected = ("expected a state dict saved with torch.save(model.state_dict(), PATH), a masklab training "
+                "checkpoint, or a .safetensors file")
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found or "Unsupported global" in text:
+        what = f" (e.g. {found.group(1)}; a whole pickled model?)" if found else ""
+        return (f"{path} holds pickled Python objects besides tensors{what}; masklab reads .pth/.pt files with "
+                f"torch.load(weights_only=True) and never runs code from a weights file: {expected}")
+    return (f"{path} is not a PyTorch weights file (read with weights_only=True: {type(e).__name__}: {_first_line(e)}); "
+            f"the file ({path.stat().st_size} bytes) is damaged (truncated?) or is not weights: {expected}")
+
+
+def _damaged(path: Path, e: Exception) -> WeightsMismatchError:
+    return WeightsMismatchError(
+        f"{path} is not a readable .safetensors weights file ({_first_line(e)})\n"
+        f"  the file ({path.stat().st_size} bytes) is damaged (truncated?) or is not safetensors: copy or download it again"
+    )
 
 
 def check_state_dict(module, state: Mapping, *, source: str = "weights", max_listed: int = 5) -> None:

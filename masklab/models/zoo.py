@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from masklab.errors import UsageError
 from masklab.models.card import ModelCard, WeightsRef
@@ -19,7 +20,7 @@ from masklab.models.matterport.config import MatterportConfig
 from masklab.models.weights import WeightsSpec
 from masklab.settings import DEFAULT_MODEL
 
-__all__ = ["WeightsSpec", "ModelSpec", "MODELS", "DEFAULT_MODEL", "get_spec"]
+__all__ = ["WeightsSpec", "ModelSpec", "MODELS", "BUNDLED", "DEFAULT_MODEL", "get_spec", "bundled_model", "model_names"]
 
 
 @dataclass(frozen=True)
@@ -282,9 +283,40 @@ MODELS["matterport_r101_coco"] = ModelSpec(
 )
 
 
+#: Trained models shipped inside the package (``masklab/assets/``), usable by name from any folder:
+#: name -> weights file (its model card ``NAME.json`` lies beside it). ``shapes_demo`` is the offline demo
+#: model (the ``small`` architecture trained on ``masklab data shapes``: square, circle, triangle).
+BUNDLED: dict[str, str] = {"shapes_demo": "shapes_small.safetensors"}
+_ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def bundled_model(name: str) -> Path | None:
+    """The weights file of the bundled model ``name`` (``shapes_demo``; its file stem ``shapes_small``
+    works too), or None when ``name`` is not one."""
+    for key, file in BUNDLED.items():
+        if name in (key, Path(file).stem):
+            return _ASSETS / file
+    return None
+
+
+def model_names() -> list[str]:
+    """Every name ``--model`` accepts: the zoo's, then the bundled models'."""
+    return [*MODELS, *BUNDLED]
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the closest of ``known`` (case-insensitive), or ``""``."""
+    import difflib
+
+    lower = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.6)
+    return f" (did you mean {lower[close[0]]!r}?)" if close else ""
+
+
 def get_spec(name: str) -> ModelSpec:
     """The entry called ``name``; a clear error listing the known names otherwise."""
     try:
         return MODELS[name]
     except KeyError:
-        raise UsageError(f"unknown model {name!r}; known models: {', '.join(MODELS)} (or a path)") from None
+        known = list(MODELS)  # architectures; a bundled model is a trained file (see find_source)
+        raise UsageError(f"unknown model {name!r}{did_you_mean(name, known)}; known models: {', '.join(known)}") from None

@@ -147,8 +147,9 @@ class _Pipeline:
     ``batch_size`` through the segmenter, at most ``max_pending`` results waiting for the writers;
     results land by input index and tick the progress bar."""
 
-    def __init__(self, segmenter, writer: OutputWriter, n: int, *, batch_size: int, workers: int, keep: bool, bar) -> None:
-        self.segmenter, self.writer, self.bar = segmenter, writer, bar
+    def __init__(self, segmenter, writer: OutputWriter, n: int, *, batch_size: int, workers: int, keep: bool, bar,
+                 on_result: Callable[[ImageResult], None] | None = None) -> None:
+        self.segmenter, self.writer, self.bar, self.on_result = segmenter, writer, bar, on_result
         self.batch_size, self.workers, self.keep = batch_size, workers, keep
         self.results: list[ImageResult | None] = [None] * n
         self.pending: deque[tuple[int, Future]] = deque()
@@ -188,6 +189,8 @@ class _Pipeline:
         if r.error is not None:
             self.n_failed += 1
             self.bar.set_postfix_str(f"failed={self.n_failed}", refresh=False)
+        if self.on_result is not None:
+            self.on_result(r)
         self.bar.update(1)
 
     def harvest(self, block_until: int) -> None:
@@ -239,6 +242,7 @@ def run_segment(
     max_pixels: int | None = None,
     url_limits: UrlLimits | None = None,
     read_options=None,
+    on_result: Callable[[ImageResult], None] | None = None,
 ) -> RunSummary:
     """Segment ``items`` with ``segmenter`` into ``out_dir`` (per-image files via ``writer``, default an
     :class:`OutputWriter` with overlay style(s) ``viz``), then ``summary.csv`` and ``run.json``.
@@ -256,6 +260,8 @@ def run_segment(
         url_limits: size/time limits for URL items.
         read_options: :class:`~masklab.io.planes.ReadOptions` (channels, intensity window, NIfTI axis) for
             stacks; items of stack files carry their plane (:func:`masklab.io.stacks.expand_planes`).
+        on_result: called with each :class:`ImageResult` as it lands (in the main thread; the CLI prints
+            its per-image line there).
 
     Raises :class:`~masklab.runs.ledger.FolderBusyError` when another run holds ``out_dir``'s lock, and
     :class:`~masklab.runs.ledger.UnwrittenError` (exit 1, every failed image listed) when the summary
@@ -270,11 +276,12 @@ def run_segment(
         return _run_locked(items, out, segmenter, writer, viz=viz, progress=progress, extra_settings=extra_settings,
                            batch_size=batch_size, workers=workers, skip_existing=skip_existing,
                            keep_instances=keep_instances, max_pixels=max_pixels, url_limits=url_limits,
-                           read_options=read_options)
+                           read_options=read_options, on_result=on_result)
 
 
 def _run_locked(items, out: Path, segmenter, writer: OutputWriter, *, viz, progress, extra_settings, batch_size: int,
-                workers: int, skip_existing, keep_instances: bool, max_pixels, url_limits, read_options) -> RunSummary:
+                workers: int, skip_existing, keep_instances: bool, max_pixels, url_limits, read_options,
+                on_result=None) -> RunSummary:
     from tqdm.auto import tqdm
 
     ledger = RunLedger.open(out, {**segmenter.settings(), "viz": viz, **(extra_settings or {})}, skip_existing=skip_existing)
@@ -286,7 +293,8 @@ def _run_locked(items, out: Path, segmenter, writer: OutputWriter, *, viz, progr
         segmenter.plan(images=len(items))
     t_run = time.perf_counter()
     with tqdm(total=len(items), desc="segment", unit="img", disable=not show, file=sys.stderr, smoothing=0.1) as bar:
-        pipeline = _Pipeline(segmenter, writer, len(items), batch_size=batch_size, workers=workers, keep=keep_instances, bar=bar)
+        pipeline = _Pipeline(segmenter, writer, len(items), batch_size=batch_size, workers=workers, keep=keep_instances, bar=bar,
+                             on_result=on_result)
         results = pipeline.run(items, prepare)
     summary = ledger.summary(results, seconds=time.perf_counter() - t_run)
     runtime = getattr(segmenter, "runtime", None)

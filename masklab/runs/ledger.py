@@ -5,7 +5,8 @@
   every failure with its one-line reason, and timings), so a killed run still tells the rerun which
   settings its outputs came from.
 - ``summary.csv``: one row per input (image, status ok / skipped / failed, instances, one column per
-  label, error).
+  class, error). The class columns are every class of the model, or the ``classes`` the run keeps, in
+  the model's order, found or not, so runs of one model merge column by column.
 - The resume decision: with ``skip_existing=None`` a run skips the images an earlier run finished when
   the folder's ``run.json`` has the same settings fingerprint; any change of a setting that decides the
   outputs starts over.
@@ -33,6 +34,7 @@ from typing import Any, Protocol
 
 from masklab.errors import ImageLoadError, MasklabError, UsageError
 from masklab.io.atomic import atomic_write_bytes
+from masklab.io.formats.common import NOT_CLASSES
 from masklab.io.inputs import InputItem
 from masklab.settings import RUNTIME_ONLY
 from masklab.structures.instances import Instances
@@ -54,6 +56,7 @@ __all__ = [
     "settings_fingerprint",
     "read_run_json",
     "summary_csv",
+    "summary_classes",
     "one_line",
     "versions",
 ]
@@ -145,6 +148,9 @@ def versions() -> dict[str, str | None]:
     from masklab import __version__
 
     def dist(name: str) -> str | None:
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "__version__"):  # loaded: its own word (torch's has +cu130)
+            return str(module.__version__)
         try:
             return metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -212,22 +218,32 @@ def read_run_json(out: str | os.PathLike | RunFolder) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def summary_csv(results: Sequence[ImageResult]) -> str:
-    """``summary.csv``'s text: image, status (ok / skipped / failed), instances, one column per label, error."""
-    classes: list[str] = []
+def summary_classes(categories: Sequence[str], keep: Sequence[str] | None = None) -> list[str]:
+    """``summary.csv``'s class columns: the model's classes (``categories`` minus background and gaps)
+    in model order, only those in ``keep`` (the run's ``classes``) when it is given."""
+    real = [c for c in dict.fromkeys(categories) if c not in NOT_CLASSES]
+    return real if keep is None else [c for c in real if c in set(keep)]
+
+
+def summary_csv(results: Sequence[ImageResult], classes: Sequence[str] | None = None) -> str:
+    """``summary.csv``'s text: image, status (ok / skipped / failed), instances, one column per class, error.
+
+    ``classes``: the class columns (:func:`summary_classes`); a label found outside them gets a column
+    after them, in order of appearance (None: only the labels found)."""
+    columns: list[str] = list(classes or ())
     for r in results:
         for lab in r.counts:
-            if lab not in classes:
-                classes.append(lab)
+            if lab not in columns:
+                columns.append(lab)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["image", "status", "instances", *classes, "error"])
+    w.writerow(["image", "status", "instances", *columns, "error"])
     for r in results:
         if r.error is not None:
-            w.writerow([r.item.label, "failed", "", *([""] * len(classes)), r.error])
+            w.writerow([r.item.label, "failed", "", *([""] * len(columns)), r.error])
         else:
             status = "skipped" if r.skipped else "ok"
-            w.writerow([r.item.label, status, r.n_instances, *(r.counts.get(c, 0) for c in classes), ""])
+            w.writerow([r.item.label, status, r.n_instances, *(r.counts.get(c, 0) for c in columns), ""])
     return buf.getvalue()
 
 
@@ -302,8 +318,11 @@ class RunLedger:
             "timings": _timings(results, summary.seconds),
             **(extra or {}),
         }
+        classes = None
+        if model_card and model_card.get("categories"):
+            classes = summary_classes(model_card["categories"], self.settings.get("classes"))
         return [
-            self.folder.write_bytes("summary.csv", summary_csv(results).encode("utf-8")),
+            self.folder.write_bytes("summary.csv", summary_csv(results, classes).encode("utf-8")),
             self.folder.write_bytes("run.json", _json_bytes(doc)),
         ]
 

@@ -173,22 +173,15 @@ def make_runtime(loaded: LoadedModel, settings: InferenceSettings, *, device: st
     exported cores, ``score_thresh``) on ``device`` (already resolved: ``"cpu"`` or ``"cuda[:N]"``).
     ``settings.precision`` should already be :func:`resolve_precision`'s answer (the Segmenter does that)."""
     backend, precision = settings.backend, settings.precision
-    if loaded.spec.arch == "matterport_resnet101":  # its own graph, eager fp32 only
-        if backend not in ("auto", "torch") or precision != "fp32":
-            raise UsageError(f"{loaded.spec.name} runs only with backend 'torch' at precision 'fp32'")
-        from masklab.models.matterport.runtime import MatterportRuntime
-
-        return MatterportRuntime(loaded.module, device=device)
+    if loaded.spec.arch == "matterport_resnet101":  # its own graph and runtimes
+        return _matterport_runtime(loaded, settings, device)
     fmt = loaded.export_format
     if fmt is not None:  # an exported file: only its own runtime can run it
         if backend not in ("auto", fmt):
             raise UsageError(f"{loaded.weights_source} is a {fmt} export: use backend 'auto' or '{fmt}', not {backend!r}")
-        return _file_runtime(fmt, loaded.weights_source, settings, device=device)
-    if precision == "int8":
-        raise UsageError(
-            f"precision 'int8' runs a quantized model: make one with `masklab quantize --model {loaded.spec.name} "
-            "--calib IMAGES --out model-int8.xml` and pass it as --model"
-        )
+        return _file_runtime(fmt, loaded.weights_source, _file_precision(loaded, settings), device=device)
+    if precision == "int8":  # the model `masklab quantize` calibrated, next to the fp32 conversion
+        return _int8_runtime(loaded, settings, device=device)
     on_cpu = not device.startswith("cuda")
     if backend == "auto" and on_cpu and loaded.prepared is not None:
         return _file_runtime("openvino", str(loaded.prepared), settings, device=device)
@@ -208,10 +201,73 @@ def make_runtime(loaded: LoadedModel, settings: InferenceSettings, *, device: st
     return _file_runtime(backend, str(path), settings, device=device)
 
 
+def _openvino_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
 def _module(loaded: LoadedModel):
     if loaded.module is None:  # found prepared, then asked for another runtime: build the network after all
         raise UsageError(f"{loaded.spec.name}: this runtime needs the torch network; load it with backend 'torch'")
     return loaded.module
+
+
+def _matterport_runtime(loaded: LoadedModel, settings: InferenceSettings, device: str) -> Runtime:
+    """matterport's graph: eager torch (the reference), or its networks in OpenVINO on the CPU
+    (``backend="openvino"``, fp32 exact or bf16; converted once and cached). ``auto``: OpenVINO fp32 when
+    the conversion is in the cache (``masklab models --prepare matterport_r101_coco``), else eager."""
+    backend, precision = settings.backend, settings.precision
+    if backend == "auto" and precision == "fp32" and not device.startswith("cuda") and _openvino_installed():
+        from masklab.runtime.matterport_ov import find_export
+
+        if find_export(loaded.module) is not None:
+            backend = "openvino"
+    if backend in ("auto", "torch") and precision == "fp32":
+        from masklab.models.matterport.runtime import MatterportRuntime
+
+        return MatterportRuntime(loaded.module, device=device)
+    if backend == "openvino" and precision in ("fp32", "bf16") and not device.startswith("cuda"):
+        from masklab.runtime.matterport_ov import MatterportOpenVINORuntime, prepared_export
+
+        threads = settings.threads or thread_budget()
+        config = loaded.module.config
+        return MatterportOpenVINORuntime(prepared_export(loaded.module), precision=precision, threads=threads, config=config)
+    raise UsageError(
+        f"{loaded.spec.name} runs with backend 'torch' (fp32) or 'openvino' (fp32 or bf16, on the CPU); "
+        f"found backend {backend!r}, precision {precision!r}, device {device!r}"
+    )
+
+
+def _file_precision(loaded: LoadedModel, settings: InferenceSettings) -> InferenceSettings:
+    """An int8 file runs at int8 (asked for or left at the default fp32); an fp32 file never claims int8."""
+    path = loaded.weights_source
+    if loaded.card.precision == "int8":
+        if settings.precision not in ("fp32", "int8"):
+            raise UsageError(f"{path} is an int8 model: it runs at precision int8, not {settings.precision!r}")
+        return settings.replace(precision="int8")
+    if settings.precision == "int8":
+        raise UsageError(f"{path} is not quantised; make an int8 model from it with "
+                         f"`masklab quantize --model {path} --calib IMAGES --out FILE.xml`")
+    return settings
+
+
+def _int8_runtime(loaded: LoadedModel, settings: InferenceSettings, *, device: str) -> Runtime:
+    from masklab.export.quantize import quantized_path
+
+    if settings.backend not in ("auto", "openvino") or device.startswith("cuda"):
+        raise UsageError(f"precision int8 runs on the CPU with backend openvino or auto, found backend "
+                         f"{settings.backend!r} on {device}")
+    path = quantized_path(converted_path(loaded, "openvino"))
+    if not path.is_file():
+        weights = f" --weights {settings.weights}" if settings.weights else ""
+        raise UsageError(
+            f"no int8 model is prepared for {loaded.spec.name} ({loaded.weights_source}) with these options; "
+            f"calibrate one once on 100-300 images like those you will segment:\n"
+            f"masklab quantize --model {settings.model}{weights} --calib IMAGES_OR_DATASET\n"
+            f"(it is cached in {path.parent}), or pass an int8 .xml that `masklab quantize --out` wrote as the model"
+        )
+    return _file_runtime("openvino", str(path), settings, device=device)
 
 
 def _file_runtime(fmt: str, path: str, settings: InferenceSettings, *, device: str) -> Runtime:

@@ -4,7 +4,8 @@ Each runs the core once per image (any size) and pastes the 28x28 masks with the
 :func:`~masklab.export.core.core_to_detections`. Precision per runtime:
 
 - OpenVINO: ``fp32`` sets ``INFERENCE_PRECISION_HINT=f32`` (exact; the CPU plugin would otherwise pick
-  bf16 by itself on CPUs that have it), ``bf16`` sets ``bf16`` explicitly, ``fp16`` sets ``f16``.
+  bf16 by itself on CPUs that have it), ``bf16`` sets ``bf16`` explicitly, ``fp16`` sets ``f16``;
+  ``int8`` runs an int8 IR (``masklab quantize``) with ``f32`` for the layers it left unquantised.
 - ONNX Runtime and TorchScript: ``fp32`` only.
 """
 
@@ -26,7 +27,9 @@ from masklab.structures.detections import Detections
 
 __all__ = ["OpenVINORuntime", "OnnxRuntime", "TorchScriptRuntime", "OV_PRECISION"]
 
-OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+#: precision -> INFERENCE_PRECISION_HINT; an int8 IR (``masklab quantize``) runs its quantised layers in int8
+#: whatever the hint, and f32 keeps the layers it left unquantised (coordinates, RoI pooling) exact
+OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 
 
 def _image_input(image: np.ndarray) -> np.ndarray:
@@ -62,7 +65,7 @@ class OpenVINORuntime(_CoreRuntime):
 
     Args:
         model: path to ``.xml`` (its ``.bin`` next to it) or an ``openvino.Model``.
-        precision: ``fp32`` (exact), ``bf16`` or ``fp16`` (see the module docstring).
+        precision: ``fp32`` (exact), ``bf16``, ``fp16`` or ``int8`` (an int8 IR; see the module docstring).
         threads: CPU threads for inference (default: every CPU this process may use).
         score_thresh: extra score filter applied after the model (None: the baked threshold only).
     """
@@ -76,6 +79,8 @@ class OpenVINORuntime(_CoreRuntime):
         core = ov.Core()
         if isinstance(model, (str, os.PathLike)):
             model = core.read_model(str(model))
+        if precision == "int8" and not any(op.get_type_name() == "FakeQuantize" for op in model.get_ops()):
+            raise UsageError("precision int8 needs an int8 model (`masklab quantize`); this OpenVINO model is not quantised")
         threads = int(threads) if threads else None
         streams = _streams(threads)
         config = {

@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -105,6 +106,7 @@ class Service:
         self.segmenter: Any = None
         self.error: str | None = None
         self.limiter: WorkLimiter | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the app's, set by start()
         self.cache = ResultCache(settings.cache_bytes)
         self.metrics = ServeMetrics(paths=PATHS)
 
@@ -121,14 +123,15 @@ class Service:
 
     def load(self) -> None:
         """Build the model and warm it on a small synthetic image (runs in a thread at start-up)."""
+        t0 = time.monotonic()
         try:
             seg = self.factory()
             warm = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
             seg.predict([warm])
-            if self.settings.workers is None:  # as many at once as the runtime takes (OpenVINO: streams + 1)
-                self.loop.call_soon_threadsafe(self.limiter.grow, getattr(seg, "concurrency", 1))
+            if self.settings.workers is None and self.loop is not None:  # as many at once as the runtime takes
+                self.loop.call_soon_threadsafe(self.limiter.grow, getattr(seg, "concurrency", 1))  # (OpenVINO: streams + 1)
             self.segmenter = seg
-            log.info("model %s loaded and warm; ready", seg.spec.name)
+            log.info("model %s loaded and warm in %.1f s; ready (/readyz answers 200)", seg.spec.name, time.monotonic() - t0)
         except Exception as e:  # reported by /readyz; the process stays up so the error can be read
             self.error = f"{type(e).__name__}: {e}"
             log.error("model failed to load: %s", self.error)

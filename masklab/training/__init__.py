@@ -12,7 +12,9 @@
     curves.png           losses and mask AP per epoch
     model.json           the model card (masklab-model-card/2): architecture, classes, input size,
                          val score, weights file
-    checkpoints/         last.json and best.json point at step-N.safetensors + step-N.state.pt pairs
+    checkpoints/         last.json, previous.json and best.json point at step-N.safetensors +
+                         step-N.state.pt pairs, with each file's size and sha256; --resume takes the
+                         newest pair that verifies
 
 Where each part lives:
 

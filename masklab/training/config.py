@@ -22,7 +22,8 @@ FREEZES = ("none", "backbone", "heads")
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; saved as ``settings.json`` (``None`` = the default described here).
+    """Everything a run needs; saved as ``settings.json`` (``None`` = the default described here; the
+    ones that follow the data and the budget are decided by :mod:`masklab.training.defaults`).
 
     Attributes:
         data, val: dataset paths (any format :func:`masklab.data.dataset.open_dataset` reads); ``val``
@@ -34,19 +35,25 @@ class TrainConfig:
             ``layers="heads"``), ``heads`` (only the class-specific predictors train), or a schedule
             ``"backbone:2,none"`` (2 epochs with the trunk frozen, then everything).
         epochs / time_budget_s: stop after this many epochs / seconds of wall clock (one is required).
-        batch_size: images per step per process; accumulate: steps whose gradients add up per update.
+        batch_size: images per step per process (None: 4 for inputs up to 400x400 px, else 2);
+            accumulate: steps whose gradients add up per update.
         lr: peak learning rate (AdamW), default the model's ``train_lr`` (1e-3; 2e-3 for ``small``, whose
             heads have BatchNorm) from scratch/backbone and 2e-4 from COCO, scaled by
-            the effective batch over 8; warmup_steps: linear warm-up; then cosine decay to 0 over the run
-            (over the time budget when there is one).
-        min_size, max_size: training resize (shorter side, longer-side cap) in pixels; default the model's.
+            the effective batch over 8; warmup_steps: linear warm-up (None: 5% of the run's steps, measured
+            or estimated, at most 100); then cosine decay to 0 over the run (over the time budget when
+            there is one).
+        min_size, max_size: training resize (shorter side, longer-side cap) in pixels; None: the training
+            set's median image sides, capped at the model's (no upscale).
         scale_jitter: relative range of the shorter side during training (0.2: 0.8x-1.2x).
-        augment: horizontal flips, scale and colour jitter (boxes and masks follow the image).
+        augment: horizontal flips, scale and colour jitter (boxes and masks follow the image); None: on
+            when the run passes over the data at least 30 times.
         patience: stop when val mask AP has not improved for this many evaluations (None: never).
         device: ``auto``/``cpu``/``cuda``; amp: mixed precision (GPU only; None: on with a GPU).
         workers: DataLoader worker processes; seed: seeds sampling and augmentation.
         save_every_s: also save ``last`` mid-epoch this often (seconds).
         max_steps: stop after this many optimizer updates (tests; None: no limit).
+        log_every: when no progress bar is shown (output not a terminal), a progress line every this many
+            steps (0: none).
         mask_iou_head: also train a MaskIoU head (Mask Scoring R-CNN, :mod:`masklab.models.mask_iou`),
             whose predicted mask IoU becomes each detection's ``quality``.
         command: the command line that started (and resumed) the run, recorded in the model card.
@@ -60,15 +67,15 @@ class TrainConfig:
     freeze: str = "none"
     epochs: int | None = None
     time_budget_s: float | None = None
-    batch_size: int = 2
+    batch_size: int | None = None
     accumulate: int = 1
     lr: float | None = None
     weight_decay: float = 1e-4
-    warmup_steps: int = 100
+    warmup_steps: int | None = None
     min_size: int | None = None
     max_size: int | None = None
     scale_jitter: float = 0.2
-    augment: bool = True
+    augment: bool | None = None
     patience: int | None = 10
     device: str = "auto"
     amp: bool | None = None
@@ -76,6 +83,7 @@ class TrainConfig:
     seed: int = 0
     save_every_s: float = 600.0
     max_steps: int | None = None
+    log_every: int = 50
     mask_iou_head: bool = False
     command: str = ""
 
@@ -86,6 +94,8 @@ class TrainConfig:
         parse_freeze(self.freeze)
         if self.epochs is None and self.time_budget_s is None and self.max_steps is None:
             raise UsageError("give --epochs N or --time-budget DURATION (e.g. 20m)")
+        if self.log_every < 0:
+            raise UsageError(f"--log-every must be >= 0, found {self.log_every}")
         for name in ("epochs", "batch_size", "accumulate"):
             v = getattr(self, name)
             if v is not None and v <= 0:

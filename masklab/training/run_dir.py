@@ -19,6 +19,7 @@ from masklab._version import __version__
 from masklab.errors import UsageError
 from masklab.io.atomic import atomic_write, atomic_write_json, atomic_write_text
 from masklab.models.card import ModelCard, WeightsRef
+from masklab.models.weights import load_state_dict
 from masklab.models.zoo import ModelSpec
 from masklab.training.checkpoint import write_safetensors
 from masklab.training.config import TrainConfig, settings_path
@@ -135,8 +136,6 @@ def card_metrics(run_dir: Path) -> dict | None:
 def package_model(run_dir: str | os.PathLike, dst: str | os.PathLike, *, fp16: bool = True, command: str = "") -> Path:
     """Copy the run's best weights to ``dst`` (.safetensors; fp16 storage halves the file, loading
     restores fp32) with its model card ``dst`` with ``.json``. Returns the weights path."""
-    from safetensors.torch import load_file
-
     run_dir, dst = Path(run_dir), Path(dst)
     if dst.suffix != ".safetensors":
         raise UsageError(f"the packaged model must be a .safetensors path, found {dst}")
@@ -146,7 +145,7 @@ def package_model(run_dir: str | os.PathLike, dst: str | os.PathLike, *, fp16: b
     card = _read_card(card_path)
     if card.weights is None or not card.weights.file:
         raise UsageError(f"{card_path}: the model card names no weights file")
-    state = load_file(str(run_dir / card.weights.file))
+    state = load_state_dict(run_dir / card.weights.file)  # a damaged file: WeightsMismatchError, not a traceback
     if fp16:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     write_safetensors(dst, state, {"format": "masklab-model", "arch": card.arch})

@@ -8,6 +8,9 @@ of each epoch; rank 0 alone evaluates, writes the run directory and judges the t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -24,8 +27,16 @@ from masklab.errors import UsageError
 from masklab.inference.threads import resolve_device
 from masklab.models.mask_iou import attach_mask_iou_head, head_config
 from masklab.models.weights import check_state_dict
-from masklab.training.checkpoint import checkpoint_paths, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from masklab.training.config import TrainConfig, TrainResult, freeze_mode, parse_freeze
+from masklab.models.zoo import get_spec
+from masklab.training.checkpoint import (
+    checkpoint_paths,
+    has_checkpoint,
+    newest_intact,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from masklab.training.config import TrainConfig, TrainResult, freeze_mode, parse_freeze, settings_path
 from masklab.training.data import TorchDataset, collate, epoch_batches
 from masklab.training.ddp import (
     DistInfo,
@@ -36,7 +47,16 @@ from masklab.training.ddp import (
     init_distributed,
     wrap_module,
 )
+from masklab.training.defaults import (
+    Choices,
+    check_warnings,
+    measure_step_seconds,
+    needs_step_time,
+    resolve_choices,
+    resolve_size,
+)
 from masklab.training.evaluate import evaluate_model
+from masklab.training.fingerprint import check_data, data_fingerprint
 from masklab.training.mask_iou import mask_iou_loss
 from masklab.training.model import (
     apply_freeze,
@@ -47,6 +67,7 @@ from masklab.training.model import (
     train_sizes,
     train_spec,
 )
+from masklab.training.progress import ProgressLines
 from masklab.training.run_dir import (
     LOSS_NAMES,
     card_metrics,
@@ -87,11 +108,13 @@ class LossMeter:
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
         self.count = 0
+        self.last = 0.0  # the latest batch's total loss
 
     def add(self, losses: dict[str, torch.Tensor], loss: torch.Tensor) -> None:
         for k, v in losses.items():
             self.sums[k] = self.sums.get(k, 0.0) + float(v.detach())
-        self.sums["loss"] = self.sums.get("loss", 0.0) + float(loss.detach())
+        self.last = float(loss.detach())
+        self.sums["loss"] = self.sums.get("loss", 0.0) + self.last
         self.count += 1
 
     def means(self) -> list[float]:
@@ -102,13 +125,20 @@ class LossMeter:
 class Trainer:
     """One process's training run: built ready to :meth:`run` (weights initialised or resumed)."""
 
-    def __init__(self, cfg: TrainConfig, info: DistInfo, *, resume: bool, progress: bool | None) -> None:
-        self.cfg, self.info, self.resume = cfg, info, resume
+    def __init__(self, cfg: TrainConfig, info: DistInfo, *, resume: bool, progress: bool | None,
+                 allow_data_change: bool = False) -> None:
+        self.cfg, self.info, self.resume, self.allow_data_change = cfg, info, resume, allow_data_change
+        self.given = cfg  # what was asked (None = follow the data / budget); self.cfg: what runs
         self.run_dir = Path(cfg.out)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         self._load_data()
+        saved = _saved_choices(self.run_dir, cfg) if resume else None
+        size = (saved.min_size, saved.max_size) if saved else resolve_size(cfg, get_spec(cfg.model), self.data_stats)[:2]
+        self.cfg = cfg = dataclasses.replace(cfg, min_size=size[0], max_size=size[1])
         self._build_model()
+        self.choices = saved or self._choose()
+        self.cfg = cfg = self.choices.apply(cfg)
         self._build_optimizer()
         self.counters, self.history = Counters(), []
         if resume:
@@ -120,10 +150,14 @@ class Trainer:
         self.data = TorchDataset(self.train_ds, cfg.augment)
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_settings(self.run_dir, cfg, self._resolved(), resume=resume)
+            write_settings(self.run_dir, self.given, {**self._resolved(), "choices": self.choices.to_json()}, resume=resume)
+            self._announce()
         self.schedule = Schedule.for_run(cfg, images=len(self.train_ds), world=info.world_size,
                                          elapsed_before=self.counters.elapsed_s)
         self.bar = self._progress_bar(progress)
+        self.lines = ProgressLines(every=cfg.log_every if (info.is_main and self.bar.disable) else 0,
+                                   total_steps=self.schedule.total_steps, budget_s=self.schedule.budget_s,
+                                   start_step=self.counters.step)
         self.meter = LossMeter()
         self.last_save = time.monotonic()
         self.eval_cost = 0.0  # seconds the last evaluation took (kept free at the end of a time budget)
@@ -226,6 +260,7 @@ class Trainer:
             self.bar.update(1)
         loss = self.meter.sums["loss"] / self.meter.count
         self.bar.set_postfix(epoch=c.epoch, loss=f"{loss:.3f}", lr=f"{self.lr * factor:.2g}", refresh=False)
+        self.lines.step(step=c.step, epoch=c.epoch, loss=self.meter.last, lr=self.lr * factor, elapsed_s=self.schedule.elapsed())
 
     def stop_requested(self) -> bool:
         """After an update: out of time (one evaluation's cost kept free) or of steps, as rank 0 says."""
@@ -317,6 +352,8 @@ class Trainer:
         val_kw = {"split": "val"} if str(cfg.val).endswith((".yaml", ".yml")) else {}
         self.val_ds = open_dataset(cfg.val, **val_kw) if cfg.val else None
         self.class_names = self.train_ds.class_names
+        self.fingerprints = {"data": data_fingerprint(self.train_ds), "val": self.val_ds and data_fingerprint(self.val_ds)}
+        self.data_changes: list[dict] = []  # --allow-data-change resumes: the step and what changed
 
     def _build_model(self) -> None:
         cfg, device = self.cfg, self.info.device
@@ -337,9 +374,35 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.stages = parse_freeze(self.cfg.freeze)
 
+    def _choose(self) -> Choices:
+        """The unset settings decided (:mod:`masklab.training.defaults`); a step is timed first when only
+        the time budget tells how long the run is."""
+        cfg, stats, n = self.given, self.data_stats, len(self.train_ds)  # None = decide here
+        first = resolve_choices(cfg, get_spec(cfg.model), stats, images=n, world=self.info.world_size)
+        if not needs_step_time(cfg):
+            return first
+        step_s = measure_step_seconds(self.module, TorchDataset(self.train_ds, False), batch_size=first.batch_size,
+                                      device=self.info.device, sizes=(first.min_size, first.max_size))
+        step_s *= 1.1  # the optimizer update and the loop's own work, not in the timed pass
+        return resolve_choices(cfg, get_spec(cfg.model), stats, images=n, world=self.info.world_size, step_s=step_s)
+
+    def _announce(self) -> None:
+        """Rank 0, once: the settings the run decided, and warnings about given ones."""
+        print(self.choices.summary(), file=sys.stderr)
+        if not self.resume:
+            for w in check_warnings(self.given, self.choices, self.data_stats):
+                print(f"masklab train: warning: {w}", file=sys.stderr)
+
     def _restore(self) -> None:
-        """Continue from the ``last`` checkpoint: weights, optimizer, AMP scaler, counters, RNG, metrics."""
-        model_state, state = load_checkpoint(self.run_dir, "last")
+        """Continue from the newest checkpoint that verifies (normally ``last``): weights, optimizer, AMP
+        scaler, counters, RNG, metrics; refuse a changed dataset unless ``allow_data_change``."""
+        # before hashing checkpoints: a refusal costs nothing
+        self.data_changes, changes = check_data(self.run_dir, self.cfg, self.fingerprints, allow=self.allow_data_change)
+        found = newest_intact(self.run_dir)
+        model_state, state = found.model_state, found.state
+        if found.skipped and self.info.is_main:
+            print("masklab: " + "\nmasklab: ".join(found.skipped) + f"\nmasklab: resuming from step {found.paths.step} "
+                  f"({found.paths.weights.name}), the newest checkpoint that verifies", file=sys.stderr)
         if list(state.get("class_names", [])) != list(self.class_names):
             raise UsageError(
                 f"--resume {self.run_dir}: the checkpoint was trained on classes {state.get('class_names')}, "
@@ -352,7 +415,9 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.counters = Counters.from_state(state)
         set_rng_state(state["rng"])
-        self.history = read_metrics(self.run_dir)
+        # Rows logged after the checkpoint (when an older one was the newest intact) are done again.
+        self.history = [r for r in read_metrics(self.run_dir) if r["step"] <= self.counters.step]
+        self.data_changes += [{"step": self.counters.step, **ch} for ch in changes]
 
     def _resolved(self) -> dict[str, Any]:
         """What the defaults became (``settings.json``'s ``resolved``)."""
@@ -364,7 +429,8 @@ class Trainer:
             "val_images": len(self.val_ds) if self.val_ds else 0,
             "train_format": self.train_ds.format, "val_format": self.val_ds.format if self.val_ds else None,
             "min_size": spec.min_size, "max_size": spec.max_size, "train_sizes": self.sizes, "init": self.init_note,
-            "torch": torch.__version__,
+            "torch": torch.__version__, "data_fingerprint": self.fingerprints["data"],
+            "val_fingerprint": self.fingerprints["val"], "data_changes": self.data_changes,
         }
 
     def _progress_bar(self, progress: bool | None) -> tqdm:
@@ -376,16 +442,36 @@ class Trainer:
                     dynamic_ncols=True)
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None, threads: int | None = None) -> TrainResult:
-    """Run training as ``cfg`` says (``resume``: continue ``cfg.out`` from its ``last`` checkpoint).
+def _saved_choices(run_dir: Path, cfg: TrainConfig) -> Choices | None:
+    """The choices a resumed run made at its first start (None for a run written before they were saved:
+    its config then holds every value, and the input size is its ``resolved`` one)."""
+    try:
+        resolved = json.loads(settings_path(run_dir).read_text(encoding="utf-8")).get("resolved", {})
+    except (OSError, ValueError):
+        return None
+    if "choices" in resolved:
+        return Choices.from_json(resolved["choices"])
+    if "min_size" in resolved:
+        # its config holds the values it ran with (these were the defaults then)
+        return Choices(resolved["min_size"], resolved["max_size"], cfg.batch_size or 2,
+                       100 if cfg.warmup_steps is None else cfg.warmup_steps, cfg.augment is not False, reasons={})
+    return None
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None, threads: int | None = None,
+          allow_data_change: bool = False) -> TrainResult:
+    """Run training as ``cfg`` says (``resume``: continue ``cfg.out`` from its newest intact checkpoint).
 
     Rank 0 evaluates and writes the run directory; under torchrun every process trains on its share.
     ``progress``: show a progress bar (None: when stderr is a terminal). ``threads``: torch CPU threads
     for the run, restored afterwards (None: leave torch's setting as the entry point made it).
+    ``allow_data_change``: resume although the data's fingerprint differs from the one the run recorded.
+    ``cfg.data`` / ``cfg.val`` are made absolute (settings.json then names the same data from anywhere).
     """
     cfg.check()
+    cfg = dataclasses.replace(cfg, data=os.path.abspath(cfg.data), val=cfg.val and os.path.abspath(cfg.val))
     run_dir = Path(cfg.out)
-    has_run = checkpoint_paths(run_dir, "last") is not None
+    has_run = has_checkpoint(run_dir)
     if resume and not has_run:
         raise UsageError(f"--resume {run_dir}: no checkpoint to continue from (checkpoints/last.json is missing)")
     if not resume and has_run:
@@ -395,7 +481,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        return Trainer(cfg, info, resume=resume, progress=progress).run()
+        return Trainer(cfg, info, resume=resume, progress=progress, allow_data_change=allow_data_change).run()
     finally:
         if threads is not None:
             torch.set_num_threads(threads_before)

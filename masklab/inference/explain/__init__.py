@@ -50,6 +50,8 @@ def explain_runtime(runtime, loaded: LoadedModel, *, device: str) -> tuple[Torch
         )
     note = (f"the segmenter runs {runtime.name} ({runtime.precision}), which cannot be hooked: explained with the "
             "eager torch module of the same weights (the fp32 reference that runtime is tested against)")
+    if isinstance(runtime, MatterportRuntime):  # its networks in OpenVINO: the eager port of the same weights
+        return MatterportRuntime(loaded.module, device=device), note
     return TorchRuntime(loaded.module, device=device), note
 
 

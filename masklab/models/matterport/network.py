@@ -17,7 +17,7 @@ from masklab.errors import UsageError
 from masklab.models.matterport import ops
 from masklab.models.matterport.config import MatterportConfig
 
-__all__ = ["MatterportMaskRCNN", "HeadOutputs"]
+__all__ = ["MatterportMaskRCNN", "HeadOutputs", "heads_from_features", "detect_and_mask", "normalized_window"]
 
 BN_EPS = 1e-3  # Keras' BatchNormalization default (torch's 1e-5 shifts C2 by ~1% of its std)
 
@@ -217,12 +217,59 @@ class HeadOutputs:
     box_deltas: torch.Tensor
 
 
+def heads_from_features(
+    features: list[torch.Tensor],
+    rpn_probs: torch.Tensor,
+    rpn_deltas: torch.Tensor,
+    *,
+    classifier,
+    anchors: torch.Tensor,
+    config: MatterportConfig,
+    backbone: list[torch.Tensor] | None = None,
+) -> HeadOutputs:
+    """Proposal layer, pyramid ROI align and ``classifier`` on one image's features.
+
+    ``features``: [P2..P6] (1, 256, S/s, S/s); ``rpn_probs`` (A,), ``rpn_deltas`` (A, 4) raw;
+    ``classifier``: pooled (R, 256, 7, 7) -> (probs (R, K), raw deltas (R, K, 4)) (the torch
+    :class:`ClassifierHead`, or an exported copy of it).
+    """
+    proposals, proposal_scores = ops.proposal_layer(rpn_probs, rpn_deltas, anchors, config)
+    pooled = ops.pyramid_roi_align(features[:4], proposals, config.POOL_SIZE, image_hw=config.image_shape)
+    probs, deltas = classifier(pooled)
+    return HeadOutputs(features, backbone or [], rpn_probs, rpn_deltas, proposals, proposal_scores, probs, deltas)
+
+
+def normalized_window(window_px, image_hw: tuple[int, int], device=None) -> torch.Tensor:
+    """Pixel window ``(y1, x1, y2, x2)`` -> normalized float32 (4,), as ``norm_boxes_graph``."""
+    h, w = image_hw
+    win = torch.tensor(window_px, dtype=torch.float32, device=device)
+    scale = torch.tensor([h, w, h, w], dtype=torch.float32, device=device) - 1.0
+    return (win - torch.tensor([0.0, 0.0, 1.0, 1.0], device=device)) / scale
+
+
+def detect_and_mask(
+    heads: HeadOutputs, window_px, *, mask_head, config: MatterportConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Detection layer + ``mask_head`` (pooled (N, 256, 14, 14) -> sigmoid (N, K, 28, 28)). Returns
+    (detections (D, 6) zero-padded, as :func:`ops.detection_layer`; masks (n, 28, 28) float32, the
+    sigmoid mask of each non-padding row's class)."""
+    window = normalized_window(window_px, config.image_shape, heads.proposals.device)
+    det = ops.detection_layer(heads.proposals, heads.class_probs, heads.box_deltas, window, config)
+    n = int((det[:, 4] != 0).long().cumprod(0).sum())  # rows before the first class-0 (padding) row
+    if n == 0:
+        return det, det.new_zeros((0, 28, 28))
+    pooled = ops.pyramid_roi_align(heads.features[:4], det[:n, :4], config.MASK_POOL_SIZE, image_hw=config.image_shape)
+    masks = mask_head(pooled)
+    return det, masks[torch.arange(n, device=masks.device), det[:n, 4].long()]
+
+
 class MatterportMaskRCNN(nn.Module):
     """The whole inference graph. Weights: :func:`masklab.models.matterport.h5.load_h5_weights`.
 
     Split in two steps so that the detection threshold can change without re-running the network:
     :meth:`forward_heads` (backbone -> classifier) and :meth:`detect_and_mask` (detection layer ->
-    28x28 masks of each detection's class).
+    28x28 masks of each detection's class). :meth:`features` is the part with most of the arithmetic
+    (backbone, FPN, RPN head), the one an export converts together with the two heads.
     """
 
     def __init__(self, config: MatterportConfig | None = None) -> None:
@@ -242,43 +289,35 @@ class MatterportMaskRCNN(nn.Module):
             self._anchors = self._anchors.to(device)
         return self._anchors
 
-    def forward_heads(self, image: torch.Tensor) -> HeadOutputs:
-        """``image``: float32 (1, 3, S, S), the molded input (RGB minus ``MEAN_PIXEL``)."""
+    def check_input(self, image: torch.Tensor) -> None:
         if image.ndim != 4 or image.shape[0] != 1 or tuple(image.shape[-2:]) != self.config.image_shape:
             raise UsageError(
                 f"expected a (1, 3, {self.config.IMAGE_MAX_DIM}, {self.config.IMAGE_MAX_DIM}) "
                 f"molded image, found {tuple(image.shape)}"
             )
+
+    def features(self, image: torch.Tensor):
+        """``image`` (1, 3, S, S) -> (C2..C5, P2..P6, fg probabilities (1, A), raw deltas (1, A, 4))."""
         c = self.backbone(image)
         p = self.fpn(c)
         rpn_probs, rpn_deltas = self.rpn(p)
-        proposals, proposal_scores = ops.proposal_layer(
-            rpn_probs[0], rpn_deltas[0], self.anchors(image.device), self.config
+        return c, p, rpn_probs, rpn_deltas
+
+    def forward_heads(self, image: torch.Tensor) -> HeadOutputs:
+        """``image``: float32 (1, 3, S, S), the molded input (RGB minus ``MEAN_PIXEL``)."""
+        self.check_input(image)
+        c, p, rpn_probs, rpn_deltas = self.features(image)
+        return heads_from_features(
+            p, rpn_probs[0], rpn_deltas[0], classifier=self.classifier, anchors=self.anchors(image.device),
+            config=self.config, backbone=c,
         )
-        pooled = ops.pyramid_roi_align(p[:4], proposals, self.config.POOL_SIZE, image_hw=self.config.image_shape)
-        probs, deltas = self.classifier(pooled)
-        return HeadOutputs(p, c, rpn_probs[0], rpn_deltas[0], proposals, proposal_scores, probs, deltas)
 
     def normalized_window(self, window_px) -> torch.Tensor:
         """Pixel window ``(y1, x1, y2, x2)`` -> normalized float32 (4,), as ``norm_boxes_graph``."""
-        h, w = self.config.image_shape
-        dev = self.fpn.fpn_p2.weight.device
-        win = torch.tensor(window_px, dtype=torch.float32, device=dev)
-        scale = torch.tensor([h, w, h, w], dtype=torch.float32, device=dev) - 1.0
-        return (win - torch.tensor([0.0, 0.0, 1.0, 1.0], device=dev)) / scale
+        return normalized_window(window_px, self.config.image_shape, self.fpn.fpn_p2.weight.device)
 
     def detect_and_mask(
         self, heads: HeadOutputs, window_px, config: MatterportConfig | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Detection layer + mask head. Returns (detections (D, 6) zero-padded, as
-        :func:`ops.detection_layer`; masks (n, 28, 28) sigmoid of each non-padding row's class)."""
-        cfg = config or self.config
-        det = ops.detection_layer(
-            heads.proposals, heads.class_probs, heads.box_deltas, self.normalized_window(window_px), cfg
-        )
-        n = int((det[:, 4] != 0).long().cumprod(0).sum())  # rows before the first class-0 (padding) row
-        if n == 0:
-            return det, det.new_zeros((0, 28, 28))
-        pooled = ops.pyramid_roi_align(heads.features[:4], det[:n, :4], cfg.MASK_POOL_SIZE, image_hw=cfg.image_shape)
-        masks = self.mask_head(pooled)
-        return det, masks[torch.arange(n, device=masks.device), det[:n, 4].long()]
+        """Detection layer + mask head (see the module-level :func:`detect_and_mask`)."""
+        return detect_and_mask(heads, window_px, mask_head=self.mask_head, config=config or self.config)

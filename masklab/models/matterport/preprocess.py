@@ -5,6 +5,8 @@ The resize is skimage's ``resize(order=1, mode="constant", anti_aliasing=False)`
 where samples outside the image count as 0 (so the border rows/columns darken). torch's
 ``interpolate(align_corners=False)`` clamps at the edges instead, which changes thousands of border
 values, so the zoom is written out here with scipy's arithmetic order to reproduce its uint8 results.
+skimage then clips the result to the input's range (:func:`skimage_resize`), which undoes part of the
+darkening whenever the input has no 0 value: both the image resize and every mask resize go through it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 from masklab.models.matterport.config import MatterportConfig
 
-__all__ = ["MoldedImage", "zoom_linear", "mold_image", "norm_boxes", "unmold_detections", "UnmoldedDetections"]
+__all__ = ["MoldedImage", "zoom_linear", "skimage_resize", "mold_image", "norm_boxes", "unmold_detections", "UnmoldedDetections"]
 
 
 def _axis_weights(n_in: int, n_out: int):
@@ -61,6 +63,27 @@ def zoom_linear(array: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def skimage_resize(array: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """matterport's ``utils.resize``: skimage ``resize(order=1, mode="constant", cval=0, clip=True,
+    anti_aliasing=False)`` = :func:`zoom_linear`, then skimage's output clip.
+
+    The clip (skimage's ``_clip_warp_output``) limits the result to the input's own ``[min, max]``,
+    widened to include ``cval`` = 0 only when 0 lies outside the input's range but inside the output's.
+    So when the input's minimum is above 0 (a photo without a black pixel; a 28x28 mask of sigmoid
+    values) the border rows and columns that the zero-outside zoom darkened are raised back to that
+    minimum: the image's corners, where two darkened borders meet, change the most. Same dtypes as
+    :func:`zoom_linear`.
+    """
+    out = zoom_linear(array, out_hw)
+    if out.size == 0 or array.size == 0:
+        return out
+    lo, hi = float(array.min()), float(array.max())
+    if not lo <= 0.0 <= hi and out.min() <= 0.0 <= out.max():
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+    np.clip(out, lo, hi, out=out)
+    return out
+
+
 @dataclass(frozen=True)
 class MoldedImage:
     """One image as matterport feeds it to the network.
@@ -91,7 +114,7 @@ def mold_image(image: np.ndarray, config: MatterportConfig) -> MoldedImage:
         scale = max_dim / max(h, w)
     if scale != 1:
         nh, nw = round(h * scale), round(w * scale)
-        resized = zoom_linear(image, (nh, nw))
+        resized = skimage_resize(image, (nh, nw))
     else:
         nh, nw = h, w
         resized = image.astype(np.float64)
@@ -165,7 +188,7 @@ def unmold_detections(
     h, w = molded.original_hw
     full = np.zeros((len(boxes), h, w), bool)
     for i, (y1, x1, y2, x2) in enumerate(boxes.tolist()):
-        small = zoom_linear(masks[i].astype(np.float32), (y2 - y1, x2 - x1))
+        small = skimage_resize(masks[i].astype(np.float32), (y2 - y1, x2 - x1))
         # Boxes may reach past the image (a window-border box +1); numpy slicing crops, as matterport's paste.
         region = full[i, y1:y2, x1:x2]
         region[...] = (small >= 0.5)[: region.shape[0], : region.shape[1]]

@@ -68,6 +68,16 @@ class MatterportRuntime:
             raise UsageError(f"MatterportRuntime runs a MatterportMaskRCNN, found {type(module).__name__}")
         self.device = torch.device(device)
         self.module = module.eval().to(self.device)
+        self.config = self.module.config
+
+    # The two steps another runtime replaces (an exported network runs them; the glue stays the same).
+    def forward_heads(self, x: torch.Tensor) -> HeadOutputs:
+        """Molded float32 (1, 3, S, S) -> :class:`HeadOutputs`."""
+        return self.module.forward_heads(x)
+
+    def detect_and_mask(self, heads: HeadOutputs, window, cfg: MatterportConfig):
+        """Detections (D, 6) and the (n, 28, 28) masks of their classes."""
+        return self.module.detect_and_mask(heads, window, cfg)
 
     def run(self, image: np.ndarray, *, config: MatterportConfig | None = None) -> MatterportRun:
         """All stages for one RGB uint8 (H, W, 3) image; ``config`` overrides the detection settings
@@ -75,20 +85,20 @@ class MatterportRuntime:
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             found = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
             raise UsageError(f"expected an RGB uint8 (H, W, 3) image, found {found}")
-        molded = mold_image(image, self.module.config)
-        x = torch.from_numpy(molded.network_input(self.module.config)).permute(2, 0, 1)[None].to(self.device)
+        molded = mold_image(image, self.config)
+        x = torch.from_numpy(molded.network_input(self.config)).permute(2, 0, 1)[None].to(self.device)
         with torch.inference_mode():
-            heads = self.module.forward_heads(x)
+            heads = self.forward_heads(x)
         return self.redetect(MatterportRun(molded, heads, None, None, None), config=config)
 
     def redetect(self, run: MatterportRun, *, config: MatterportConfig | None = None) -> MatterportRun:
         """Re-run only the detection layer, mask head and unmolding of ``run`` (e.g. at another
         ``DETECTION_MIN_CONFIDENCE``); the backbone, RPN and classifier outputs are reused."""
-        cfg = config or self.module.config
-        if cfg.image_shape != self.module.config.image_shape:
+        cfg = config or self.config
+        if cfg.image_shape != self.config.image_shape:
             raise UsageError(f"config's IMAGE_MAX_DIM {cfg.IMAGE_MAX_DIM} differs from the network's input size")
         with torch.inference_mode():
-            det, masks = self.module.detect_and_mask(run.heads, run.molded.window, cfg)
+            det, masks = self.detect_and_mask(run.heads, run.molded.window, cfg)
         det_np, masks_np = det.float().cpu().numpy(), masks.float().cpu().numpy()
         result = unmold_detections(det_np, masks_np, run.molded, molded_hw=cfg.image_shape)
         return MatterportRun(run.molded, run.heads, det_np, masks_np, result)

@@ -246,10 +246,22 @@ function refreshRows() {
     tr.classList.toggle("hidden-row", !vis);
     tr.hidden = d.score < minScore();
   }
+  updateClassCounts();
   const total = state.record.instances.length;
   $("#count").textContent = total === 0
     ? "No objects found"
     : `${n} visible of ${total} objects (score ≥ ${minScore().toFixed(2)})`;
+}
+
+// Class chips count the objects at or above the score slider, as the table and the overlay show them.
+function updateClassCounts() {
+  const counts = new Map();
+  for (const d of state.record.instances) {
+    if (d.score >= minScore()) counts.set(d.label, (counts.get(d.label) || 0) + 1);
+  }
+  for (const t of document.querySelectorAll("#classes .chip-text")) {
+    t.textContent = `${t.dataset.label} (${counts.get(t.dataset.label) || 0})`;
+  }
 }
 
 function buildClasses() {
@@ -268,7 +280,11 @@ function buildClasses() {
       refreshRows();
       render();
     });
-    lab.append(box, `${label} (${n})`);
+    const text = document.createElement("span");
+    text.className = "chip-text";
+    text.dataset.label = label;
+    text.textContent = `${label} (${n})`;
+    lab.append(box, text);
     return lab;
   });
   const legend = document.createElement("legend");
