@@ -217,16 +217,15 @@ def test_card_builds_the_head_and_quality_is_its_prediction(headed, shapes):
 
 @pytest.mark.slow
 def test_exported_models_give_the_same_quality(headed, shapes, tmp_path):
-    """ONNX Runtime and OpenVINO run the traced core's fifth output, ``mask_iou``: the eager quality to 1e-4."""
+    """TorchScript, ONNX Runtime and OpenVINO run the traced core's fifth output, ``mask_iou``: the eager
+    quality to 1e-4."""
     from masklab import Segmenter
-    from masklab.export import export_loaded, trace_core
+    from masklab.export import FORMATS, export_loaded, trace_core
     from masklab.models.loading import load_model
     from masklab.settings import InferenceSettings
 
     path, _ = headed
-    formats = [f for f, mod in (("onnx", "onnxruntime"), ("openvino", "openvino")) if _has(mod)]
-    if not formats:
-        pytest.skip("neither onnxruntime nor openvino is installed")
+    formats = ["torchscript"] + [f for f, mod in (("onnx", "onnxruntime"), ("openvino", "openvino")) if _has(mod)]
     loaded = load_model(InferenceSettings(model=str(path), score_thresh=0.3))
     traced = trace_core(loaded.module)
     eager = Segmenter(str(path), device="cpu", backend="torch", score_thresh=0.3)
@@ -234,7 +233,7 @@ def test_exported_models_give_the_same_quality(headed, shapes, tmp_path):
     a = eager.runtime.predict([image])[0]
     assert len(a.scores) >= 2
     for fmt in formats:
-        out = export_loaded(loaded, fmt=fmt, out=tmp_path / f"m{'.onnx' if fmt == 'onnx' else '.xml'}", traced=traced)
+        out = export_loaded(loaded, fmt=fmt, out=tmp_path / f"m{FORMATS[fmt]}", traced=traced)
         card = json.loads(Path(str(out) + ".card.json").read_text())
         assert "mask_iou" in card["outputs"] and card["mask_iou_head"]["num_classes"] == 4
         exported = Segmenter(str(out), device="cpu")
