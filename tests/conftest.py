@@ -6,6 +6,12 @@ import socket
 
 import numpy as np
 import pytest
+from PIL import Image, ImageFile
+
+#: Pillow's own state, taken before any test module imports ultralytics, which changes it process-wide:
+#: Image.open becomes a wrapper that tries to install and import pi-heif on every file Pillow cannot
+#: identify, and the decompression-bomb limit (MAX_IMAGE_PIXELS) is switched off
+_PIL_STATE = (Image.open, Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
 
 _real_connect = socket.socket.connect
 
@@ -15,6 +21,14 @@ def _guarded_connect(self, address):
     if isinstance(host, str) and host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("/"):
         raise OSError(f"tests must not touch the network (tried {address!r})")
     return _real_connect(self, address)
+
+
+@pytest.fixture(autouse=True)
+def _pil_open_unpatched():
+    """Every test sees Pillow's own state (see _PIL_STATE): masklab's loaders are tested, not ultralytics'."""
+    Image.open, Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = _PIL_STATE
+    yield
+    Image.open, Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = _PIL_STATE
 
 
 @pytest.fixture(autouse=True)

@@ -43,6 +43,13 @@ def _blank(n: int) -> list[np.ndarray]:
     return [np.full((128, 128, 3), 127, np.uint8) for _ in range(n)]
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory, monkeypatch):
+    """A cache of this module's own: the prepared models written here must not change what backend 'auto'
+    runs in the rest of the session (every test module shares one MASKLAB_HOME)."""
+    monkeypatch.setenv("MASKLAB_HOME", str(tmp_path_factory.getbasetemp() / "quantize-home"))
+
+
 @pytest.fixture(scope="module")
 def irs(tmp_path_factory):
     """(fp32 IR, int8 IR) of the demo model; the int8 one calibrated on N_CALIB generated scenes."""

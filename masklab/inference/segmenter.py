@@ -123,7 +123,7 @@ class Segmenter:
         o = self.inference
         return (o.backend == "auto" and self.device == "cpu" and o.precision == "fp32" and self.loaded.prepared is None
                 and self.runtime.name == "torch"
-                and prepared_model(self.loaded.settings or o, source=self.loaded.source) is not None)
+                and _preparable(self.loaded.settings or o, self.loaded.source))
 
     def prepare(self) -> Path | None:
         """Convert the model to OpenVINO once (cached; a second call, or another process with the same
@@ -362,9 +362,19 @@ def _prepared_for(settings: InferenceSettings, source) -> Path | None:
         return find_prepared(settings, source=source)
     from masklab.export.quantize import quantized_path
 
-    fp32 = prepared_model(settings, source=source)
-    int8 = None if fp32 is None else quantized_path(fp32.path)
-    return int8 if int8 is not None and int8.is_file() else None
+    try:
+        fp32 = prepared_model(settings, source=source)
+        int8 = None if fp32 is None else quantized_path(fp32.path)
+        return int8 if int8 is not None and int8.is_file() else None
+    except OSError:  # an unreadable cache: run as if nothing were prepared
+        return None
+
+
+def _preparable(settings: InferenceSettings, source) -> bool:
+    try:
+        return prepared_model(settings, source=source) is not None
+    except OSError:
+        return False
 
 
 _TOLD: set[str] = set()

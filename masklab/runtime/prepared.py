@@ -138,8 +138,11 @@ def prepared_model(settings: InferenceSettings, *, variant: str = "fp32", seed: 
 def find_prepared(settings: InferenceSettings, *, variant: str = "fp32", seed: int = 0,
                   source: ModelSource | None = None) -> Path | None:
     """The prepared model's ``.xml`` for ``settings`` when it is in the cache, else None (no torch)."""
-    p = prepared_model(settings, variant=variant, seed=seed, source=source)
-    return p.path if p is not None and p.exists else None
+    try:
+        p = prepared_model(settings, variant=variant, seed=seed, source=source)
+        return p.path if p is not None and p.exists else None
+    except OSError:  # an unreadable cache or weights file: run as if nothing were prepared (loading says why)
+        return None
 
 
 def note(message: str) -> None:
