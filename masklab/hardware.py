@@ -81,7 +81,7 @@ def _linux() -> tuple[str, set[str]] | None:
             text = f.read()
     except OSError:
         return None
-    model, flags = "", set()
+    model, flags, ids = "", set(), {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
@@ -89,6 +89,10 @@ def _linux() -> tuple[str, set[str]] | None:
             model = value.strip()
         elif key in ("flags", "features") and not flags:  # x86 "flags", ARM "Features"
             flags = set(value.split())
+        elif key in ("cpu family", "model") and key not in ids:
+            ids[key] = value.strip()
+    if ids and model:  # virtual machines often show a bare "AMD EPYC": family/model name the generation
+        model = f"{model} (family {ids.get('cpu family', '?')}, model {ids.get('model', '?')})"
     if not model and "CPU implementer" in text:
         model = f"ARM ({platform.machine()})"
     return model or platform.processor() or platform.machine(), flags

@@ -63,10 +63,11 @@ from masklab.structures.detections import Detections
 __all__ = ["Runtime", "make_runtime", "converted_path", "prepare", "resolve_precision", "worth_preparing",
            "PrecisionWarning"]
 
-#: a conversion to OpenVINO costs about this many eager images (trace + convert + save; measured for the
-#: shapes demo model and maskrcnn_resnet50_fpn_v2 on the 2-core EPYC) plus a fixed part, see worth_preparing
+#: a conversion to OpenVINO costs a fixed part plus about this many eager images (measured idle on the 2-core
+#: EPYC: maskrcnn_resnet50_fpn_v2 10.5-16.8 s = 2-3.3 eager images; the shapes demo model ~15 s under load,
+#: mostly fixed cost); see worth_preparing
 CONVERT_FIXED_S = 8.0
-CONVERT_IMAGES = 6.0
+CONVERT_IMAGES = 3.0
 #: what fraction of an eager image's time the prepared model saves (1 - 1/1.6, the measured ratio's floor)
 PREPARED_SAVING = 0.35
 
