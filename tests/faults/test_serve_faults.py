@@ -61,13 +61,18 @@ class SlowBodies:
             self.stop.wait(1.0)
 
     def read_answers(self) -> list[bytes]:
+        """Each socket's whole answer: headers and body may arrive in separate TCP segments, so read until
+        the server closes the connection (it does after a 408) or 15 s pass."""
         out = []
         for s in self.socks:
             s.settimeout(15)
+            data = b""
             try:
-                out.append(s.recv(4096))
+                while chunk := s.recv(4096):
+                    data += chunk
             except OSError:
-                out.append(b"")
+                pass
+            out.append(data)
         return out
 
     def close(self) -> None:
