@@ -119,10 +119,9 @@ def available_cpus() -> int:
     """CPUs this process may run on (cgroup/affinity aware), or ``MASKLAB_NUM_THREADS`` when set."""
     env = os.environ.get("MASKLAB_NUM_THREADS")
     try:
-        n = int(env) if env else len(os.sched_getaffinity(0))
-    except (AttributeError, ValueError):
-        n = os.cpu_count() or 1
-    return max(1, n)
+        return max(1, int(env)) if env else _cores()
+    except ValueError:
+        return _cores()
 
 
 _BUDGET: list[int] = []  # what the entry point configured (masklab.inference.threads.configure_threads)

@@ -140,9 +140,9 @@ def test_prepared_key_follows_weights_bytes_and_options(tmp_path, monkeypatch):
     assert prepared_model(InferenceSettings(model=str(SHAPES))).key == base.key  # same bytes, same key
     assert prepared_model(InferenceSettings(model=str(w), max_detections=7)).key != base.key
     # the model's default given explicitly is the same model
-    card_min = json.loads(w.with_suffix(".json").read_text()).get("min_size")
-    if card_min is not None:
-        assert prepared_model(InferenceSettings(model=str(w), min_size=card_min)).key == base.key
+    card_min = json.loads(w.with_suffix(".json").read_text())["min_size"]
+    assert prepared_model(InferenceSettings(model=str(w), min_size=card_min)).key == base.key
+    assert prepared_model(InferenceSettings(model=str(w), min_size=card_min - 32)).key != base.key
     data = bytearray(w.read_bytes())
     data[-1] ^= 0xFF  # one byte flipped in place: another model
     st = w.stat()

@@ -78,7 +78,8 @@ def machine_info() -> dict[str, Any]:
     from masklab.hardware import cpu_features
 
     cpu = cpu_features()
-    info = {"cpu": cpu.model, "cpu_flags": " ".join(cpu.flags), "cpu_native": cpu.describe().rsplit("(native: ", 1)[-1].rstrip(")"),
+    native = ", ".join(p for p in ("bf16", "fp16", "int8") if cpu.native(p)) or "fp32 only"
+    info = {"cpu": cpu.model, "cpu_flags": " ".join(cpu.flags), "cpu_native": native,
             "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import importlib.util
 import os
 import time
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ from masklab.models.loading import LoadedModel, load_model
 from masklab.models.source import find_source
 from masklab.models.zoo import ModelSpec
 from masklab.runtime import Runtime, make_runtime, prepare, resolve_precision, worth_preparing
-from masklab.runtime.prepared import find_prepared, note, prepared_model
+from masklab.runtime.prepared import note, openvino_installed, prepared_model
 from masklab.settings import MODEL_OPTIONS, InferenceSettings
 from masklab.structures.instances import Instances
 from masklab.structures.quality import detection_quality
@@ -102,7 +101,8 @@ class Segmenter:
             configure_threads(asked.threads)  # asked for explicitly: the caller's choice, not a side effect
         asked = asked.replace(precision=resolve_precision(asked.precision, device=device, strict=asked.strict_precision))
         source = find_source(asked.model, asked.weights)
-        found = _prepared_for(asked, source) if _may_run_prepared(asked, device) else None
+        candidate = _candidate(asked, source) if device == "cpu" and asked.backend in ("auto", "openvino") else None
+        found = _found(candidate, asked.precision) if openvino_installed() else None
         self.loaded: LoadedModel = load_model(asked, source=source, prepared=found)
         self.card: ModelCard = self.loaded.card
         self.spec: ModelSpec = self.loaded.spec
@@ -114,6 +114,7 @@ class Segmenter:
         self.runtime: Runtime = make_runtime(self.loaded, self.inference, device=device)
         self._planned: int | None = None  # images still to come in this run (plan()), for auto's decision
         self._asked = asked  # what the user named: the prepare command the first eager call prints
+        self._preparable = candidate is not None  # decided once: the weights are hashed (memoised) only here
 
     # -- the fast path (see masklab.runtime: backend "auto") ------------------------------------------------
     @property
@@ -122,8 +123,7 @@ class Segmenter:
         (and one could be made): :meth:`prepare` would make this segmenter faster."""
         o = self.inference
         return (o.backend == "auto" and self.device == "cpu" and o.precision == "fp32" and self.loaded.prepared is None
-                and self.runtime.name == "torch"
-                and _preparable(self.loaded.settings or o, self.loaded.source))
+                and self.runtime.name == "torch" and self._preparable)
 
     def prepare(self) -> Path | None:
         """Convert the model to OpenVINO once (cached; a second call, or another process with the same
@@ -132,7 +132,7 @@ class Segmenter:
         (exported files; no OpenVINO installed)."""
         if self.loaded.prepared is not None:
             return self.loaded.prepared
-        if self.loaded.module is None or not _openvino_installed():
+        if self.loaded.module is None or not openvino_installed():
             return None
         if self.spec.arch == "matterport_resnet101":  # its own export (three networks); auto finds it next time
             from masklab.runtime.matterport_ov import prepared_export
@@ -150,7 +150,7 @@ class Segmenter:
         """Tell the segmenter how many images this run will give it. Under ``backend="auto"`` with no
         prepared model, after the first image it prepares one when the rest of the run repays the
         conversion (:func:`masklab.runtime.worth_preparing`), and says so."""
-        self._planned = images if self.eager_by_default and _openvino_installed() else None
+        self._planned = images if self.eager_by_default and openvino_installed() else None
 
     def _after_eager(self, n: int, seconds: float) -> None:
         left = self._planned - n
@@ -346,35 +346,29 @@ class Segmenter:
         return f"Segmenter(model={self.spec.name!r}, device={self.device!r}, score_thresh={self.score_thresh})"
 
 
-def _openvino_installed() -> bool:
-    return importlib.util.find_spec("openvino") is not None
-
-
-def _may_run_prepared(settings: InferenceSettings, device: str) -> bool:
-    """Whether a prepared model could serve ``settings`` on ``device`` (auto/openvino on the CPU)."""
-    return device == "cpu" and settings.backend in ("auto", "openvino") and _openvino_installed()
-
-
-def _prepared_for(settings: InferenceSettings, source) -> Path | None:
-    """The prepared file that runs ``settings`` (fp32/bf16/fp16: the fp32 IR; int8: the model
-    ``masklab quantize`` made next to it), when the cache has it; found without torch."""
-    if settings.precision != "int8":
-        return find_prepared(settings, source=source)
-    from masklab.export.quantize import quantized_path
-
+def _candidate(settings: InferenceSettings, source):
+    """The :class:`~masklab.runtime.prepared.PreparedModel` that could serve ``settings`` (existing or not),
+    or None (a model masklab does not convert; an unreadable weights file or cache)."""
     try:
-        fp32 = prepared_model(settings, source=source)
-        int8 = None if fp32 is None else quantized_path(fp32.path)
-        return int8 if int8 is not None and int8.is_file() else None
-    except OSError:  # an unreadable cache: run as if nothing were prepared
+        return prepared_model(settings, source=source)
+    except OSError:
         return None
 
 
-def _preparable(settings: InferenceSettings, source) -> bool:
+def _found(candidate, precision: str) -> Path | None:
+    """The file that runs ``precision`` when the cache has it: the fp32 IR (also run at bf16/fp16), or for
+    int8 the model ``masklab quantize`` made beside it."""
+    from masklab.export.quantize import quantized_path
+
+    if candidate is None:
+        return None
     try:
-        return prepared_model(settings, source=source) is not None
-    except OSError:
-        return False
+        if precision != "int8":
+            return candidate.path if candidate.exists else None
+        int8 = quantized_path(candidate.path)
+        return int8 if int8.is_file() else None
+    except OSError:  # an unreadable cache: run as if nothing were prepared
+        return None
 
 
 _TOLD: set[str] = set()
@@ -388,6 +382,6 @@ def _say_how_to_prepare(settings: InferenceSettings, name: str) -> None:
     if command in _TOLD:
         return
     _TOLD.add(command)
-    why = "" if _openvino_installed() else " (needs OpenVINO: pip install openvino)"
+    why = "" if openvino_installed() else " (needs OpenVINO: pip install openvino)"
     note(f"running {name} on eager torch; `{command}` once makes the fast path (OpenVINO, same instances, "
          f"~1.6x faster){why}")

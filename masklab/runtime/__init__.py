@@ -56,7 +56,7 @@ from masklab.hardware import cpu_features, thread_budget
 from masklab.models.exported import FORMATS
 from masklab.models.loading import LoadedModel
 from masklab.models.weights import cache_dir
-from masklab.runtime.prepared import note, prepared_model, timed_note
+from masklab.runtime.prepared import note, openvino_installed, prepared_model, timed_note
 from masklab.settings import InferenceSettings
 from masklab.structures.detections import Detections
 
@@ -202,12 +202,6 @@ def make_runtime(loaded: LoadedModel, settings: InferenceSettings, *, device: st
     return _file_runtime(backend, str(path), settings, device=device)
 
 
-def _openvino_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("openvino") is not None
-
-
 def _module(loaded: LoadedModel):
     if loaded.module is None:  # found prepared, then asked for another runtime: build the network after all
         raise UsageError(f"{loaded.spec.name}: this runtime needs the torch network; load it with backend 'torch'")
@@ -219,7 +213,7 @@ def _matterport_runtime(loaded: LoadedModel, settings: InferenceSettings, device
     (``backend="openvino"``, fp32 exact or bf16; converted once and cached). ``auto``: OpenVINO fp32 when
     the conversion is in the cache (``masklab models --prepare matterport_r101_coco``), else eager."""
     backend, precision = settings.backend, settings.precision
-    if backend == "auto" and precision == "fp32" and not device.startswith("cuda") and _openvino_installed():
+    if backend == "auto" and precision == "fp32" and not device.startswith("cuda") and openvino_installed():
         from masklab.runtime.matterport_ov import find_export
 
         if find_export(loaded.module) is not None:

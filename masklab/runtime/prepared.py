@@ -7,7 +7,8 @@ identifies one, and so its cache folder ``$MASKLAB_HOME/prepared/<name>-<key>/``
   run's weights and card), or ``random(seed=S)`` with torch's version for seeded random weights;
 - the options baked into the network (:data:`~masklab.settings.MODEL_OPTIONS`, the model's defaults
   filled in where its card is known without loading it);
-- the variant (``fp32``: the exact IR, also run at bf16/fp16 by the runtime's precision hint; ``int8``);
+- nothing about precision: the one fp32 IR also runs at bf16/fp16 (the runtime's precision hint), and
+  ``masklab quantize`` keeps its int8 model beside it (``fp32-int8.xml``, the same key);
 - masklab's, torch's, torchvision's and OpenVINO's versions (read from package metadata: no import).
 
 Finding it reads no tensor and imports neither torch nor torchvision, so a prepared run starts in
@@ -35,7 +36,7 @@ from masklab.models.weights import cache_dir, sha256_file, weights_path
 from masklab.models.zoo import MODELS, get_spec
 from masklab.settings import MODEL_OPTIONS, InferenceSettings
 
-__all__ = ["PreparedModel", "prepared_model", "find_prepared", "file_digest", "PREPARED_SUFFIX"]
+__all__ = ["PreparedModel", "prepared_model", "find_prepared", "file_digest", "openvino_installed", "PREPARED_SUFFIX"]
 
 PREPARED_SUFFIX = ".xml"  # OpenVINO IR (+ .bin beside it)
 #: the kinds of model source masklab converts (matterport's port has its own graph: see runtime/__init__)
@@ -117,7 +118,7 @@ def _identity(src: ModelSource, *, seed: int) -> tuple[str, list, dict] | None:
     return src.path.stem, [file_digest(src.path)], {}  # a bare state dict: its defaults are its arch's
 
 
-def prepared_model(settings: InferenceSettings, *, variant: str = "fp32", seed: int = 0,
+def prepared_model(settings: InferenceSettings, *, seed: int = 0,
                    source: ModelSource | None = None) -> PreparedModel | None:
     """The :class:`PreparedModel` for ``settings`` (existing or not), or None when the model cannot be
     prepared (an exported file, matterport's port, published weights not downloaded). Imports no torch."""
@@ -128,21 +129,26 @@ def prepared_model(settings: InferenceSettings, *, variant: str = "fp32", seed: 
     name, weights_id, defaults = ident
     baked = {k: getattr(settings, k) if getattr(settings, k) is not None else defaults.get(k) for k in MODEL_OPTIONS}
     versions = [__version__] + [_version(d) for d in ("torch", "torchvision", "openvino")]
-    if variant == "int8":
-        versions.append(_version("nncf"))
-    key = hashlib.sha256(json.dumps([weights_id, baked, variant, versions], sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([weights_id, baked, "fp32", versions], sort_keys=True).encode()).hexdigest()
     folder = cache_dir() / "prepared" / f"{name}-{key[:20]}"
-    return PreparedModel(path=folder / f"{variant}{PREPARED_SUFFIX}", key=key)
+    return PreparedModel(path=folder / f"fp32{PREPARED_SUFFIX}", key=key)
 
 
-def find_prepared(settings: InferenceSettings, *, variant: str = "fp32", seed: int = 0,
+def find_prepared(settings: InferenceSettings, *, seed: int = 0,
                   source: ModelSource | None = None) -> Path | None:
     """The prepared model's ``.xml`` for ``settings`` when it is in the cache, else None (no torch)."""
     try:
-        p = prepared_model(settings, variant=variant, seed=seed, source=source)
+        p = prepared_model(settings, seed=seed, source=source)
         return p.path if p is not None and p.exists else None
     except OSError:  # an unreadable cache or weights file: run as if nothing were prepared (loading says why)
         return None
+
+
+def openvino_installed() -> bool:
+    """Whether OpenVINO can be imported (asked without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
 
 
 def note(message: str) -> None:
