@@ -6,7 +6,10 @@ trained on; many cross tile borders) with COCO ground truth, runs the same model
 several detections, seconds and peak RSS (each method in its own child process):
 
 - ``whole``: one pass over the whole image (``Segmenter(...)``);
-- ``masklab``: ``Segmenter(..., tile=T, tile_overlap=O)``;
+- ``masklab``: ``Segmenter(..., tile=T, tile_overlap=O)`` with the default ``backend="auto"``, after
+  ``masklab models --prepare`` (once, in its own process and a cache folder of the benchmark's own, so it
+  is always measured; its seconds are reported apart): on a CPU, the prepared OpenVINO model, no torch;
+- ``masklab-torch``: the same with ``backend="torch"``: eager torchvision, the runtime SAHI also runs;
 - ``sahi``: ``sahi.predict.get_sliced_prediction`` with SAHI's ``TorchVisionDetectionModel`` wrapping the
   same torchvision module, slices of T x T, overlap O, SAHI's default post-processing (GREEDYNMM on IOS 0.5),
   no extra whole-image pass (as masklab's default).
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -36,15 +40,16 @@ SCORE_THRESH = 0.05  # low, for AP; counts use COUNT_THRESH
 COUNT_THRESH = 0.5
 
 
-def _predict_masklab(data: dict, images: Path, args, *, tile) -> list[dict]:
+def _predict_masklab(data: dict, images: Path, args, *, tile, backend: str = "auto") -> tuple[list[dict], str]:
+    """COCO results and the runtime's name."""
     from masklab import Segmenter
 
-    seg = Segmenter(DEMO, device="cpu", score_thresh=SCORE_THRESH, tile=tile, tile_overlap=args.overlap)
+    seg = Segmenter(DEMO, device="cpu", score_thresh=SCORE_THRESH, tile=tile, tile_overlap=args.overlap, backend=backend)
     out = []
     for im in data["images"]:
         inst = seg(str(images / im["file_name"]))
         out += inst.to_coco(im["id"])
-    return out
+    return out, seg.runtime.name
 
 
 def _predict_sahi(data: dict, images: Path, args) -> list[dict]:
@@ -90,15 +95,18 @@ def _child(method: str, gt_path: Path, args) -> None:
     data = json.loads(gt_path.read_text())
     images = gt_path.parent
     t0 = time.perf_counter()
+    runtime = "torch"
     if method == "sahi":
         preds = _predict_sahi(data, images, args)
     else:
-        preds = _predict_masklab(data, images, args, tile=args.tile if method == "masklab" else None)
+        tile = None if method == "whole" else args.tile
+        preds, runtime = _predict_masklab(data, images, args, tile=tile, backend="torch" if method.endswith("-torch") else "auto")
     seconds = time.perf_counter() - t0
     # this process's own peak (VmHWM); ru_maxrss is inherited across fork+exec and would include the parent's
     peak = int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1]) / 1024
     (gt_path.parent / f"pred-{method}.json").write_text(json.dumps(preds, default=float))  # SAHI: numpy scalars
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak, "runtime": runtime,
+                      "torch_imported": "torch" in sys.modules}))
 
 
 def _score(gt_path: Path, pred_path: Path) -> dict:
@@ -139,6 +147,22 @@ def _score(gt_path: Path, pred_path: Path) -> dict:
             "count_error": abs(len(kept) - n_gt) / max(n_gt, 1), "split_objects": split}
 
 
+def _prepare(env: dict) -> float:
+    """``masklab models --prepare`` in its own process, as a user does once (the timed run then finds the
+    prepared model and imports no torch); its wall seconds."""
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "masklab", "models", "--prepare", DEMO, "--score-thresh", str(SCORE_THRESH)]
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    return time.perf_counter() - t0
+
+
+def describe_machine() -> str:
+    from masklab.hardware import cpu_features
+
+    cpu = cpu_features()
+    return f"{cpu.model}, {os.cpu_count()} CPUs, flags: {' '.join(cpu.flags)}; load average {os.getloadavg()[0]:.2f} at the end"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=2)
@@ -146,7 +170,7 @@ def main() -> None:
     p.add_argument("--shapes", type=int, default=150, help="shapes per canvas")
     p.add_argument("--tile", type=int, default=128)
     p.add_argument("--overlap", type=float, default=0.2)
-    p.add_argument("--methods", default="whole,masklab,sahi")
+    p.add_argument("--methods", default="whole,masklab,masklab-torch,sahi")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--gt", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -160,18 +184,23 @@ def main() -> None:
         rows = []
         for method in args.methods.split(","):
             cmd = [sys.executable, __file__, "--child", method, "--gt", str(gt), "--tile", str(args.tile), "--overlap", str(args.overlap)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            # a cache folder per method: each conversion is measured, none found from another method's
+            env = {**os.environ, "MASKLAB_HOME": str(Path(tmp) / f"home-{method}")}
+            prepare_s = _prepare(env) if method in ("whole", "masklab") else 0.0
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 print(f"{method}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
                 continue
             run = json.loads(proc.stdout.strip().splitlines()[-1])
-            rows.append({"method": method, **_score(gt, gt.parent / f"pred-{method}.json"), **run})
+            rows.append({"method": method, **_score(gt, gt.parent / f"pred-{method}.json"), **run, "prepare_s": prepare_s})
     print(f"\n{args.images} canvases of {args.size}x{args.size}, {args.shapes} shapes each; tile {args.tile}, overlap {args.overlap}")
-    print("| method | mask AP | mask AP50 | detections (>=0.5) / objects | count error | split objects | seconds | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"machine: {describe_machine()}")
+    print("| method | runtime | mask AP | mask AP50 | detections (>=0.5) / objects | count error | split objects | seconds | peak RSS MB | one-time prepare s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['mask_ap']:.3f} | {r['mask_ap50']:.3f} | {r['detections']} / {r['objects']} | "
-              f"{r['count_error']:.3f} | {r['split_objects']} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
+        runtime = r["runtime"] + ("" if r["torch_imported"] else ", no torch")
+        print(f"| {r['method']} | {runtime} | {r['mask_ap']:.3f} | {r['mask_ap50']:.3f} | {r['detections']} / {r['objects']} | "
+              f"{r['count_error']:.3f} | {r['split_objects']} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | {r['prepare_s']:.1f} |")
 
 
 if __name__ == "__main__":

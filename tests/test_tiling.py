@@ -335,3 +335,81 @@ def test_huge_image_runs_in_bounded_memory(tmp_path):
     assert (record["width"], record["height"], len(record["instances"])) == (w, h, 2500)
     with Image.open(out / "huge.png") as overlay:
         assert overlay.size == (4096, 4096)
+
+
+class _SlowThreadedBlobs(BlobRuntime):
+    """Blob detections from several threads at once, slowest first (so results come back out of order
+    unless the tiler restores it); records the most calls seen in flight."""
+
+    concurrency = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.lock, self.active, self.most = threading.Lock(), 0, 0
+
+    def predict(self, images):
+        import time as _time
+
+        with self.lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+            n = self.calls
+        _time.sleep(0.02 if n % 2 == 0 else 0.0)
+        try:
+            return super().predict(images)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_concurrent_tiles_give_the_sequential_result():
+    im = disc_scene(300, 420, [(1, 115, 115, 30), (2, 230, 100, 11), (3, 330, 220, 60), (1, 30, 260, 9), (2, 200, 250, 25)])
+    sequential = predict_tiled(BlobRuntime(), im, tile_wh=(96, 96), overlap=0.2, batch=1)
+    rt = _SlowThreadedBlobs()
+    concurrent = predict_tiled(rt, im, tile_wh=(96, 96), overlap=0.2, batch=1)  # the runtime's own: 3
+    assert rt.most >= 2  # really ran calls at once
+    assert len(sequential.scores) == 5
+    assert np.array_equal(sequential.scores, concurrent.scores) and np.array_equal(sequential.boxes, concurrent.boxes)
+    assert encode_rle(sequential.masks) == encode_rle(concurrent.masks)
+
+
+def test_switch_after_the_timed_second_batch_runs_the_rest_on_the_new_runtime():
+    im = disc_scene(300, 420, [(1, 115, 115, 30), (2, 230, 100, 11), (3, 330, 220, 60)])
+    first, second = BlobRuntime(), BlobRuntime()
+    asked = []
+
+    def switch(left, seconds):
+        asked.append((left, seconds))
+        return second
+
+    out = predict_tiled(first, im, tile_wh=(96, 96), overlap=0.2, batch=2, switch=switch)
+    ref = predict_tiled(BlobRuntime(), im, tile_wh=(96, 96), overlap=0.2, batch=2)
+    total = len(tile_windows(image_hw=(300, 420), tile_wh=(96, 96), overlap=0.2))
+    assert first.calls == 4 and second.calls == total - 4  # two batches of two, then the new runtime
+    assert len(asked) == 1 and asked[0][0] == total - 4 and asked[0][1] >= 0
+    assert encode_rle(out.masks) == encode_rle(ref.masks) and len(ref.scores) == 3
+
+
+def test_a_huge_tiled_image_prepares_the_fast_path_mid_image(monkeypatch, capsys):
+    """A single image of many tiles is a long run: after two batches, auto prepares and switches."""
+    import masklab.inference.segmenter as segmenter_module
+    from masklab import Segmenter
+
+    seg = Segmenter(DEMO, device="cpu", tile=64)
+    if not seg.eager_by_default:
+        pytest.skip("OpenVINO is not installed or a prepared model exists")
+    prepared = []
+
+    def prepare(self):  # stands in for the conversion (test_fast_default converts for real)
+        prepared.append(True)
+        self.runtime = BlobRuntime()
+        return None
+
+    monkeypatch.setattr(segmenter_module.Segmenter, "prepare", prepare)
+    monkeypatch.setattr(segmenter_module, "worth_preparing", lambda *, images, seconds_per_image: images > 10)
+    im = disc_scene(300, 420, [(1, 115, 115, 30), (2, 230, 100, 11), (3, 330, 220, 60)])
+    inst = seg(im)
+    assert prepared == [True] and seg.runtime.name == "blobs" and seg.runtime.calls > 0
+    assert "more tiles at" in capsys.readouterr().err and len(inst) >= 3

@@ -159,6 +159,15 @@ class Segmenter:
             note(f"{left} more images at {seconds / max(n, 1):.2f} s each: preparing the fast path first")
             self.prepare()
 
+    def _switch_mid_image(self, tiles_left: int, seconds_per_tile: float) -> Runtime | None:
+        """A tiled image is a run of its own: after its first tiles, prepare the fast path when the
+        remaining tiles repay the conversion (the same rule as :meth:`plan`'s); the new runtime, or None."""
+        if not worth_preparing(images=tiles_left, seconds_per_image=seconds_per_tile):
+            return None
+        note(f"{tiles_left} more tiles at {seconds_per_tile:.2f} s each: preparing the fast path first")
+        self.prepare()
+        return self.runtime if self.runtime.name != "torch" else None
+
     @property
     def device(self) -> str:
         return self.inference.device
@@ -254,7 +263,9 @@ class Segmenter:
             return self._to_instances(self.runtime.predict([array])[0], array.shape[:2], image=array)
         o = self.inference
         batch = TILE_BATCH["cuda" if self.device.startswith("cuda") else "cpu"]
-        det = predict_tiled(self.runtime, array, tile_wh=tile, overlap=o.tile_overlap, full_pass=o.tile_full_pass, batch=batch)
+        switch = self._switch_mid_image if self.eager_by_default and openvino_installed() else None
+        det = predict_tiled(self.runtime, array, tile_wh=tile, overlap=o.tile_overlap, full_pass=o.tile_full_pass,
+                            batch=batch, switch=switch)
         inst = self._to_instances(det, array.shape[:2])
         return inst.dense() if inst.masks.size <= DENSE_MASK_BYTES else inst
 

@@ -24,7 +24,8 @@ The optional whole-image pass (``tile_full_pass``) runs on the image scaled to a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,30 +139,72 @@ class Parts:
 
 
 def predict_tiled(runtime, image: np.ndarray, *, tile_wh: tuple[int, int], overlap: float, full_pass: bool = False,
-                  batch: int = 2, progress: bool | None = None) -> Detections:
+                  batch: int = 2, concurrency: int | None = None, switch: Callable[[int, float], object] | None = None,
+                  progress: bool | None = None) -> Detections:
     """Run ``runtime`` (anything with ``predict(list of RGB uint8 arrays) -> list[Detections]``) over
     overlapping tiles of ``image`` (RGB uint8 (H, W, 3)) and merge the detections (module docstring).
 
-    Returns :class:`~masklab.structures.detections.Detections` in image pixels whose ``masks`` is a
-    :class:`~masklab.structures.cropped.CroppedMasks`. ``progress``: a bar over tiles (None: only on a
-    terminal and for 64 tiles or more)."""
+    ``batch`` tiles go to the runtime per call; ``concurrency`` calls are in flight at once (None: the
+    runtime's own ``concurrency``, 1 if it has none), from a thread
+    pool (OpenVINO's requests release the GIL: cropping and collecting one batch overlap the next one's
+    inference; at most ``2 x concurrency`` batches are cut ahead, so memory stays bounded). ``switch``:
+    called once, after the second batch (timed: the first pays the runtime's warm-up), with ``(tiles left, seconds per tile so far)``; a runtime it
+    returns runs the remaining tiles (the Segmenter prepares its fast path there when the rest of the
+    image repays the conversion). Returns :class:`~masklab.structures.detections.Detections` in image
+    pixels whose ``masks`` is a :class:`~masklab.structures.cropped.CroppedMasks`. ``progress``: a bar
+    over tiles (None: only on a terminal and for 64 tiles or more)."""
     from tqdm.auto import tqdm
 
     h, w = image.shape[:2]
     windows = tile_windows(image_hw=(h, w), tile_wh=tile_wh, overlap=overlap)
+    chunks = [windows[s : s + batch] for s in range(0, len(windows), batch)]
     parts = Parts.empty()
     # tqdm's disable=None: a bar only on a terminal
     disable = (True if len(windows) < 64 else None) if progress is None else not progress
     with tqdm(total=len(windows), desc="tiles", unit="tile", leave=False, disable=disable) as bar:
-        for start in range(0, len(windows), batch):
-            chunk = windows[start : start + batch]
-            crops = [np.ascontiguousarray(image[y0:y1, x0:x1]) for x0, y0, x1, y1 in chunk.tolist()]
-            for det, win in zip(runtime.predict(crops), chunk):
+        def collect(dets, chunk) -> None:
+            for det, win in zip(dets, chunk):
                 parts.add(det, win)
             bar.update(len(chunk))
+
+        first = 2 if switch is not None and len(chunks) > 2 else 0
+        for i in range(first):  # the second batch is timed: the first one pays the runtime's warm-up
+            t0 = time.perf_counter()
+            collect(runtime.predict(_crops(image, chunks[i])), chunks[i])
+        if first:
+            seen = len(chunks[0]) + len(chunks[1])
+            runtime = switch(len(windows) - seen, (time.perf_counter() - t0) / len(chunks[1])) or runtime
+        if concurrency is None:  # the runtime's own (after a switch: the new runtime's)
+            concurrency = max(1, int(getattr(runtime, "concurrency", 1)))
+        _run_chunks(runtime, image, chunks[first:], collect, concurrency=concurrency)
     if full_pass:
         _add_full_pass(runtime, image, parts)
     return merge_parts(parts, image_size=(h, w))
+
+
+def _crops(image: np.ndarray, chunk: np.ndarray) -> list[np.ndarray]:
+    return [np.ascontiguousarray(image[y0:y1, x0:x1]) for x0, y0, x1, y1 in chunk.tolist()]
+
+
+def _run_chunks(runtime, image: np.ndarray, chunks: list, collect, *, concurrency: int) -> None:
+    """``collect(detections, chunk)`` for every chunk, in order; up to ``concurrency`` runtime calls at once."""
+    if concurrency <= 1:
+        for chunk in chunks:
+            collect(runtime.predict(_crops(image, chunk)), chunk)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="masklab-tile") as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append((pool.submit(lambda c=chunk: runtime.predict(_crops(image, c))), chunk))
+            if len(pending) >= 2 * concurrency:
+                future, done = pending.popleft()
+                collect(future.result(), done)
+        while pending:
+            future, done = pending.popleft()
+            collect(future.result(), done)
 
 
 def _add_full_pass(runtime, image: np.ndarray, parts: Parts) -> None:
