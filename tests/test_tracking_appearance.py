@@ -114,14 +114,29 @@ def test_a_detection_seen_as_two_classes_starts_one_track():
                         class_ids=[1, 2, 1], labels=("square", "circle", "square"), image_size=inst.image_size)
         return image, dup
 
-    for settings, n_ids in ((TrackerSettings(), 2), (TrackerSettings(duplicate_iou=1.0), 3)):
+    for settings, n_ids in ((TrackerSettings(), 2), (TrackerSettings(duplicate_cover=1.0), 3)):
         tracker, ids = MaskTracker(settings), set()
         for x in range(40, 80, 4):
             image, inst = frame(float(x))
             got = tracker.update(inst, image=image).instances.extra[TRACK_IDS]
             ids |= {int(t) for t in got if t >= 0}
         assert len(ids) == n_ids, settings
-        assert bool(got[1] == -1) == (settings.duplicate_iou < 1.0) and got[0] >= 0 and got[2] >= 0
+        assert bool(got[1] == -1) == (settings.duplicate_cover < 1.0) and got[0] >= 0 and got[2] >= 0
+
+
+def test_one_mask_over_two_touching_objects_starts_no_track():
+    """The detector adds a mask spanning two tracked objects side by side: not a third object."""
+    for settings, n_ids in ((TrackerSettings(), 2), (TrackerSettings(duplicate_cover=1.0), 3)):
+        tracker, ids = MaskTracker(settings), set()
+        for x in range(40, 80, 4):
+            image, inst, _ = _scene([(float(x), 50.0, "square", RED), (x + 16.0, 50.0, "square", BLUE)])
+            both = inst.masks[0] | inst.masks[1]
+            merged = Instances(boxes=np.concatenate([inst.boxes, [[x - 8, 42, x + 24, 58]]]),
+                               masks=np.concatenate([inst.masks, both[None]]), scores=[0.95, 0.95, 0.8],
+                               class_ids=[1, 1, 1], labels=("square",) * 3, image_size=inst.image_size)
+            got = tracker.update(merged, image=image).instances.extra[TRACK_IDS]
+            ids |= {int(t) for t in got if t >= 0}
+        assert len(ids) == n_ids, settings
 
 
 def test_overlapping_objects_are_not_duplicates():
@@ -144,7 +159,7 @@ def test_a_class_flip_for_two_frames_starts_no_ghost_track():
     would count twice), and the square keeps its id when it is called a square again."""
     labels = ["square"] * 8 + ["circle"] * 2 + ["square"] * 8
     frames = [[(40.0 + 3 * t, 50.0, lab, RED)] for t, lab in enumerate(labels)]
-    for settings, ghost in ((TrackerSettings(), False), (TrackerSettings(duplicate_iou=1.0), True)):
+    for settings, ghost in ((TrackerSettings(), False), (TrackerSettings(duplicate_cover=1.0), True)):
         ids = _track(frames, settings)
         assert ids[7][0] >= 0 and ids[-1][0] == ids[7][0]
         assert (ids[9][0] >= 0) is ghost

@@ -16,15 +16,15 @@ ours is the similarity and the bookkeeping, per frame:
 3. ByteTrack's two stages: detections scoring >= ``high_score`` are matched to all tracks first, the
    lower-scoring ones then only to tracks still unmatched (a partly hidden object keeps its track);
 4. a match needs similarity >= ``match_thresh``; an unmatched high-scoring detection starts a
-   *tentative* track, unless its mask is a duplicate (IoU >= ``duplicate_iou``) of one already taken
-   this frame (the same object under a second class); a tentative track gets an id after
+   *tentative* track, unless its mask is mostly covered (``duplicate_cover``) by objects already
+   tracked (the same object under a second class, one mask over two objects); a tentative track gets an id after
    ``min_hits`` consecutive matches (until then its detections have id -1 and are never counted);
 5. a confirmed track missed for more than ``buffer_frames`` processed frames ends (until then it keeps
    predicting, so an object hidden briefly comes back with its id) and stays *dormant* for
    ``reid_frames`` more;
 6. re-identification (DeepSORT/BoT-SORT's idea, with colour for the embedding): a newly confirmed
    track that looks like a lost or dormant track of its class (colour similarity >= ``reid_thresh``,
-   similar size, reachable from where that one was last seen) takes that track's id instead of a new
+   reachable from where that one was last seen) takes that track's id instead of a new
    one. So an object that leaves the frame and comes back, or that motion lost in a crossing, gets
    its id back; an ended id (``TrackUpdate.ended``) can therefore come back later.
 
@@ -67,15 +67,16 @@ class TrackerSettings:
       like it wins; 0 = colour only gates.
     - ``appearance_momentum`` (0.9, [0, 1)): EMA weight of a track's old descriptor (BoT-SORT's); only
       views at least ``reid_thresh`` alike update it.
-    - ``duplicate_iou`` (0.5, (0, 1]): an unmatched detection whose mask has this IoU with a detection
-      already taken in the frame starts no track: Mask R-CNN's NMS is per class, so one object seen as
-      two classes (common where two objects merge) would otherwise be born as a second, ghost track.
-      1 = off.
+    - ``duplicate_cover`` (0.7, (0, 1]): an unmatched detection whose mask is covered this much by
+      objects already tracked (the frame's matched detections, tracks missed a frame or two) starts no
+      track. Mask R-CNN's NMS is per class, so one object seen under a second class, or one mask over
+      two objects that touch, would otherwise be born as a ghost track; an object partly hidden behind
+      another is not covered (masks are the visible parts), so it still starts one. 1 = off.
     - ``reid_frames`` (300, >= 0): after the motion buffer, an ended track stays *dormant* this many
       more processed frames (10 s at 30 fps); a newly confirmed track of its class that looks like it
-      (colour similarity >= ``reid_thresh``), of similar size (area within 2x) and near where it
-      vanished (3 sizes plus its last speed x frames gone) takes its id back, as does one matching a
-      still-buffered lost track that motion failed to find. Needs the frame image. 0 = off.
+      (colour similarity >= ``reid_thresh``) and was born near where it vanished (3 of its sizes plus
+      its last speed x frames gone) takes its id back, as does one matching a still-buffered lost
+      track that motion failed to find. Needs the frame image. 0 = no re-identification.
     - ``reid_thresh`` (0.85, (0, 1]): the colour similarity re-identification needs; the same object
       scores 0.9-1.0 between views, two merged objects against either about 0.6-0.8.
 
@@ -91,7 +92,7 @@ class TrackerSettings:
     appearance_gate: float = 0.5
     appearance_power: float = 2.0
     appearance_momentum: float = 0.9
-    duplicate_iou: float = 0.5
+    duplicate_cover: float = 0.7
     reid_frames: int = 300
     reid_thresh: float = 0.85
 
@@ -105,7 +106,7 @@ class TrackerSettings:
         for name in ("high_score", "mask_weight", "appearance_gate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UsageError(f"{name} must be in [0, 1], found {getattr(self, name)}")
-        for name in ("match_thresh", "duplicate_iou", "reid_thresh"):
+        for name in ("match_thresh", "duplicate_cover", "reid_thresh"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise UsageError(f"{name} must be in (0, 1], found {getattr(self, name)}")
         if not 0.0 <= self.appearance_momentum < 1.0:
@@ -162,6 +163,20 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def _covered(crop: np.ndarray, x: int, y: int, others: list[tuple[np.ndarray, int, int]]) -> float:
+    """Share of the bool crop at ``(x, y)`` that the union of the ``others`` crops covers, in [0, 1]."""
+    n = int(np.count_nonzero(crop))
+    if n == 0 or not others:
+        return 0.0
+    union = np.zeros_like(crop)
+    for o, ox, oy in others:
+        x0, y0 = max(x, ox), max(y, oy)
+        x1, y1 = min(x + crop.shape[1], ox + o.shape[1]), min(y + crop.shape[0], oy + o.shape[0])
+        if x1 > x0 and y1 > y0:
+            union[y0 - y:y1 - y, x0 - x:x1 - x] |= o[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+    return int(np.count_nonzero(union & crop)) / n
 
 
 @dataclass
@@ -290,17 +305,17 @@ class MaskTracker:
                              f"{tuple(inst.image_size)}, found {image.dtype} {image.shape}")
         return [color_descriptor(image, *_mask_crop(inst.masks[d], inst.boxes[d])) for d in range(len(inst))]
 
-    def _duplicate(self, inst: Instances, d: int, taken: list[int]) -> bool:
-        """Whether detection ``d``'s mask is (IoU >= duplicate_iou) an object already tracked: one of the
-        ``taken`` detections' masks, or the predicted mask of a confirmed track seen a frame or two ago
-        (an object whose class the detector flipped for a frame)."""
-        if self.settings.duplicate_iou >= 1.0:
+    def _explained(self, inst: Instances, d: int, taken: list[int]) -> bool:
+        """Whether detection ``d``'s mask is mostly (>= ``duplicate_cover``) covered by objects already
+        tracked: the ``taken`` detections' masks, and the predicted masks of confirmed tracks missed for
+        a frame or two (an object whose class the detector flipped meanwhile)."""
+        if self.settings.duplicate_cover >= 1.0:
             return False
         crop, x, y = _mask_crop(inst.masks[d], inst.boxes[d])
         others = [_mask_crop(inst.masks[k], inst.boxes[k]) for k in taken
                   if box_iou(inst.boxes[d], inst.boxes[k])[0, 0] > 0]
         others += [t.moved_crop() for t in self.tracks if t.track_id >= 0 and 0 < t.misses <= 2]
-        return any(_crop_iou(crop, x, y, *other) >= self.settings.duplicate_iou for other in others)
+        return _covered(crop, x, y, others) >= self.settings.duplicate_cover
 
     def _reidentify(self, new: list[_Track]) -> None:
         """Give each newly confirmed track an id: a lost (or dormant) track's that it matches, else a new one.
@@ -311,6 +326,8 @@ class MaskTracker:
         hid it). Best colour similarity first."""
         lost = [t for t in self.tracks if t.track_id >= 0 and t.misses > 0] + self.dormant
         pairs = []
+        if self.settings.reid_frames <= 0:
+            lost = []
         for a, t in enumerate(new):
             for b, old in enumerate(lost):
                 if old.class_id != t.class_id or t.appearance is None or old.appearance is None:
@@ -364,8 +381,8 @@ class MaskTracker:
                     continue
             kept.append(t)
         self.tracks = kept
-        for d in sorted(high[[d not in owner for d in high]].tolist(), key=lambda d: -instances.scores[d]):
-            if not self._duplicate(instances, d, list(owner)):
+        for d in sorted((int(d) for d in high if int(d) not in owner), key=lambda d: -instances.scores[d]):
+            if not self._explained(instances, d, list(owner)):
                 owner[d] = self._new_track(instances, d, desc[d])
                 self.tracks.append(owner[d])
                 confirmed += [owner[d]] if s.min_hits <= 1 else []
