@@ -163,3 +163,21 @@ def test_a_class_flip_for_two_frames_starts_no_ghost_track():
         ids = _track(frames, settings)
         assert ids[7][0] >= 0 and ids[-1][0] == ids[7][0]
         assert (ids[9][0] >= 0) is ghost
+
+
+def test_a_re_identified_object_counts_each_crossing_once():
+    """Crosses ``in``, is gone longer than the buffer (its id ended), comes back and crosses ``out``:
+    one id throughout, one count each way."""
+    from masklab.tracking import Counter, CountLine
+
+    there = [[(x, 50.0, "square", RED)] for x in np.arange(70.0, 130.0, 4.0)]
+    back = [[(x, 50.0, "square", RED)] for x in np.arange(128.0, 60.0, -4.0)]
+    tracker, counter, seen = MaskTracker(TrackerSettings(buffer_frames=10)), Counter(lines=(CountLine(100, 100, 100, 0),)), set()
+    for t, objs in enumerate(there + [[]] * 30 + back):
+        image, inst, _ = _scene(objs)
+        up = tracker.update(inst, image=image)
+        counter.update(up.instances, frame=t, time_s=t / 10, ended=up.ended)
+        seen |= {int(i) for i in up.instances.extra[TRACK_IDS] if i >= 0}
+    assert len(seen) == 1
+    assert counter.line_counts("line") == {"in": {"total": 1, "by_class": {"square": 1}},
+                                           "out": {"total": 1, "by_class": {"square": 1}}}

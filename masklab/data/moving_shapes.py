@@ -17,6 +17,7 @@ visible (:func:`line_truth`), counted in masklab's convention (``in`` = from the
 
 from __future__ import annotations
 
+import colorsys
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -145,8 +146,6 @@ def crossing_scene(*, n_frames: int = 30) -> MovingClip:
 
 def _seeded_colors(rng: np.random.Generator, n: int) -> list[tuple[int, int, int]]:
     """``n`` saturated, bright RGB colours with hues spread round the circle (random start and order)."""
-    import colorsys
-
     hues = (rng.uniform(0, 1) + np.arange(n) / n + rng.uniform(-0.3, 0.3, n) / n) % 1.0
     rng.shuffle(hues)
     return [tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(float(hh), float(rng.uniform(0.6, 0.9)),
