@@ -17,6 +17,7 @@ visible (:func:`line_truth`), counted in masklab's convention (``in`` = from the
 
 from __future__ import annotations
 
+import colorsys
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -143,23 +144,47 @@ def crossing_scene(*, n_frames: int = 30) -> MovingClip:
     return render(movers, size_wh=(w, h), n_frames=n_frames, line=(96.0, float(h), 96.0, 0.0))
 
 
-def benchmark_scene(*, n_frames: int = 120) -> MovingClip:
+def _seeded_colors(rng: np.random.Generator, n: int) -> list[tuple[int, int, int]]:
+    """``n`` saturated, bright RGB colours with hues spread round the circle (random start and order)."""
+    hues = (rng.uniform(0, 1) + np.arange(n) / n + rng.uniform(-0.3, 0.3, n) / n) % 1.0
+    rng.shuffle(hues)
+    return [tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(float(hh), float(rng.uniform(0.6, 0.9)),
+                                                                    float(rng.uniform(0.8, 1.0)))) for hh in hues]
+
+
+def benchmark_scene(*, n_frames: int = 120, seed: int | None = None) -> MovingClip:
     """The benchmark clip (256 x 160, 10 fps, the line ``128,160 -> 128,0``: ``in`` = moving right): several classes crossing in
     both directions, a shape that stops before the line, two shapes whose paths cross with a brief
-    occlusion, and one that leaves the frame and comes back before crossing."""
+    occlusion, and one that leaves the frame and comes back before crossing.
+
+    ``seed`` None is the reference clip; an int draws a variant of the same story (colours, sizes, rows,
+    speeds, where the crossing pair meets and how long the leaver stays away, from
+    ``numpy.random.default_rng(seed)``), so a tracker can be checked on more than one clip."""
     w, h, last = 256, 160, n_frames - 1
-    gone = frozenset(range(int(0.25 * n_frames), int(0.45 * n_frames)))
+    rng = np.random.default_rng(seed) if seed is not None else None
+
+    def j(v: float, spread: float) -> float:  # the reference value, or a draw around it
+        return v if rng is None else float(v + rng.uniform(-spread, spread))
+
+    colors = ([(230, 200, 40), (40, 200, 230), (230, 60, 60), (200, 90, 220), (120, 230, 90), (250, 150, 60)]
+              if rng is None else _seeded_colors(rng, 6))
+    sizes = [14, 13, 13, 12, 12, 12] if rng is None else [int(v) for v in rng.integers(11, 15, 6)]
+    away0, away1 = (0.25, 0.45) if rng is None else (j(0.25, 0.05), j(0.5, 0.08))
+    f_away0, f_away1 = int(away0 * n_frames), int(away1 * n_frames)
+    back = int(max(j(0.6, 0.05), away1 + 0.08) * n_frames)
+    gone = frozenset(range(f_away0, f_away1))
+    cross_y0, cross_y1 = j(40.0, 6.0), j(120.0, 6.0)
     movers = (
-        Mover("square", 14, (230, 200, 40), ((0, 24.0, 30.0), (last, 232.0, 30.0))),
-        Mover("circle", 13, (40, 200, 230), ((0, 232.0, 130.0), (last, 24.0, 130.0))),
-        Mover("triangle", 13, (230, 60, 60), ((0, 20.0, 80.0), (last // 2, 90.0, 80.0), (last, 90.0, 80.0))),
+        Mover("square", sizes[0], colors[0], ((0, j(24.0, 4), j(30.0, 4)), (last, j(232.0, 4), j(30.0, 4)))),
+        Mover("circle", sizes[1], colors[1], ((0, j(232.0, 4), j(130.0, 4)), (last, j(24.0, 4), j(130.0, 4)))),
+        Mover("triangle", sizes[2], colors[2], ((0, 20.0, j(80.0, 4)), (last // 2, j(90.0, 10), j(80.0, 4)),
+                                                (last, j(90.0, 10), j(80.0, 4)))),
         # two paths that cross (the circle passes over the square for a few frames)
-        Mover("square", 12, (200, 90, 220), ((0, 200.0, 40.0), (last, 100.0, 120.0))),
-        Mover("circle", 12, (120, 230, 90), ((0, 100.0, 40.0), (last, 200.0, 120.0))),
+        Mover("square", sizes[3], colors[3], ((0, j(200.0, 10), cross_y0), (last, j(100.0, 10), cross_y1))),
+        Mover("circle", sizes[4], colors[4], ((0, j(100.0, 10), cross_y0), (last, j(200.0, 10), cross_y1))),
         # leaves through the bottom edge, comes back, then crosses
-        Mover("triangle", 12, (250, 150, 60), ((0, 40.0, 120.0), (int(0.25 * n_frames), 40.0, 190.0),
-                                               (int(0.45 * n_frames), 40.0, 190.0), (int(0.6 * n_frames), 40.0, 120.0),
-                                               (last, 200.0, 120.0)), hidden=gone),
+        Mover("triangle", sizes[5], colors[5], ((0, 40.0, 120.0), (f_away0, 40.0, 190.0), (f_away1, 40.0, 190.0),
+                                                (back, 40.0, 120.0), (last, j(200.0, 10), 120.0)), hidden=gone),
     )
     return render(movers, size_wh=(w, h), n_frames=n_frames, line=(128.0, float(h), 128.0, 0.0))
 

@@ -247,7 +247,7 @@ def segment_video(
                 size_wh = (rgb.shape[1], rgb.shape[0])
                 inst = segmenter.predict([LoadedImage(rgb, f"{clip.name}#{idx}")])[0]
                 if session is not None:
-                    inst = session.step(inst, frame=idx, time_s=t)
+                    inst = session.step(inst, frame=idx, time_s=t, image=rgb)
                 dicts = tracked_dicts(inst) if session is not None else inst.to_dict()
                 rec = {"frame": idx, "time_s": round(t, 6), "width": size_wh[0], "height": size_wh[1], "instances": dicts}
                 jf.write(json.dumps(rec) + "\n")

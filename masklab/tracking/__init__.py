@@ -1,7 +1,8 @@
 """Tracking and counting for videos: stable track ids, counting lines, zones, MOT files.
 
 - :class:`MaskTracker` (``tracker.py``): ByteTrack-style association on box and mask IoU, per class,
-  with a Kalman motion model and a lost-track buffer; ids land in ``Instances.extra["track_ids"]``.
+  with a Kalman motion model, a lost-track buffer, a colour cue and re-identification
+  (``appearance.py``); ids land in ``Instances.extra["track_ids"]``.
 - :class:`Counter` (``counting.py``): line crossings (``in``/``out`` with hysteresis) and zone entries,
   exits, occupancy and dwell time, from each track's anchor (the mask centroid).
 - :class:`TrackDrawer` (``draw.py``): track colours, trails, lines and zones on the annotated video.

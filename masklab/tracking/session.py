@@ -64,10 +64,11 @@ class TrackingSession:
         self.seconds = 0.0  # time spent in step(): tracking and counting, not the model
 
 
-    def step(self, instances: Instances, *, frame: int, time_s: float) -> Instances:
-        """Track and count one frame; returns the instances with ``extra["track_ids"]``."""
+    def step(self, instances: Instances, *, frame: int, time_s: float, image: np.ndarray | None = None) -> Instances:
+        """Track and count one frame; ``image``: the frame (RGB uint8 (H, W, 3)) for the tracker's
+        appearance cue and re-identification. Returns the instances with ``extra["track_ids"]``."""
         t0 = time.perf_counter()
-        up = self.tracker.update(instances)
+        up = self.tracker.update(instances, image=image)
         tracked = up.instances
         self.counter.update(tracked, frame=frame, time_s=time_s, ended=up.ended)
         for box, tid, score in zip(tracked.boxes, tracked.extra[TRACK_IDS], tracked.scores):

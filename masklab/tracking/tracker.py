@@ -8,15 +8,25 @@ centre and size, SORT's noise settings); the assignment is scipy's ``linear_sum_
 ours is the similarity and the bookkeeping, per frame:
 
 1. every track's Kalman filter predicts its box; its last mask is moved with the predicted centre;
-2. similarity(track, detection) = ``(1 - mask_weight) * box IoU + mask_weight * mask IoU``, and 0 when
-   the classes differ (a track never changes class, so one id never mixes two classes' counts);
+2. similarity(track, detection) = ``(1 - mask_weight) * box IoU + mask_weight * mask IoU``, times the
+   colour similarity ** ``appearance_power`` when the frame image is given (the track's running colour
+   histogram against the detection's, :mod:`masklab.tracking.appearance`; below ``appearance_gate`` it
+   is 0), and 0 when the classes differ (a track never changes class, so one id never mixes two
+   classes' counts);
 3. ByteTrack's two stages: detections scoring >= ``high_score`` are matched to all tracks first, the
    lower-scoring ones then only to tracks still unmatched (a partly hidden object keeps its track);
 4. a match needs similarity >= ``match_thresh``; an unmatched high-scoring detection starts a
-   *tentative* track, which gets an id after ``min_hits`` consecutive matches (until then its
-   detections have id -1 and are never counted); a confirmed track missed for more than
-   ``buffer_frames`` processed frames ends (until then it keeps predicting, so an object hidden
-   briefly comes back with its id).
+   *tentative* track, unless its mask is mostly covered (``duplicate_cover``) by objects already
+   tracked (the same object under a second class, one mask over two objects); a tentative track gets an id after
+   ``min_hits`` consecutive matches (until then its detections have id -1 and are never counted);
+5. a confirmed track missed for more than ``buffer_frames`` processed frames ends (until then it keeps
+   predicting, so an object hidden briefly comes back with its id) and stays *dormant* for
+   ``reid_frames`` more;
+6. re-identification (DeepSORT/BoT-SORT's idea, with colour for the embedding): a newly confirmed
+   track that looks like a lost or dormant track of its class (colour similarity >= ``reid_thresh``,
+   reachable from where that one was last seen) takes that track's id instead of a new
+   one. So an object that leaves the frame and comes back, or that motion lost in a crossing, gets
+   its id back; an ended id (``TrackUpdate.ended``) can therefore come back later.
 
 Ids are positive ints, unique across classes, never reused within one tracker.
 """
@@ -30,6 +40,7 @@ import numpy as np
 from masklab.errors import UsageError
 from masklab.optional import require
 from masklab.structures.instances import Instances
+from masklab.tracking.appearance import color_descriptor, color_similarity
 
 __all__ = ["TrackerSettings", "MaskTracker", "TrackUpdate", "TRACK_IDS"]
 
@@ -39,10 +50,38 @@ TRACK_IDS = "track_ids"
 
 @dataclass(frozen=True)
 class TrackerSettings:
-    """``buffer_frames``: processed frames a lost track is kept (>= 0); ``high_score``: ByteTrack's
-    first-stage score in [0, 1]; ``match_thresh``: least similarity for a match, (0, 1];
-    ``mask_weight``: share of mask IoU in the similarity, [0, 1]; ``min_hits``: matches before a track
-    gets an id (>= 1); ``per_class``: tracks never match another class's detections."""
+    """How :class:`MaskTracker` associates; the defaults and why.
+
+    - ``buffer_frames`` (30, >= 0): processed frames a lost track keeps predicting and can be matched
+      by motion (1 s at 30 fps, ByteTrack's default).
+    - ``high_score`` (0.6, [0, 1]): ByteTrack's first-stage score; lower detections only extend tracks.
+    - ``match_thresh`` (0.2, (0, 1]): least similarity for a match.
+    - ``mask_weight`` (0.5, [0, 1]): share of mask IoU in the geometric similarity.
+    - ``min_hits`` (2, >= 1): matches before a track gets an id (one-frame false positives get none).
+    - ``per_class`` (True): tracks never match another class's detections.
+    - ``appearance_gate`` (0.5, [0, 1]): a track and a detection whose colour similarity
+      (:mod:`masklab.tracking.appearance`, 1 = same colours) is below this never match: half the
+      histogram mass differing is another object or a mask spilling over two, whatever the boxes say.
+    - ``appearance_power`` (2.0, >= 0): similarity = geometry x colour ** power, so where two
+      detections overlap one track (a crossing, a mask covering two objects), the one that looks
+      like it wins; 0 = colour only gates.
+    - ``appearance_momentum`` (0.9, [0, 1)): EMA weight of a track's old descriptor (BoT-SORT's); only
+      views at least ``reid_thresh`` alike update it.
+    - ``duplicate_cover`` (0.7, (0, 1]): an unmatched detection whose mask is covered this much by
+      objects already tracked (the frame's matched detections, tracks missed a frame or two) starts no
+      track. Mask R-CNN's NMS is per class, so one object seen under a second class, or one mask over
+      two objects that touch, would otherwise be born as a ghost track; an object partly hidden behind
+      another is not covered (masks are the visible parts), so it still starts one. 1 = off.
+    - ``reid_frames`` (300, >= 0): after the motion buffer, an ended track stays *dormant* this many
+      more processed frames (10 s at 30 fps); a newly confirmed track of its class that looks like it
+      (colour similarity >= ``reid_thresh``) and was born near where it vanished (3 of its sizes plus
+      its last speed x frames gone) takes its id back, as does one matching a still-buffered lost
+      track that motion failed to find. Needs the frame image. 0 = no re-identification.
+    - ``reid_thresh`` (0.85, (0, 1]): the colour similarity re-identification needs; the same object
+      scores 0.9-1.0 between views, two merged objects against either about 0.6-0.8.
+
+    Without ``image`` in :meth:`MaskTracker.update` the colour terms are neutral and there is no
+    re-identification (the ByteTrack behaviour)."""
 
     buffer_frames: int = 30
     high_score: float = 0.6
@@ -50,17 +89,30 @@ class TrackerSettings:
     mask_weight: float = 0.5
     min_hits: int = 2
     per_class: bool = True
+    appearance_gate: float = 0.5
+    appearance_power: float = 2.0
+    appearance_momentum: float = 0.9
+    duplicate_cover: float = 0.7
+    reid_frames: int = 300
+    reid_thresh: float = 0.85
 
     def __post_init__(self) -> None:
-        if self.buffer_frames < 0:
-            raise UsageError(f"--track-buffer must be >= 0 frames, found {self.buffer_frames}")
+        for name in ("buffer_frames", "reid_frames"):
+            if getattr(self, name) < 0:
+                flag = "--track-buffer" if name == "buffer_frames" else name
+                raise UsageError(f"{flag} must be >= 0 frames, found {getattr(self, name)}")
         if self.min_hits < 1:
             raise UsageError(f"min_hits must be >= 1, found {self.min_hits}")
-        for name in ("high_score", "mask_weight"):
+        for name in ("high_score", "mask_weight", "appearance_gate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UsageError(f"{name} must be in [0, 1], found {getattr(self, name)}")
-        if not 0.0 < self.match_thresh <= 1.0:
-            raise UsageError(f"match_thresh must be in (0, 1], found {self.match_thresh}")
+        for name in ("match_thresh", "duplicate_cover", "reid_thresh"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise UsageError(f"{name} must be in (0, 1], found {getattr(self, name)}")
+        if not 0.0 <= self.appearance_momentum < 1.0:
+            raise UsageError(f"appearance_momentum must be in [0, 1), found {self.appearance_momentum}")
+        if self.appearance_power < 0:
+            raise UsageError(f"appearance_power must be >= 0, found {self.appearance_power}")
 
 
 def _kalman(box: np.ndarray):
@@ -113,6 +165,20 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
+def _covered(crop: np.ndarray, x: int, y: int, others: list[tuple[np.ndarray, int, int]]) -> float:
+    """Share of the bool crop at ``(x, y)`` that the union of the ``others`` crops covers, in [0, 1]."""
+    n = int(np.count_nonzero(crop))
+    if n == 0 or not others:
+        return 0.0
+    union = np.zeros_like(crop)
+    for o, ox, oy in others:
+        x0, y0 = max(x, ox), max(y, oy)
+        x1, y1 = min(x + crop.shape[1], ox + o.shape[1]), min(y + crop.shape[0], oy + o.shape[0])
+        if x1 > x0 and y1 > y0:
+            union[y0 - y:y1 - y, x0 - x:x1 - x] |= o[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+    return int(np.count_nonzero(union & crop)) / n
+
+
 @dataclass
 class _Track:
     kf: object
@@ -120,9 +186,12 @@ class _Track:
     crop: np.ndarray
     crop_xy: tuple[int, int]
     center: tuple[float, float]
+    appearance: np.ndarray | None = None  # EMA of the colour descriptors of its clean matches
     track_id: int = -1
     hits: int = 1
     misses: int = 0
+    seen: int = 0  # the tracker's frame number of its last match
+    speed: float = 0.0  # px per frame at its last match
 
     def predicted_box(self) -> np.ndarray:
         cx, cy, w, h = self.kf.x[:4, 0]
@@ -140,11 +209,15 @@ class _Track:
         dx, dy = int(round(cx - self.center[0])), int(round(cy - self.center[1]))
         return self.crop, self.crop_xy[0] + dx, self.crop_xy[1] + dy
 
+    def area(self) -> int:
+        return int(np.count_nonzero(self.crop))
+
 
 @dataclass(frozen=True)
 class TrackUpdate:
     """One frame's result: ``instances`` (same order as given, masks kept) with ``extra["track_ids"]``;
-    ``ended`` the ids of confirmed tracks that ended in this update (lost for longer than the buffer)."""
+    ``ended`` the ids of confirmed tracks that ended in this update (lost for longer than the buffer;
+    re-identification may give one back to a later detection)."""
 
     instances: Instances
     ended: tuple[int, ...] = ()
@@ -156,87 +229,166 @@ class MaskTracker:
 
     Example:
         >>> tracker = MaskTracker(TrackerSettings(buffer_frames=10))     # doctest: +SKIP
-        >>> tracked = tracker.update(instances).instances
+        >>> tracked = tracker.update(instances, image=rgb).instances      # rgb: the frame, for appearance
         >>> tracked.extra["track_ids"]                                    # int64 (N,), -1 = untracked
     """
 
     settings: TrackerSettings = field(default_factory=TrackerSettings)
     tracks: list[_Track] = field(default_factory=list)
+    dormant: list[_Track] = field(default_factory=list)  # ended tracks kept for re-identification
     _next_id: int = 1
+    _frame: int = 0
 
     def __post_init__(self) -> None:
         require("filterpy.kalman")  # fail at construction, with the pip line, not at the first object
         require("scipy.optimize")
 
-    def _similarity(self, tracks: list[_Track], inst: Instances, det: np.ndarray) -> np.ndarray:
+    def _similarity(self, tracks: list[_Track], inst: Instances, det: np.ndarray, desc: list) -> np.ndarray:
         s = self.settings
         if not tracks or len(det) == 0:
             return np.zeros((len(tracks), len(det)))
         sim = box_iou(np.stack([t.predicted_box() for t in tracks]), inst.boxes[det])
         if s.per_class:
             sim *= np.array([t.class_id for t in tracks])[:, None] == inst.class_ids[det][None, :]
-        if s.mask_weight > 0:
-            for i, j in zip(*np.nonzero(sim > 0)):
+        for i, j in zip(*np.nonzero(sim > 0)):
+            if s.mask_weight > 0:
                 crop, x, y = tracks[i].moved_crop()
                 dcrop, dx, dy = _mask_crop(inst.masks[det[j]], inst.boxes[det[j]])
                 sim[i, j] = (1 - s.mask_weight) * sim[i, j] + s.mask_weight * _crop_iou(crop, x, y, dcrop, dx, dy)
+            look = color_similarity(tracks[i].appearance, desc[det[j]])
+            sim[i, j] = 0.0 if look < s.appearance_gate else sim[i, j] * look ** s.appearance_power
         return sim
 
-    def _match(self, tracks: list[_Track], inst: Instances, det: np.ndarray) -> list[tuple[int, int]]:
+    def _match(self, tracks: list[_Track], inst: Instances, det: np.ndarray, desc: list) -> list[tuple[int, int]]:
         """``(track index, detection index into det)`` pairs: optimal assignment above ``match_thresh``."""
-        sim = self._similarity(tracks, inst, det)
+        sim = self._similarity(tracks, inst, det, desc)
         if sim.size == 0:
             return []
         linear_sum_assignment = require("scipy.optimize").linear_sum_assignment
         rows, cols = linear_sum_assignment(sim, maximize=True)
         return [(int(r), int(c)) for r, c in zip(rows, cols) if sim[r, c] >= self.settings.match_thresh]
 
-    def _apply(self, track: _Track, inst: Instances, d: int) -> None:
-        track.kf.update(_cxcywh(inst.boxes[d]))
+    def _observe(self, track: _Track, inst: Instances, d: int, desc: np.ndarray | None) -> None:
+        """Take detection ``d`` as the track's new observation: mask, frame, speed and appearance."""
         crop, x, y = _mask_crop(inst.masks[d], inst.boxes[d])
         track.crop, track.crop_xy, track.center = crop, (x, y), tuple(_cxcywh(inst.boxes[d])[:2])
-        track.hits, track.misses = track.hits + 1, 0
-        if track.track_id < 0 and track.hits >= self.settings.min_hits:
-            track.track_id, self._next_id = self._next_id, self._next_id + 1
+        track.seen, track.speed = self._frame, float(np.hypot(track.kf.x[4, 0], track.kf.x[5, 0]))
+        if desc is None:
+            return
+        if track.appearance is None:
+            track.appearance = desc
+        elif color_similarity(track.appearance, desc) >= self.settings.reid_thresh:
+            # only clean views update it: a mask that covers a neighbour too would teach it the neighbour
+            m = self.settings.appearance_momentum
+            track.appearance = m * track.appearance + (1 - m) * desc
 
-    def _new_track(self, inst: Instances, d: int) -> _Track:
+    def _apply(self, track: _Track, inst: Instances, d: int, desc: np.ndarray | None) -> bool:
+        """Update a matched track; True when this match confirms it (it needs an id)."""
+        track.kf.update(_cxcywh(inst.boxes[d]))
+        self._observe(track, inst, d, desc)
+        track.hits, track.misses = track.hits + 1, 0
+        return track.track_id < 0 and track.hits >= self.settings.min_hits
+
+    def _new_track(self, inst: Instances, d: int, desc: np.ndarray | None) -> _Track:
         crop, x, y = _mask_crop(inst.masks[d], inst.boxes[d])
         t = _Track(_kalman(inst.boxes[d]), int(inst.class_ids[d]), crop, (x, y), tuple(_cxcywh(inst.boxes[d])[:2]))
-        if self.settings.min_hits <= 1:
-            t.track_id, self._next_id = self._next_id, self._next_id + 1
+        self._observe(t, inst, d, desc)
         return t
 
-    def update(self, instances: Instances) -> TrackUpdate:
-        """Associate one frame's detections; see the module docstring for the steps."""
+    def _descriptors(self, inst: Instances, image: np.ndarray | None) -> list:
         s = self.settings
+        if image is None or (s.appearance_gate <= 0 and s.appearance_power <= 0 and s.reid_frames <= 0):
+            return [None] * len(inst)  # no colour term can change anything: skip the histograms
+        image = np.asarray(image)
+        if image.shape[:2] != tuple(inst.image_size) or image.ndim != 3 or image.dtype != np.uint8:
+            raise UsageError(f"MaskTracker.update: expected image RGB uint8 (H, W, 3) with (H, W) = "
+                             f"{tuple(inst.image_size)}, found {image.dtype} {image.shape}")
+        return [color_descriptor(image, *_mask_crop(inst.masks[d], inst.boxes[d])) for d in range(len(inst))]
+
+    def _explained(self, inst: Instances, d: int, taken: list[int]) -> bool:
+        """Whether detection ``d``'s mask is mostly (>= ``duplicate_cover``) covered by objects already
+        tracked: the ``taken`` detections' masks, and the predicted masks of confirmed tracks missed for
+        a frame or two (an object whose class the detector flipped meanwhile)."""
+        if self.settings.duplicate_cover >= 1.0:
+            return False
+        crop, x, y = _mask_crop(inst.masks[d], inst.boxes[d])
+        others = [_mask_crop(inst.masks[k], inst.boxes[k]) for k in taken
+                  if box_iou(inst.boxes[d], inst.boxes[k])[0, 0] > 0]
+        others += [t.moved_crop() for t in self.tracks if t.track_id >= 0 and 0 < t.misses <= 2]
+        return _covered(crop, x, y, others) >= self.settings.duplicate_cover
+
+    def _reidentify(self, new: list[_Track]) -> None:
+        """Give each newly confirmed track an id: a lost (or dormant) track's that it matches, else a new one.
+
+        A candidate has the same class, a colour similarity >= ``reid_thresh``, and was last seen where
+        the new one could have come from: within 3 of its sizes plus its last speed times the frames
+        since. No size test: an object coming back is often partly hidden (by the frame's edge or what
+        hid it). Best colour similarity first."""
+        lost = [t for t in self.tracks if t.track_id >= 0 and t.misses > 0] + self.dormant
+        pairs = []
+        if self.settings.reid_frames <= 0:
+            lost = []
+        for a, t in enumerate(new):
+            for b, old in enumerate(lost):
+                if old.class_id != t.class_id or t.appearance is None or old.appearance is None:
+                    continue
+                look = color_similarity(t.appearance, old.appearance)
+                reach = 3.0 * np.sqrt(max(old.area(), 1)) + old.speed * (self._frame - old.seen)
+                far = np.hypot(t.center[0] - old.center[0], t.center[1] - old.center[1])
+                if look >= self.settings.reid_thresh and far <= reach:
+                    pairs.append((look, a, b))
+        used_new, used_old = set(), set()
+        for _, a, b in sorted(pairs, reverse=True):
+            if a not in used_new and b not in used_old:
+                used_new.add(a), used_old.add(b)
+                new[a].track_id = lost[b].track_id
+        gone = {id(lost[b]) for b in used_old}
+        self.tracks = [t for t in self.tracks if id(t) not in gone]
+        self.dormant = [t for t in self.dormant if id(t) not in gone]
+        for a, t in enumerate(new):
+            if a not in used_new:
+                t.track_id, self._next_id = self._next_id, self._next_id + 1
+
+    def update(self, instances: Instances, *, image: np.ndarray | None = None) -> TrackUpdate:
+        """Associate one frame's detections; ``image`` (RGB uint8 (H, W, 3), the frame they come from)
+        enables the appearance cue and re-identification. See the module docstring for the steps."""
+        s = self.settings
+        self._frame += 1
         for t in self.tracks:
             t.predict()
+        desc = self._descriptors(instances, image)
         high = np.nonzero(instances.scores >= s.high_score)[0]
         low = np.nonzero(instances.scores < s.high_score)[0]
-        owner = np.full(len(instances), -1, np.int64)  # detection -> index into self.tracks
-        for ti, j in self._match(self.tracks, instances, high):
-            owner[high[j]] = ti
-        free = [i for i in range(len(self.tracks)) if i not in set(owner[owner >= 0].tolist())]
+        owner: dict[int, _Track] = {}  # detection -> its track
+        for ti, j in self._match(self.tracks, instances, high, desc):
+            owner[int(high[j])] = self.tracks[ti]
         # stage 2: low-scoring detections only for tracks that are already confirmed
-        free_confirmed = [i for i in free if self.tracks[i].track_id >= 0]
-        for k, j in self._match([self.tracks[i] for i in free_confirmed], instances, low):
-            owner[low[j]] = free_confirmed[k]
-        for d in np.nonzero(owner >= 0)[0]:
-            self._apply(self.tracks[owner[d]], instances, int(d))
-        matched = set(owner[owner >= 0].tolist())
+        taken = {id(t) for t in owner.values()}
+        free_confirmed = [t for t in self.tracks if id(t) not in taken and t.track_id >= 0]
+        for k, j in self._match(free_confirmed, instances, low, desc):
+            owner[int(low[j])] = free_confirmed[k]
+        confirmed = [t for d, t in owner.items() if self._apply(t, instances, d, desc[d])]
+        matched = {id(t) for t in owner.values()}
         kept, ended = [], []
-        for i, t in enumerate(self.tracks):
-            if i not in matched:
+        for t in self.tracks:
+            if id(t) not in matched:
                 t.misses += 1
-                if t.track_id < 0 or t.misses > s.buffer_frames:
-                    ended += [t.track_id] if t.track_id >= 0 else []
+                if t.track_id < 0:
+                    continue
+                if t.misses > s.buffer_frames:
+                    ended.append(t.track_id)
+                    self.dormant.append(t)
                     continue
             kept.append(t)
-        ids = np.array([self.tracks[o].track_id if o >= 0 else -1 for o in owner], np.int64)
-        for d in high[owner[high] < 0]:
-            kept.append(self._new_track(instances, int(d)))
-            ids[d] = kept[-1].track_id
         self.tracks = kept
+        for d in sorted((int(d) for d in high if int(d) not in owner), key=lambda d: -instances.scores[d]):
+            if not self._explained(instances, d, list(owner)):
+                owner[d] = self._new_track(instances, d, desc[d])
+                self.tracks.append(owner[d])
+                confirmed += [owner[d]] if s.min_hits <= 1 else []
+        self._reidentify(confirmed)
+        self.dormant = [t for t in self.dormant if self._frame - t.seen <= s.buffer_frames + s.reid_frames]
+        ids = np.array([owner[d].track_id if d in owner else -1 for d in range(len(instances))], np.int64)
         extra = dict(instances.extra, **{TRACK_IDS: ids})
         out = Instances(boxes=instances.boxes, masks=instances.masks, scores=instances.scores,
                         class_ids=instances.class_ids, labels=instances.labels, image_size=instances.image_size, extra=extra)
@@ -245,5 +397,5 @@ class MaskTracker:
     def finish(self) -> tuple[int, ...]:
         """End every track (the video is over); returns the confirmed ids that were still open."""
         ids = tuple(t.track_id for t in self.tracks if t.track_id >= 0)
-        self.tracks = []
+        self.tracks, self.dormant = [], []
         return ids
