@@ -69,9 +69,14 @@ def mask_centroids(masks: np.ndarray) -> np.ndarray:
     masks = np.asarray(masks, dtype=bool)
     out = np.full((len(masks), 2), np.nan)
     for i, m in enumerate(masks):
-        ys, xs = np.nonzero(m)
-        if xs.size:
-            out[i] = (xs.mean() + 0.5, ys.mean() + 0.5)
+        rows = np.flatnonzero(m.any(axis=1))
+        if rows.size == 0:
+            continue
+        cols = np.flatnonzero(m.any(axis=0))
+        # nonzero over the tight box only (the same pixels in the same order as over the whole mask, so
+        # the same float result), at the object's cost rather than the image's
+        ys, xs = np.nonzero(m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
+        out[i] = ((xs + cols[0]).mean() + 0.5, (ys + rows[0]).mean() + 0.5)
     return out
 
 
