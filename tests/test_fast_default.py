@@ -89,6 +89,19 @@ def test_auto_with_a_prepared_model_is_openvino_and_exact(in_home, images, eager
     assert masklab.Segmenter(SHAPES, backend="torch", device="cpu").runtime.name == "torch"
 
 
+@pytest.mark.slow
+def test_tiled_auto_runs_the_prepared_model_concurrently_and_agrees_with_eager_tiles(in_home):
+    from masklab.data.shapes import large_scene
+
+    masklab.Segmenter(SHAPES, device="cpu", backend="torch").prepare()  # converted once per module
+    scene = large_scene(np.random.default_rng(3), height=300, width=420, n_shapes=10)
+    fast = masklab.Segmenter(SHAPES, device="cpu", tile=128)
+    assert fast.runtime.name == "openvino" and fast.concurrency >= 2  # tiles from several requests at once
+    reference = masklab.Segmenter(SHAPES, device="cpu", backend="torch", tile=128)(scene.image)
+    assert len(reference) >= 6  # the model finds the shapes on tiles: never a vacuous comparison
+    _exact([reference], [fast(scene.image)])
+
+
 def test_without_a_prepared_model_a_short_run_is_eager_and_says_how(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MASKLAB_HOME", str(tmp_path))
     seg = masklab.Segmenter(SHAPES, device="cpu", score_thresh=0.4)
