@@ -32,7 +32,7 @@ def shapes_image(seed: int = 1) -> np.ndarray:
 def demo():
     from masklab import Segmenter
 
-    return Segmenter(DEMO_MODEL, device="cpu")
+    return Segmenter(DEMO_MODEL, device="cpu", backend="torch")  # the trace is eager: compare eager
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_unhookable_runtime_traces_the_eager_module(small_weights):
     from masklab import Segmenter
 
     fast = Segmenter(small_weights, device="cpu", backend="torch-fast", score_thresh=0.0, min_size=128, max_size=160)
-    eager = Segmenter(small_weights, device="cpu", score_thresh=0.0, min_size=128, max_size=160)
+    eager = Segmenter(small_weights, device="cpu", backend="torch", score_thresh=0.0, min_size=128, max_size=160)
     img = shapes_image(3)
     trace = fast.explain(img)
     assert "cannot be hooked" in trace.note and "torch-fast" in trace.note

@@ -36,7 +36,7 @@ def shapes(tmp_path_factory):
 def _demo_module():
     from masklab import Segmenter
 
-    return Segmenter(DEMO, device="cpu").loaded.module
+    return Segmenter(DEMO, device="cpu", backend="torch").loaded.module
 
 
 def _spread_head(module, seed: int = 0):

@@ -231,8 +231,10 @@ def test_coco_init_replaces_class_heads(monkeypatch, tmp_path, v2_weights):
 
 
 @pytest.mark.slow
-def test_demo_falls_back_to_the_shipped_shapes_model(tmp_path, capsys):
-    """`make demo` offline with an empty cache (conftest): the shipped demo model runs end to end."""
+def test_demo_falls_back_to_the_shipped_shapes_model(tmp_path, capsys, monkeypatch):
+    """`make demo` offline with an empty cache: the shipped demo model runs end to end. A cache of its
+    own: the demo prepares the demo model's fast path, which other tests' eager comparisons must not find."""
+    monkeypatch.setenv("MASKLAB_HOME", str(tmp_path / "home"))
     from masklab.data.shapes import SHAPE_CLASSES
     from masklab.demo import DEMO_MODEL, main
 

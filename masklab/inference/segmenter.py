@@ -113,6 +113,7 @@ class Segmenter:
             self.inference = self.inference.replace(precision="int8")
         self.runtime: Runtime = make_runtime(self.loaded, self.inference, device=device)
         self._planned: int | None = None  # images still to come in this run (plan()), for auto's decision
+        self._plan_calls = 0  # eager calls since plan(): the first is warm-up, the second is timed
         self._asked = asked  # what the user named: the prepare command the first eager call prints
         self._preparable = candidate is not None  # decided once: the weights are hashed (memoised) only here
 
@@ -148,13 +149,18 @@ class Segmenter:
 
     def plan(self, *, images: int) -> None:
         """Tell the segmenter how many images this run will give it. Under ``backend="auto"`` with no
-        prepared model, after the first image it prepares one when the rest of the run repays the
+        prepared model, after the second call (timed: the first pays the runtime's warm-up, which would
+        make the model look slower than it is) it prepares one when the rest of the run repays the
         conversion (:func:`masklab.runtime.worth_preparing`), and says so."""
         self._planned = images if self.eager_by_default and openvino_installed() else None
+        self._plan_calls = 0
 
     def _after_eager(self, n: int, seconds: float) -> None:
-        left = self._planned - n
-        self._planned = None  # decided once, on the first call
+        self._planned -= n
+        self._plan_calls += 1
+        if self._plan_calls < 2 and self._planned > 0:
+            return  # the warm-up call: decide on the next one
+        left, self._planned = self._planned, None  # decided once
         if left > 0 and worth_preparing(images=left, seconds_per_image=seconds / max(n, 1)):
             note(f"{left} more images at {seconds / max(n, 1):.2f} s each: preparing the fast path first")
             self.prepare()
