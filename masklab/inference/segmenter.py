@@ -156,6 +156,9 @@ class Segmenter:
         self._plan_calls = 0
 
     def _after_eager(self, n: int, seconds: float) -> None:
+        if not self.eager_by_default:  # prepared meanwhile (a large tiled image does it mid-image)
+            self._planned = None
+            return
         self._planned -= n
         self._plan_calls += 1
         if self._plan_calls < 2 and self._planned > 0:
