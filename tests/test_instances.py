@@ -134,3 +134,16 @@ def test_paste_masks_matches_torchvision():
     ours = paste_masks(probs, boxes, (90, 120))
     np.testing.assert_array_equal(ours, ref.numpy())
     assert paste_masks(probs[:0], boxes[:0], (5, 6)).shape == (0, 5, 6)
+
+
+def test_tight_box_is_the_crop_of_the_true_pixels():
+    from masklab.structures.masks import masks_to_boxes, tight_box
+
+    m = np.zeros((5, 7), bool)
+    assert tight_box(m) is None
+    m[4, 6] = True  # a corner pixel: x1, y1 are exclusive
+    assert tight_box(m) == (6, 4, 7, 5)
+    m[1, 2] = True
+    x0, y0, x1, y1 = tight_box(m)
+    assert (x0, y0, x1, y1) == (2, 1, 7, 5) and m[y0:y1, x0:x1].sum() == m.sum()
+    assert masks_to_boxes(np.stack([m, np.zeros_like(m)])).tolist() == [[2, 1, 7, 5], [0, 0, 0, 0]]

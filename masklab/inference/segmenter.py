@@ -164,18 +164,23 @@ class Segmenter:
         if self._plan_calls < 2 and self._planned > 0:
             return  # the warm-up call: decide on the next one
         left, self._planned = self._planned, None  # decided once
-        if left > 0 and worth_preparing(images=left, seconds_per_image=seconds / max(n, 1)):
-            note(f"{left} more images at {seconds / max(n, 1):.2f} s each: preparing the fast path first")
-            self.prepare()
+        self._prepare_if_repaid(left, seconds / max(n, 1), unit="images")
 
     def _switch_mid_image(self, tiles_left: int, seconds_per_tile: float) -> Runtime | None:
         """A tiled image is a run of its own: after its first tiles, prepare the fast path when the
         remaining tiles repay the conversion (the same rule as :meth:`plan`'s); the new runtime, or None."""
-        if not worth_preparing(images=tiles_left, seconds_per_image=seconds_per_tile):
-            return None
-        note(f"{tiles_left} more tiles at {seconds_per_tile:.2f} s each: preparing the fast path first")
+        if self._prepare_if_repaid(tiles_left, seconds_per_tile, unit="tiles"):
+            return self.runtime if self.runtime.name != "torch" else None
+        return None
+
+    def _prepare_if_repaid(self, left: int, seconds_each: float, *, unit: str) -> bool:
+        """Prepare the fast path when ``left`` more inputs at ``seconds_each`` eagerly repay the conversion
+        (:func:`masklab.runtime.worth_preparing`), saying so; whether it did."""
+        if left <= 0 or not worth_preparing(images=left, seconds_per_image=seconds_each):
+            return False
+        note(f"{left} more {unit} at {seconds_each:.2f} s each: preparing the fast path first")
         self.prepare()
-        return self.runtime if self.runtime.name != "torch" else None
+        return True
 
     @property
     def device(self) -> str:

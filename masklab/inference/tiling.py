@@ -32,6 +32,7 @@ import numpy as np
 
 from masklab.structures.cropped import CroppedMasks
 from masklab.structures.detections import Detections
+from masklab.structures.masks import tight_box
 from masklab.structures.quality import detection_quality
 
 __all__ = ["tile_windows", "resolve_tile", "predict_tiled", "merge_parts", "Parts", "MATCH_IOS", "FULL_PASS_SIDE"]
@@ -119,11 +120,11 @@ class Parts:
         quality = detection_quality(det)
         for k in range(len(det.scores)):
             m = det.masks[k]
-            rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-            if rows.size == 0:
+            box = tight_box(m)
+            if box is None:
                 continue
-            bitmap = m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-            x0, y0 = int(cols[0]), int(rows[0])
+            x0, y0, x1, y1 = box
+            bitmap = m[y0:y1, x0:x1]
             if scale != 1.0:  # back to image pixels, this crop only
                 ax, ay = int(np.floor(x0 / scale)), int(np.floor(y0 / scale))
                 bx = min(int(np.ceil((x0 + bitmap.shape[1]) / scale)), wx1 - wx0)

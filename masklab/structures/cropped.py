@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from masklab.structures.masks import tight_box
+
 __all__ = ["CroppedMasks", "crop_rle"]
 
 
@@ -55,13 +57,14 @@ class CroppedMasks:
         masks = np.asarray(masks, dtype=bool)
         bitmaps, offsets = [], []
         for m in masks:
-            rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-            if rows.size == 0:
+            box = tight_box(m)
+            if box is None:
                 bitmaps.append(np.zeros((0, 0), bool))
                 offsets.append((0, 0))
                 continue
-            bitmaps.append(m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
-            offsets.append((cols[0], rows[0]))
+            x0, y0, x1, y1 = box
+            bitmaps.append(m[y0:y1, x0:x1])
+            offsets.append((x0, y0))
         return cls(bitmaps, offsets, image_size=masks.shape[1:])
 
     @staticmethod

@@ -51,16 +51,24 @@ def decode_rle(rles: Sequence[dict], image_size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(2, 0, 1)).astype(bool)
 
 
+def tight_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """bool (H, W) -> ``(x0, y0, x1, y1)``, the tight box of its True pixels in pixel indices (x1, y1
+    exclusive), or None for an empty mask. ``mask[y0:y1, x0:x1]`` is the mask's crop."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
 def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
     """bool (N, H, W) -> float32 (N, 4) tight xyxy boxes (x2, y2 exclusive); an empty mask gives zeros."""
     masks = np.asarray(masks, dtype=bool)
     out = np.zeros((len(masks), 4), np.float32)
     for i, m in enumerate(masks):
-        rows = np.flatnonzero(m.any(axis=1))
-        if rows.size == 0:
-            continue
-        cols = np.flatnonzero(m.any(axis=0))
-        out[i] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+        box = tight_box(m)
+        if box is not None:
+            out[i] = box
     return out
 
 
@@ -69,14 +77,14 @@ def mask_centroids(masks: np.ndarray) -> np.ndarray:
     masks = np.asarray(masks, dtype=bool)
     out = np.full((len(masks), 2), np.nan)
     for i, m in enumerate(masks):
-        rows = np.flatnonzero(m.any(axis=1))
-        if rows.size == 0:
+        box = tight_box(m)
+        if box is None:
             continue
-        cols = np.flatnonzero(m.any(axis=0))
+        x0, y0, x1, y1 = box
         # nonzero over the tight box only (the same pixels in the same order as over the whole mask, so
         # the same float result), at the object's cost rather than the image's
-        ys, xs = np.nonzero(m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
-        out[i] = ((xs + cols[0]).mean() + 0.5, (ys + rows[0]).mean() + 0.5)
+        ys, xs = np.nonzero(m[y0:y1, x0:x1])
+        out[i] = ((xs + x0).mean() + 0.5, (ys + y0).mean() + 0.5)
     return out
 
 

@@ -243,7 +243,7 @@ class MaskTracker:
         require("filterpy.kalman")  # fail at construction, with the pip line, not at the first object
         require("scipy.optimize")
 
-    def _similarity(self, tracks: list[_Track], inst: Instances, det: np.ndarray, desc: list) -> np.ndarray:
+    def _similarity(self, tracks: list[_Track], inst: Instances, det: np.ndarray, desc: list, crops: list) -> np.ndarray:
         s = self.settings
         if not tracks or len(det) == 0:
             return np.zeros((len(tracks), len(det)))
@@ -253,24 +253,24 @@ class MaskTracker:
         for i, j in zip(*np.nonzero(sim > 0)):
             if s.mask_weight > 0:
                 crop, x, y = tracks[i].moved_crop()
-                dcrop, dx, dy = _mask_crop(inst.masks[det[j]], inst.boxes[det[j]])
+                dcrop, dx, dy = crops[det[j]]
                 sim[i, j] = (1 - s.mask_weight) * sim[i, j] + s.mask_weight * _crop_iou(crop, x, y, dcrop, dx, dy)
             look = color_similarity(tracks[i].appearance, desc[det[j]])
             sim[i, j] = 0.0 if look < s.appearance_gate else sim[i, j] * look ** s.appearance_power
         return sim
 
-    def _match(self, tracks: list[_Track], inst: Instances, det: np.ndarray, desc: list) -> list[tuple[int, int]]:
+    def _match(self, tracks: list[_Track], inst: Instances, det: np.ndarray, desc: list, crops: list) -> list[tuple[int, int]]:
         """``(track index, detection index into det)`` pairs: optimal assignment above ``match_thresh``."""
-        sim = self._similarity(tracks, inst, det, desc)
+        sim = self._similarity(tracks, inst, det, desc, crops)
         if sim.size == 0:
             return []
         linear_sum_assignment = require("scipy.optimize").linear_sum_assignment
         rows, cols = linear_sum_assignment(sim, maximize=True)
         return [(int(r), int(c)) for r, c in zip(rows, cols) if sim[r, c] >= self.settings.match_thresh]
 
-    def _observe(self, track: _Track, inst: Instances, d: int, desc: np.ndarray | None) -> None:
+    def _observe(self, track: _Track, inst: Instances, d: int, desc: np.ndarray | None, crop_xy: tuple) -> None:
         """Take detection ``d`` as the track's new observation: mask, frame, speed and appearance."""
-        crop, x, y = _mask_crop(inst.masks[d], inst.boxes[d])
+        crop, x, y = crop_xy
         track.crop, track.crop_xy, track.center = crop, (x, y), tuple(_cxcywh(inst.boxes[d])[:2])
         track.seen, track.speed = self._frame, float(np.hypot(track.kf.x[4, 0], track.kf.x[5, 0]))
         if desc is None:
@@ -282,20 +282,20 @@ class MaskTracker:
             m = self.settings.appearance_momentum
             track.appearance = m * track.appearance + (1 - m) * desc
 
-    def _apply(self, track: _Track, inst: Instances, d: int, desc: np.ndarray | None) -> bool:
+    def _apply(self, track: _Track, inst: Instances, d: int, desc: np.ndarray | None, crop_xy: tuple) -> bool:
         """Update a matched track; True when this match confirms it (it needs an id)."""
         track.kf.update(_cxcywh(inst.boxes[d]))
-        self._observe(track, inst, d, desc)
+        self._observe(track, inst, d, desc, crop_xy)
         track.hits, track.misses = track.hits + 1, 0
         return track.track_id < 0 and track.hits >= self.settings.min_hits
 
-    def _new_track(self, inst: Instances, d: int, desc: np.ndarray | None) -> _Track:
-        crop, x, y = _mask_crop(inst.masks[d], inst.boxes[d])
+    def _new_track(self, inst: Instances, d: int, desc: np.ndarray | None, crop_xy: tuple) -> _Track:
+        crop, x, y = crop_xy
         t = _Track(_kalman(inst.boxes[d]), int(inst.class_ids[d]), crop, (x, y), tuple(_cxcywh(inst.boxes[d])[:2]))
-        self._observe(t, inst, d, desc)
+        self._observe(t, inst, d, desc, crop_xy)
         return t
 
-    def _descriptors(self, inst: Instances, image: np.ndarray | None) -> list:
+    def _descriptors(self, inst: Instances, image: np.ndarray | None, crops: list) -> list:
         s = self.settings
         if image is None or (s.appearance_gate <= 0 and s.appearance_power <= 0 and s.reid_frames <= 0):
             return [None] * len(inst)  # no colour term can change anything: skip the histograms
@@ -303,16 +303,16 @@ class MaskTracker:
         if image.shape[:2] != tuple(inst.image_size) or image.ndim != 3 or image.dtype != np.uint8:
             raise UsageError(f"MaskTracker.update: expected image RGB uint8 (H, W, 3) with (H, W) = "
                              f"{tuple(inst.image_size)}, found {image.dtype} {image.shape}")
-        return [color_descriptor(image, *_mask_crop(inst.masks[d], inst.boxes[d])) for d in range(len(inst))]
+        return [color_descriptor(image, *crop) for crop in crops]
 
-    def _explained(self, inst: Instances, d: int, taken: list[int]) -> bool:
+    def _explained(self, inst: Instances, d: int, taken: list[int], crops: list) -> bool:
         """Whether detection ``d``'s mask is mostly (>= ``duplicate_cover``) covered by objects already
         tracked: the ``taken`` detections' masks, and the predicted masks of confirmed tracks missed for
         a frame or two (an object whose class the detector flipped meanwhile)."""
         if self.settings.duplicate_cover >= 1.0:
             return False
-        crop, x, y = _mask_crop(inst.masks[d], inst.boxes[d])
-        others = [_mask_crop(inst.masks[k], inst.boxes[k]) for k in taken
+        crop, x, y = crops[d]
+        others = [crops[k] for k in taken
                   if box_iou(inst.boxes[d], inst.boxes[k])[0, 0] > 0]
         others += [t.moved_crop() for t in self.tracks if t.track_id >= 0 and 0 < t.misses <= 2]
         return _covered(crop, x, y, others) >= self.settings.duplicate_cover
@@ -324,10 +324,8 @@ class MaskTracker:
         the new one could have come from: within 3 of its sizes plus its last speed times the frames
         since. No size test: an object coming back is often partly hidden (by the frame's edge or what
         hid it). Best colour similarity first."""
-        lost = [t for t in self.tracks if t.track_id >= 0 and t.misses > 0] + self.dormant
         pairs = []
-        if self.settings.reid_frames <= 0:
-            lost = []
+        lost = [] if self.settings.reid_frames <= 0 else [t for t in self.tracks if t.track_id >= 0 and t.misses > 0] + self.dormant
         for a, t in enumerate(new):
             for b, old in enumerate(lost):
                 if old.class_id != t.class_id or t.appearance is None or old.appearance is None:
@@ -356,18 +354,20 @@ class MaskTracker:
         self._frame += 1
         for t in self.tracks:
             t.predict()
-        desc = self._descriptors(instances, image)
+        # each detection's mask cropped to its box, once per frame: matching, births, appearance use it
+        crops = [_mask_crop(instances.masks[d], instances.boxes[d]) for d in range(len(instances))]
+        desc = self._descriptors(instances, image, crops)
         high = np.nonzero(instances.scores >= s.high_score)[0]
         low = np.nonzero(instances.scores < s.high_score)[0]
         owner: dict[int, _Track] = {}  # detection -> its track
-        for ti, j in self._match(self.tracks, instances, high, desc):
+        for ti, j in self._match(self.tracks, instances, high, desc, crops):
             owner[int(high[j])] = self.tracks[ti]
         # stage 2: low-scoring detections only for tracks that are already confirmed
         taken = {id(t) for t in owner.values()}
         free_confirmed = [t for t in self.tracks if id(t) not in taken and t.track_id >= 0]
-        for k, j in self._match(free_confirmed, instances, low, desc):
+        for k, j in self._match(free_confirmed, instances, low, desc, crops):
             owner[int(low[j])] = free_confirmed[k]
-        confirmed = [t for d, t in owner.items() if self._apply(t, instances, d, desc[d])]
+        confirmed = [t for d, t in owner.items() if self._apply(t, instances, d, desc[d], crops[d])]
         matched = {id(t) for t in owner.values()}
         kept, ended = [], []
         for t in self.tracks:
@@ -382,8 +382,8 @@ class MaskTracker:
             kept.append(t)
         self.tracks = kept
         for d in sorted((int(d) for d in high if int(d) not in owner), key=lambda d: -instances.scores[d]):
-            if not self._explained(instances, d, list(owner)):
-                owner[d] = self._new_track(instances, d, desc[d])
+            if not self._explained(instances, d, list(owner), crops):
+                owner[d] = self._new_track(instances, d, desc[d], crops[d])
                 self.tracks.append(owner[d])
                 confirmed += [owner[d]] if s.min_hits <= 1 else []
         self._reidentify(confirmed)

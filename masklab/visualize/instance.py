@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from masklab.structures.instances import Instances
+from masklab.structures.masks import tight_box
 from masklab.visualize._draw import draw_caption, draw_contours, instance_colors
 
 __all__ = ["InstanceVisualizer", "instance_colors"]
@@ -80,10 +81,10 @@ def _mask_region(out: np.ndarray, instances: Instances, i: int) -> tuple[np.ndar
         x1, y1 = x0 + b.shape[1], y0 + b.shape[0]
     else:
         dense = instances.masks[i]
-        rows, cols = np.flatnonzero(dense.any(axis=1)), np.flatnonzero(dense.any(axis=0))
-        if rows.size == 0:
+        box = tight_box(dense)
+        if box is None:
             return out[:0, :0], dense[:0, :0]
-        x0, y0, x1, y1 = int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+        x0, y0, x1, y1 = box
     ax, ay = max(x0 - 3, 0), max(y0 - 3, 0)
     bx, by = min(x1 + 3, w), min(y1 + 3, h)
     if not instances.is_cropped:
