@@ -52,12 +52,16 @@ def test_warmup_and_augmentation_follow_the_budget():
     budget = resolve_choices(_cfg(time_budget_s=900), SMALL, _stats(128, 128), images=600, world=1, step_s=0.5)
     assert budget.steps == 1620 and budget.warmup_steps == 81  # 5 %, not the old fixed 100
     assert budget.augment is False and "11 passes" in budget.reasons["augment"]
+    assert budget.flip is True and "flips only" in budget.summary()  # past FLIP_FROM_EPOCHS: mirrored images
     # a machine four times slower (busy): the warm-up shrinks with the run instead of eating it
     busy = resolve_choices(_cfg(time_budget_s=900), SMALL, _stats(128, 128), images=600, world=1, step_s=2.0)
-    assert busy.warmup_steps == 20 and busy.steps == 405
+    assert busy.warmup_steps == 20 and busy.steps == 405 and busy.flip is False  # ~3 passes: still underfitting
     # long runs get augmentation; short step-counted runs a short warm-up
     long = resolve_choices(_cfg(epochs=AUGMENT_FROM_EPOCHS), SMALL, _stats(128, 128), images=600, world=1)
     assert long.augment is True and long.warmup_steps == 100
+    off = resolve_choices(_cfg(time_budget_s=900, augment=False), SMALL, _stats(128, 128), images=600, world=1,
+                          step_s=0.5)
+    assert off.augment is False and off.flip is False  # --no-augment: not even flips
     short = resolve_choices(_cfg(max_steps=30), SMALL, _stats(128, 128), images=600, world=1)
     assert short.warmup_steps == 2 and short.augment is False
 
@@ -113,3 +117,83 @@ def test_default_run_follows_the_data_and_says_so(tmp_path, capsys):
     assert settings["config"]["min_size"] is None  # what was asked stays recorded apart from what was chosen
     card = json.loads((tmp_path / "run" / "model.json").read_text())
     assert (card["min_size"], card["max_size"]) == (64, 64)
+
+
+@pytest.fixture
+def cpu_flags(monkeypatch):
+    """Set the CPU flags masklab sees (``MASKLAB_CPU_FLAGS``), with the cached reading cleared around it."""
+    from masklab.hardware import cpu_features
+
+    def use(flags: str) -> None:
+        monkeypatch.setenv("MASKLAB_CPU_FLAGS", flags)
+        cpu_features.cache_clear()
+
+    yield use
+    monkeypatch.delenv("MASKLAB_CPU_FLAGS", raising=False)
+    cpu_features.cache_clear()
+
+
+def test_mixed_precision_only_where_the_cpu_runs_it_natively(cpu_flags):
+    from masklab.training.defaults import resolve_amp
+
+    cpu_flags("avx2 fma avx512f avx512_vnni")  # an Ice Lake: bf16 would be emulated, slower than fp32
+    assert resolve_amp(None, "cpu")[0] is None
+    dtype, reason = resolve_amp(True, "cpu")
+    assert dtype is None and "no native bf16" in reason and "--amp" in reason
+    cpu_flags("avx2 fma avx512f avx512_vnni avx512_bf16")  # a Zen 4
+    assert resolve_amp(None, "cpu") == ("bfloat16", "the CPU has native bf16")
+    assert resolve_amp(False, "cpu")[0] is None
+    assert resolve_amp(None, "cuda")[0] == "float16" and resolve_amp(False, "cuda")[0] is None
+
+
+@pytest.mark.parametrize(("flags", "amp"), [("avx512f avx512_bf16", "bfloat16"), ("avx512f avx512_vnni", False)])
+def test_a_cpu_run_trains_channels_last_in_the_chosen_precision_and_its_weights_load(tmp_path, capsys, cpu_flags,
+                                                                                      flags, amp):
+    """bf16 autocast where native, fp32 elsewhere, channels-last either way: the run learns (its loss falls),
+    says which precision it used, records it, and its packaged weights load into a plain fp32 model."""
+    from masklab import Segmenter
+
+    cpu_flags(flags)
+    write_shapes(tmp_path / "train", n=8, size=64, seed=3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = TrainConfig(data=str(tmp_path / "train"), out=str(tmp_path / "run"), model="small", init="scratch",
+                          epochs=6, batch_size=4, warmup_steps=2, min_size=64, max_size=64, augment=False,
+                          device="cpu", patience=None, log_every=0)
+        train(cfg)
+    finally:
+        torch.set_num_threads(before)
+    err = capsys.readouterr().err
+    assert f"precision {amp} autocast" in err if amp else "precision fp32 (this CPU has no native bf16)" in err
+    resolved = json.loads((tmp_path / "run" / "settings.json").read_text())["resolved"]
+    assert resolved["amp"] == amp and resolved["memory_format"] == "channels_last"
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
+    losses = [float(r.split(",")[4]) for r in rows]
+    assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], losses
+    seg = Segmenter(str(tmp_path / "run"), backend="torch", device="cpu")
+    out = seg(write_shapes_image(tmp_path))
+    assert out.masks.dtype == bool  # the weights loaded (strictly) and the model runs
+
+
+def write_shapes_image(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(sorted((tmp_path / "train").rglob("*.png"))[0]).convert("RGB"))
+
+
+@pytest.mark.parametrize(("times", "expected"), [({2: 1.15, 1: 0.90}, 1), ({2: 0.47, 1: 0.80}, 2), ({2: 0.50, 1: 0.48}, 2)])
+def test_threads_are_halved_only_when_a_timed_step_says_so(times, expected):
+    """A half-busy machine (2 threads slower than 1) trains on 1; an idle one, or a tie within 10 %, keeps all."""
+    from masklab.training.defaults import choose_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        n, step_s, reason = choose_threads(lambda: times[torch.get_num_threads()], threads=2)
+        assert (n, step_s) == (expected, times[expected]) and torch.get_num_threads() == expected
+        assert f"{times[2]:.2f} s with 2 threads, {times[1]:.2f} s with 1" in reason
+        assert ("other programs" in reason) == (expected == 1)
+    finally:
+        torch.set_num_threads(before)

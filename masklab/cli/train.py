@@ -54,7 +54,12 @@ def add_parser(sub) -> None:
                    "times; a shorter run is still underfitting)")
     g = p.add_argument_group("run")
     g.add_argument("--device", default=None, help="auto | cpu | cuda (default: auto)")
-    g.add_argument("--amp", action="store_true", default=None, help="mixed precision (GPU only; on by default with a GPU)")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision: fp16 on a GPU, bf16 on a CPU with native bf16 (Zen 4, Sapphire Rapids, "
+                   "ARM bf16); default on where it runs natively, --no-amp for fp32")
+    g.add_argument("--threads", default="auto", metavar="N|auto",
+                   help="CPU threads (default: auto = every CPU, or half of them when a timed step at the start "
+                   "shows that other programs keep the CPU busy)")
     g.add_argument("--workers", type=int, default=None, help="data loader processes (default: 0)")
     g.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -98,8 +103,16 @@ def run(args) -> int:
     given.update({k: os.path.abspath(given[k]) for k in _PATHS if k in given})
     if args.allow_data_change and not args.resume:
         raise UsageError("--allow-data-change applies to --resume RUN_DIR only")
-    if world_size_from_env() <= 1:  # under torchrun, its OMP_NUM_THREADS shares the CPUs between processes
-        configure_threads()
+    threads = None
+    if args.threads != "auto":
+        try:
+            threads = int(args.threads)
+        except ValueError:
+            raise UsageError(f"--threads must be a number or auto, found {args.threads!r}") from None
+    # under torchrun, its OMP_NUM_THREADS shares the CPUs between processes
+    threads_mode = "auto" if world_size_from_env() <= 1 and threads is None else None
+    if world_size_from_env() <= 1:
+        configure_threads(threads)
     if args.resume:
         cfg = load_settings(args.resume)
         clash = {k: v for k, v in given.items() if k not in (*_OVERRIDABLE, *_PATHS, "out") and getattr(cfg, k) != v}
@@ -113,13 +126,13 @@ def run(args) -> int:
         # The card's command then reproduces the run: the first command, then each resume.
         cfg = replace(cfg, out=args.resume, command=f"{cfg.command} && {command}".strip(" &"),
                       **{k: v for k, v in given.items() if k in (*_OVERRIDABLE, *_PATHS)})
-        return _report(train(cfg, resume=True, progress=False if args.no_progress else None,
+        return _report(train(cfg, resume=True, progress=False if args.no_progress else None, threads=threads_mode,
                              allow_data_change=args.allow_data_change))
     missing = [f"--{k}" for k in ("data", "out") if k not in given]
     if missing:
         raise UsageError(f"masklab train needs {' and '.join(missing)} (or --resume RUN_DIR)")
     cfg = TrainConfig(**given, command=command)
-    return _report(train(cfg, progress=False if args.no_progress else None))
+    return _report(train(cfg, progress=False if args.no_progress else None, threads=threads_mode))
 
 
 def _report(result) -> int:

@@ -23,6 +23,7 @@ Where each part lives:
 - :mod:`~masklab.training.model`: the run's model spec, building, ``--init`` weights, ``--freeze``;
 - :mod:`~masklab.training.schedule`: learning rate (warm-up + cosine) and the run's clock;
 - :mod:`~masklab.training.trainer`: the loop (:class:`~masklab.training.trainer.Trainer`) and :func:`train`;
+- :mod:`~masklab.training.counters`: where a run is (saved in checkpoints) and its running loss sums;
 - :mod:`~masklab.training.evaluate`: validation AP during training;
 - :mod:`~masklab.training.run_dir`: settings.json, metrics.csv, curves.png, model.json, :func:`package_model`;
 - :mod:`~masklab.training.checkpoint`: crash-safe checkpoints; :mod:`~masklab.training.ddp`: torchrun.

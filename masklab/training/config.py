@@ -48,7 +48,8 @@ class TrainConfig:
         augment: horizontal flips, scale and colour jitter (boxes and masks follow the image); None: on
             when the run passes over the data at least 30 times.
         patience: stop when val mask AP has not improved for this many evaluations (None: never).
-        device: ``auto``/``cpu``/``cuda``; amp: mixed precision (GPU only; None: on with a GPU).
+        device: ``auto``/``cpu``/``cuda``; amp: mixed precision: fp16 autocast on a GPU, bf16 on a CPU with native
+            bf16 (None: on where it runs natively; False: fp32; True on a CPU without native bf16: fp32, said).
         workers: DataLoader worker processes; seed: seeds sampling and augmentation.
         save_every_s: also save ``last`` mid-epoch this often (seconds).
         max_steps: stop after this many optimizer updates (tests; None: no limit).

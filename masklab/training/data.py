@@ -16,9 +16,11 @@ from masklab.data.dataset import Sample, SegmentationDataset
 __all__ = ["augment_transform", "to_model_input", "TorchDataset", "collate", "epoch_batches"]
 
 
-def augment_transform(enabled: bool) -> v2.Compose:
-    """Flips and colour jitter (when ``enabled``), then uint8 -> float32 in [0, 1]; boxes under 1 px dropped."""
+def augment_transform(enabled: bool, *, flip: bool = False) -> v2.Compose:
+    """Flips and colour jitter (when ``enabled``; flips alone with ``flip``), then uint8 -> float32 in [0, 1];
+    boxes under 1 px dropped."""
     steps = [v2.RandomHorizontalFlip(0.5), v2.ColorJitter(0.3, 0.3, 0.3, 0.03)] if enabled else []
+    steps = steps or ([v2.RandomHorizontalFlip(0.5)] if flip else [])
     return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.SanitizeBoundingBoxes(min_size=1)])
 
 
@@ -48,9 +50,9 @@ def to_model_input(sample: Sample, transform) -> tuple[torch.Tensor, dict[str, t
 class TorchDataset(torch.utils.data.Dataset):
     """A :class:`SegmentationDataset` as a torch dataset of :func:`to_model_input` pairs."""
 
-    def __init__(self, ds: SegmentationDataset, augment: bool) -> None:
+    def __init__(self, ds: SegmentationDataset, augment: bool, *, flip: bool = False) -> None:
         self.ds = ds
-        self.transform = augment_transform(augment)
+        self.transform = augment_transform(augment, flip=flip)
 
     def __len__(self) -> int:
         return len(self.ds)
