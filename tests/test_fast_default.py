@@ -21,7 +21,7 @@ import masklab
 from masklab.bench.agreement import agreement
 from masklab.data.shapes import random_scene
 from masklab.errors import UsageError
-from masklab.hardware import cpu_features
+from masklab.hardware import available_cpus, cpu_features
 from masklab.runtime import PrecisionWarning, resolve_precision, worth_preparing
 from masklab.runtime.prepared import find_prepared, prepared_model
 from masklab.settings import InferenceSettings
@@ -208,7 +208,8 @@ def test_the_prepared_path_imports_no_torch(in_home, images, tmp_path):
                         "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     run = json.loads((out / "run.json").read_text())
-    assert run["runtime"] == {"name": "openvino", "precision": "fp32"} and run["succeeded"] == 1
+    # one image: one latency stream (a folder of 4+ is compiled for throughput)
+    assert run["runtime"] == {"name": "openvino", "precision": "fp32", "streams": 1} and run["succeeded"] == 1
     assert "openvino fp32" in r.stderr
 
 
@@ -309,9 +310,18 @@ def test_a_folder_run_keeps_several_openvino_requests_in_flight_in_order(in_home
     folder.mkdir()
     for k, im in enumerate(images):
         Image.fromarray(im).save(folder / f"img{k:02d}.png")
-    summary = run_segment(expand_inputs([str(folder)]), tmp_path / "out", seg, progress=False, keep_instances=True)
+    seen = []  # the runtime in force while the run's images came back
+    summary = run_segment(expand_inputs([str(folder)]), tmp_path / "out", seg, progress=False, keep_instances=True,
+                          on_result=lambda r: seen.append((seg.runtime.throughput, seg.runtime.streams, seg.concurrency)))
     assert summary.exit_code == 0 and len(summary.results) == len(images)
+    # a run of 8 images compiles for throughput: on 2+ CPUs several streams, each a request in flight
+    assert all(t for t, _, _ in seen)
+    if available_cpus() >= 2:
+        assert all(streams >= 2 and conc == streams + 1 for _, streams, conc in seen), seen
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["runtime"]["streams"] == seen[-1][1]
     one_by_one = [seg(im) for im in images]
+    assert seg.runtime.throughput is False and seg.runtime.streams == 1  # single images: latency again
     for r, ref in zip(summary.results, one_by_one):  # input order, and the same instances as one at a time
         assert r.item.stem == f"img{summary.results.index(r):02d}"
         np.testing.assert_array_equal(r.instances.masks, ref.masks)

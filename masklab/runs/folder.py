@@ -292,14 +292,19 @@ def _run_locked(items, out: Path, segmenter, writer: OutputWriter, *, viz, progr
     if hasattr(segmenter, "plan"):  # backend auto: a long run may prepare the fast path after its first image
         segmenter.plan(images=len(items))
     t_run = time.perf_counter()
-    with tqdm(total=len(items), desc="segment", unit="img", disable=not show, file=sys.stderr, smoothing=0.1) as bar:
-        pipeline = _Pipeline(segmenter, writer, len(items), batch_size=batch_size, workers=workers, keep=keep_instances, bar=bar,
-                             on_result=on_result)
-        results = pipeline.run(items, prepare)
+    try:
+        with tqdm(total=len(items), desc="segment", unit="img", disable=not show, file=sys.stderr, smoothing=0.1) as bar:
+            pipeline = _Pipeline(segmenter, writer, len(items), batch_size=batch_size, workers=workers,
+                                 keep=keep_instances, bar=bar, on_result=on_result)
+            results = pipeline.run(items, prepare)
+    finally:
+        if hasattr(segmenter, "end_run"):  # single images after the run: the lowest latency again
+            segmenter.end_run()
     summary = ledger.summary(results, seconds=time.perf_counter() - t_run)
     runtime = getattr(segmenter, "runtime", None)
     extra = {"batch_size": batch_size, "workers": workers, "resumed": ledger.resume,
-             "runtime": None if runtime is None else {"name": runtime.name, "precision": runtime.precision}}
+             "runtime": None if runtime is None else {"name": runtime.name, "precision": runtime.precision,
+                                                      "streams": getattr(runtime, "streams", None)}}
     try:
         writer.finish([r.item.stem for r in summary.results if r.ok])
         ledger.finish(summary, model_card=segmenter.card.to_json(), extra=extra)
