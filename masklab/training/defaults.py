@@ -21,9 +21,9 @@ setting          default
 =============== ==================================================================================
 
 On a CPU the module also trains in channels-last memory layout (same fp32 arithmetic, weights saved as
-usual): oneDNN's convolutions run faster on it. Measured on the idle 2-core Zen 4 (batch 4 at 227x310 px,
-the ``small`` model): 0.70 s per step as before, 0.57 s channels-last, 0.44 s channels-last with bf16
-autocast (1.6x the steps in a time budget).
+usual): oneDNN's convolutions run faster on it. ``benchmarks/train_step.py`` on the idle 2-core Zen 4
+(the ``small`` model, batch 4 at 128 px): 0.468 s per step as before, 0.405 s channels-last, 0.317 s
+channels-last with bf16 autocast (1.5x the steps in a time budget).
 
 :func:`resolve_choices` returns a :class:`Choices` (the values and, per setting, why); the trainer
 prints :meth:`Choices.summary` once and saves :meth:`Choices.to_json` in ``settings.json``, and a
@@ -41,8 +41,8 @@ from typing import Any
 from masklab.models.zoo import ModelSpec
 from masklab.training.config import TrainConfig
 
-__all__ = ["Choices", "choose_threads", "resolve_amp", "resolve_size", "resolve_choices", "needs_step_time", "measure_step_seconds", "check_warnings",
-           "AUGMENT_FROM_EPOCHS", "FLIP_FROM_EPOCHS", "SMALL_INPUT_PX"]
+__all__ = ["Choices", "choose_threads", "resolve_amp", "resolve_size", "resolve_choices", "needs_step_time",
+           "measure_step_seconds", "check_warnings", "AUGMENT_FROM_EPOCHS", "FLIP_FROM_EPOCHS", "SMALL_INPUT_PX"]
 
 #: passes over the training set from which augmentation is on by default
 AUGMENT_FROM_EPOCHS = 30
