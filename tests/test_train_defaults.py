@@ -171,9 +171,18 @@ def test_a_cpu_run_trains_channels_last_in_the_chosen_precision_and_its_weights_
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
     losses = [float(r.split(",")[4]) for r in rows]
     assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], losses
+    # the checkpoint written from the channels-last module loads into a plain model, tensor for tensor
+    from safetensors.torch import load_file
+
+    card = json.loads((tmp_path / "run" / "model.json").read_text())
+    saved = load_file(str(tmp_path / "run" / card["weights"]["file"]))
     seg = Segmenter(str(tmp_path / "run"), backend="torch", device="cpu")
+    loaded = seg.loaded.module.state_dict()
+    assert saved.keys() <= loaded.keys() and len(saved) > 100
+    for k, v in saved.items():
+        assert torch.equal(loaded[k].float(), v.float()), k
     out = seg(write_shapes_image(tmp_path))
-    assert out.masks.dtype == bool  # the weights loaded (strictly) and the model runs
+    assert out.masks.shape[1:] == (64, 64)  # and the model runs on an image
 
 
 def write_shapes_image(tmp_path):
@@ -195,5 +204,7 @@ def test_threads_are_halved_only_when_a_timed_step_says_so(times, expected):
         assert (n, step_s) == (expected, times[expected]) and torch.get_num_threads() == expected
         assert f"{times[2]:.2f} s with 2 threads, {times[1]:.2f} s with 1" in reason
         assert ("other programs" in reason) == (expected == 1)
+        with pytest.raises(ValueError, match="at least 2 threads"):
+            choose_threads(lambda: 1.0, threads=1)  # nothing to halve: the caller does not time a step
     finally:
         torch.set_num_threads(before)

@@ -168,8 +168,8 @@ class Segmenter:
         """An OpenVINO runtime compiled for throughput (more streams) while a run of at least
         :data:`THROUGHPUT_FROM_IMAGES` images lasts, for latency otherwise (a recompile: ~0.2 s from
         OpenVINO's cache, against ~13 % more images per second on 2 cores)."""
-        switch = getattr(self.runtime, "for_throughput", None)
-        if switch is not None and self.device == "cpu":
+        switch = getattr(self.runtime, "for_throughput", None)  # OpenVINO's (CPU) runtime only
+        if switch is not None:
             self.runtime = switch(images >= THROUGHPUT_FROM_IMAGES)
 
     def _after_eager(self, n: int, seconds: float) -> None:

@@ -217,9 +217,9 @@ def choose_threads(measure, *, threads: int) -> tuple[int, float, str]:
     timing finds that, where a count of CPUs cannot."""
     import torch
 
-    full = measure()
     if threads < 2:
-        return threads, full, f"{threads} (every CPU this process may use)"
+        raise ValueError(f"choose_threads needs at least 2 threads to halve, found {threads}")
+    full = measure()
     half = threads // 2
     torch.set_num_threads(half)
     try:

@@ -358,8 +358,8 @@ class Trainer:
         """``threads="auto"`` on a CPU: time a step with all threads and with half (:func:`choose_threads`),
         keep the faster; returns that step's seconds (None when nothing was timed)."""
         self.threads_note = f"{torch.get_num_threads()} (as set)"
-        if not self.threads_auto or self.info.device != "cpu" or self.info.distributed:
-            return None
+        if not self.threads_auto or self.info.device != "cpu" or self.info.distributed or torch.get_num_threads() < 2:
+            return None  # nothing to choose (one thread has no half): no step is timed for it
         n, step_s, reason = choose_threads(lambda: self._measure(choices), threads=torch.get_num_threads())
         self.threads_note = f"{n} ({reason})"
         return step_s
