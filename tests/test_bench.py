@@ -30,6 +30,7 @@ def _case(backend: str, precision: str, **knobs) -> BenchCase:
         ("torch:fp32:proposals=0", None, "proposals must be a positive integer"),
         ("torchvison", None, "unknown backend 'torchvison'.*did you mean 'torchvision'"),
         ("torchvision:bf16", None, "baseline runs torchvision's eager fp32 module"),
+        ("int8", None, "'int8' in case 'int8' is a precision.*openvino:int8"),
         (":fp32", None, "backend\\[:precision"),
         ("a:b:c:d", None, "backend\\[:precision"),
     ],

@@ -141,3 +141,36 @@ def test_missing_runtime_names_the_pip_line(monkeypatch):
     monkeypatch.setattr(importlib, "import_module", fake)
     with pytest.raises(MissingDependencyError, match=r"pip install 'masklab\[openvino\]'"):
         require("openvino")
+
+
+@pytest.mark.parametrize("levels", [[2, 0, 1, 0, 3, 3, 1, 0, 2], [1, 1, 1], [0], []], ids=["mixed", "one-level", "one-roi", "none"])
+def test_merged_levels_equal_torchvision_scatter(levels):
+    """The export's one-gather merge of the RoI pooler's levels puts every row where torchvision's
+    per-level scatter does (levels with no RoIs and no RoIs at all included), value for value."""
+    from torchvision.ops.poolers import _onnx_merge_levels
+
+    from masklab.export.tracing import merge_levels
+
+    lv = torch.tensor(levels, dtype=torch.int64)
+    g = torch.Generator().manual_seed(len(levels))
+    parts = [torch.randn(int((lv == k).sum()), 5, 7, 7, generator=g) for k in range(4)]
+    ours, theirs = merge_levels(lv, parts), _onnx_merge_levels(lv, parts)
+    assert ours.shape == theirs.shape == (len(levels), 5, 7, 7)
+    assert torch.equal(ours, theirs)
+    if levels:  # rows really moved: RoI 0 of the mixed case is level 2's first row
+        k = levels[0]
+        assert torch.equal(ours[0], parts[k][0])
+
+
+def test_openvino_nms_stops_at_the_boxes_kept():
+    """The OpenVINO file's two NMS ops select no more boxes than torchvision keeps (the box head's: the
+    baked max_detections; the RPN's: its proposals); the round-trip test above holds them to eager's output."""
+    ov = pytest.importorskip("openvino")
+    path = _export("openvino")
+    card = read_card(path)
+    limits = {}
+    for op in ov.Core().read_model(str(path)).get_ops():
+        if op.get_type_name() == "NonMaxSuppression":
+            limits[op.get_friendly_name().split("/")[0].rsplit(":", 1)[-1].rsplit(".", 1)[-1]] = op.input_value(2).get_node().get_vector().tolist()
+    assert limits == {"roi_heads": [card.max_detections], "rpn": [card.proposals]}
+    assert card.max_detections == 8

@@ -109,6 +109,20 @@ def test_batch_call_and_class_filter(v2_weights, v2_segmenter):
         assert key in text
 
 
+def test_predict_takes_one_image_alone_as_a_list_of_one(v2_segmenter, tmp_path):
+    image = make_scene(seed=1)
+    whole = v2_segmenter(image)
+    assert len(whole) > 0  # the seeded weights find objects here: an empty result would prove nothing
+    Image.fromarray(image).save(tmp_path / "one.png")
+    for alone in (image, Image.fromarray(image), tmp_path / "one.png", str(tmp_path / "one.png")):
+        out = v2_segmenter.predict(alone)  # not one result per row of the array
+        assert isinstance(out, list) and len(out) == 1
+        assert out[0].image_size == image.shape[:2]
+        np.testing.assert_array_equal(out[0].masks, whole.masks)
+        np.testing.assert_array_equal(out[0].scores, whole.scores)
+    assert len(v2_segmenter.predict(np.stack([image, image]))) == 2  # a (N, H, W, 3) array is N images
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from masklab import Segmenter
 from masklab.bench.baseline import TorchvisionRuntime
 from masklab.errors import UsageError
-from masklab.settings import BACKENDS, InferenceSettings
+from masklab.settings import BACKENDS, PRECISIONS, InferenceSettings
 
 __all__ = ["BASELINE", "KNOBS", "BenchCase", "parse_case", "default_cases", "prepare_case", "build_case"]
 
@@ -74,6 +74,9 @@ def parse_case(text: str, *, base: InferenceSettings | None = None) -> BenchCase
     if not parts[0] or len(parts) > 3:
         raise UsageError(f"a bench case is backend[:precision[:knob=value,...]], found {text!r}")
     backend = parts[0]
+    if backend in PRECISIONS:  # `--case int8`: a precision where the backend goes
+        raise UsageError(f"{backend!r} in case {text!r} is a precision; a case names its backend first, "
+                         f"e.g. openvino:{backend} or auto:{backend}")
     if backend != BASELINE and backend not in BACKENDS:
         raise UsageError(
             f"unknown backend {backend!r} in case {text!r}; backends: {BASELINE} (baseline), "

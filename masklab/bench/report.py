@@ -26,7 +26,8 @@ class BenchRow:
     cold_import_s: float | None = None
     cold_load_s: float | None = None
     peak_rss_mb: float | None = None
-    cli_wall_s: float | None = None  # `masklab segment one.png` in a fresh process, wall clock
+    cli_wall_s: float | None = None  # `masklab segment one.png` in a fresh process, wall clock (median of the runs)
+    cli_wall_runs_s: list[float] | None = None  # every such run's wall clock, in order
     cold_beyond_model_s: float | None = None  # cli_wall_s minus this case's own (warm) median latency
     gflop: float | None = None
     gflops: float | None = None

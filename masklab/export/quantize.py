@@ -145,12 +145,13 @@ def check_calibration(model, images: Sequence[np.ndarray], *, threads: int | Non
 @contextlib.contextmanager
 def _quiet_nncf():
     """NNCF logs one INFO line per node it leaves out (hundreds here) and numpy overflow warnings from
-    its statistics on the empty tensors of images without detections; keep warnings and errors only."""
+    its statistics on the empty tensors of images without detections; keep warnings and errors only.
+    Its progress bars go to stderr: stdout is the caller's (``masklab bench --json`` prints JSON there)."""
     logger = logging.getLogger("nncf")
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
             warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
             yield
     finally:

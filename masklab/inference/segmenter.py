@@ -252,12 +252,17 @@ class Segmenter:
             return self.predict([load_image(im) for im in images])
         return self.predict([load_image(images)])[0]
 
-    def predict(self, images: Sequence[LoadedImage | np.ndarray]) -> list[Instances]:
-        """Segment already-loaded images; one :class:`Instances` per image."""
+    def predict(self, images: Sequence[Any] | Any) -> list[Instances]:
+        """Segment images; one :class:`Instances` per image, in order.
+
+        ``images``: a list of images (paths, numpy RGB uint8 (H, W, 3) or (H, W) arrays, PIL images,
+        :class:`~masklab.io.images.LoadedImage`), or a (N, H, W, 3) array. One image given alone (an
+        (H, W[, C]) array, a path, a PIL image) is segmented as a list of one, so ``predict(image)[0]``
+        is its result (iterating an array would otherwise take its rows for images)."""
         if self._refit_streams:
             self._refit_streams = False
             self._fit_streams(0)
-        arrays = [im.array if isinstance(im, LoadedImage) else load_image(im).array for im in images]
+        arrays = [im.array if isinstance(im, LoadedImage) else load_image(im).array for im in _image_list(images)]
         if not arrays:
             return []
         t0 = time.perf_counter()
@@ -320,7 +325,9 @@ class Segmenter:
                 raise UsageError(f"min_quality: the {self.runtime.name} runtime gives no mask quality to filter on")
             inst = inst.filter(min_quality=self.inference.min_quality)
         # COCO's unused ids ("N/A") are not classes: a detection there (seen with untrained heads) is dropped.
-        inst = inst[np.array([lab not in NOT_CLASSES for lab in inst.labels], bool)]
+        keep = np.array([lab not in NOT_CLASSES for lab in inst.labels], bool)
+        if not keep.all():  # indexing copies every mask: only when something goes
+            inst = inst[keep]
         if self.classes is not None:
             inst = inst.filter(classes=self.classes)
         return inst
@@ -430,3 +437,13 @@ def _say_how_to_prepare(settings: InferenceSettings, name: str) -> None:
     why = "" if openvino_installed() else " (needs OpenVINO: pip install openvino)"
     note(f"running {name} on eager torch; `{command}` once makes the fast path (OpenVINO, same instances, "
          f"~1.6x faster){why}")
+
+
+def _image_list(images: Any) -> Sequence[Any]:
+    """``images`` as a sequence of single images: one image given alone (an (H, W) or (H, W, C) array, a
+    path, bytes, a PIL image, a LoadedImage) becomes a list of one."""
+    if isinstance(images, np.ndarray):
+        return [images] if images.ndim in (2, 3) else images
+    if isinstance(images, (str, bytes, os.PathLike, LoadedImage)) or hasattr(images, "getpixel"):  # PIL: getpixel
+        return [images]
+    return images

@@ -9,7 +9,9 @@ identifies one, and so its cache folder ``$MASKLAB_HOME/prepared/<name>-<key>/``
   filled in where its card is known without loading it);
 - nothing about precision: the one fp32 IR also runs at bf16/fp16 (the runtime's precision hint), and
   ``masklab quantize`` keeps its int8 model beside it (``fp32-int8.xml``, the same key);
-- masklab's, torch's, torchvision's and OpenVINO's versions (read from package metadata: no import).
+- masklab's, torch's, torchvision's and OpenVINO's versions (read from package metadata: no import),
+  and :data:`GRAPH_REVISION`, so that a change to the exported graph prepares the model again even
+  between releases.
 
 Finding it reads no tensor and imports neither torch nor torchvision, so a prepared run starts in
 about the time it takes to import OpenVINO and read the IR. A weights file's digest is remembered in
@@ -36,12 +38,17 @@ from masklab.models.weights import cache_dir, sha256_file, weights_path
 from masklab.models.zoo import MODELS, get_spec
 from masklab.settings import MODEL_OPTIONS, InferenceSettings
 
-__all__ = ["PreparedModel", "prepared_model", "find_prepared", "file_digest", "openvino_installed", "PREPARED_SUFFIX"]
+__all__ = ["PreparedModel", "prepared_model", "find_prepared", "file_digest", "openvino_installed", "PREPARED_SUFFIX",
+           "GRAPH_REVISION"]
 
 PREPARED_SUFFIX = ".xml"  # OpenVINO IR (+ .bin beside it)
 #: the kinds of model source masklab converts (matterport's port has its own graph: see runtime/__init__)
 _PREPARABLE = ("zoo", "card", "state_dict")
 _OWN_GRAPH = "matterport_resnet101"
+#: bumped whenever :mod:`masklab.export` writes a different graph (2: the RoI poolers' levels merged by one
+#: gather, :mod:`masklab.export.tracing`; NMS stopped at the boxes kept), so that models prepared before
+#: are converted again
+GRAPH_REVISION = 2
 
 
 @dataclass(frozen=True)
@@ -128,7 +135,7 @@ def prepared_model(settings: InferenceSettings, *, seed: int = 0,
         return None
     name, weights_id, defaults = ident
     baked = {k: getattr(settings, k) if getattr(settings, k) is not None else defaults.get(k) for k in MODEL_OPTIONS}
-    versions = [__version__] + [_version(d) for d in ("torch", "torchvision", "openvino")]
+    versions = [__version__, GRAPH_REVISION] + [_version(d) for d in ("torch", "torchvision", "openvino")]
     key = hashlib.sha256(json.dumps([weights_id, baked, "fp32", versions], sort_keys=True).encode()).hexdigest()
     folder = cache_dir() / "prepared" / f"{name}-{key[:20]}"
     return PreparedModel(path=folder / f"fp32{PREPARED_SUFFIX}", key=key)
