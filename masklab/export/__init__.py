@@ -124,38 +124,14 @@ def _export_onnx(traced, example, out: Path, card: dict, names: tuple[str, ...],
 
 
 def _export_openvino(traced, out: Path, card: dict, names: tuple[str, ...]) -> None:
+    from masklab.export.tracing import stop_nms_early
+
     ov = require("openvino")
     model = ov.convert_model(traced, input=[ov.PartialShape([3, -1, -1])])
-    _stop_nms_early(model, {"roi_heads": card["max_detections"], "rpn": card["proposals"]})
+    stop_nms_early(model, {"roi_heads": card["max_detections"], "rpn": card["proposals"]})
     for i, name in enumerate(names):
         model.outputs[i].get_tensor().set_names({name})
     save_ir(model, out, card)
-
-
-def _stop_nms_early(model, limits: dict[str, int]) -> None:
-    """Give each ``NonMaxSuppression`` of the module scope named by a key of ``limits`` (its name's first
-    part, ``__module.rpn/...`` or ``...RegionProposalNetwork::rpn/...`` as the trace spelled it) that many
-    outputs at most.
-
-    torchvision keeps the first ``detections_per_img`` boxes NMS selects (the RPN: ``post_nms_top_n``) and
-    drops the rest; the converted op, told nothing, selects every box first. Greedy NMS selects in score
-    order, so its first K are the same whether or not it goes on: limited, it stops there. With every
-    class's scores >= 0 (score threshold 0: 1000 proposals x 90 classes = 90 000 candidates) the box
-    head's NMS took 185 ms of an int8 image's 1.18 s (OpenVINO's per-layer profile, 2-core Zen 4)."""
-    import numpy as np
-
-    ov = require("openvino")
-    for op in model.get_ops():
-        if op.get_type_name() != "NonMaxSuppression":
-            continue
-        scope = op.get_friendly_name().split("/")[0]
-        k = next((v for name, v in limits.items() if scope.endswith((f".{name}", f":{name}"))), None)
-        if k is None:
-            continue
-        current = op.input_value(2)
-        limit = ov.opset13.constant(np.array([int(k)], dtype=current.get_element_type().to_dtype()))
-        op.input(2).replace_source_output(limit.output(0))
-    model.validate_nodes_and_infer_types()
 
 
 def save_ir(model, out: Path, card: dict) -> None:

@@ -2,7 +2,8 @@
 
 torchvision writes two of its detection helpers for ONNX tracing in ways that cost an OpenVINO CPU run
 real time without changing any value. While :func:`masklab.export.trace_core` traces, both are swapped
-for equivalents (:func:`traceable_heads`); eager torchvision is never touched outside that block.
+for equivalents (:func:`traceable_heads`); eager torchvision is never touched outside that block. A third
+change is made on the converted OpenVINO model (:func:`stop_nms_early`).
 Measured with OpenVINO's per-layer profile (``PERF_COUNT``; ``maskrcnn_resnet50_fpn_v2`` at 800 px,
 1000 proposals, 100 detections, idle 2-core EPYC Zen 4):
 
@@ -13,13 +14,15 @@ Measured with OpenVINO's per-layer profile (``PERF_COUNT``; ``maskrcnn_resnet50_
   each with an index tensor expanded to the features' full shape: ~45 ms of fp32 for the two poolers
   (zeros, expand, scatter and their layout reorders). Concatenating the levels' results in level order
   and gathering the rows back into RoI order moves the same numbers once.
+- **NMS told how many boxes are kept** (OpenVINO only): see :func:`stop_nms_early`; -0.4 s per fp32 image
+  at score threshold 0.
 """
 
 from __future__ import annotations
 
 import contextlib
 
-__all__ = ["traceable_heads", "merge_levels"]
+__all__ = ["traceable_heads", "merge_levels", "stop_nms_early"]
 
 
 def merge_levels(levels, unmerged_results):
@@ -59,3 +62,28 @@ def traceable_heads():
         yield
     finally:
         tv_boxes._batched_nms_coordinate_trick, tv_poolers._onnx_merge_levels = saved
+
+
+def stop_nms_early(model, limits: dict[str, int]) -> None:
+    """Give each ``NonMaxSuppression`` of the module scope named by a key of ``limits`` (its name's first
+    part, ``__module.rpn/...`` or ``...RegionProposalNetwork::rpn/...`` as the trace spelled it) that many
+    outputs at most.
+
+    torchvision keeps the first ``detections_per_img`` boxes NMS selects (the RPN: ``post_nms_top_n``) and
+    drops the rest; the converted op, told nothing, selects every box first. Greedy NMS selects in score
+    order, so its first K are the same whether or not it goes on: limited, it stops there. With every
+    class's scores >= 0 (score threshold 0: 1000 proposals x 90 classes = 90 000 candidates) the box
+    head's NMS took 185 ms of an int8 image's 1.18 s (OpenVINO's per-layer profile, 2-core Zen 4)."""
+    import numpy as np
+    import openvino as ov
+    for op in model.get_ops():
+        if op.get_type_name() != "NonMaxSuppression":
+            continue
+        scope = op.get_friendly_name().split("/")[0]
+        k = next((v for name, v in limits.items() if scope.endswith((f".{name}", f":{name}"))), None)
+        if k is None:
+            continue
+        current = op.input_value(2)
+        limit = ov.opset13.constant(np.array([int(k)], dtype=current.get_element_type().to_dtype()))
+        op.input(2).replace_source_output(limit.output(0))
+    model.validate_nodes_and_infer_types()
