@@ -18,7 +18,7 @@ import dataclasses
 import difflib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -247,10 +247,11 @@ class Segmenter:
         return self.spec.class_names
 
     def __call__(self, images: Any) -> Instances | list[Instances]:
-        """Segment one image (path, PIL, numpy (H, W, 3) uint8 RGB) or a list of them."""
-        if isinstance(images, (list, tuple)):
-            return self.predict([load_image(im) for im in images])
-        return self.predict([load_image(images)])[0]
+        """Segment one image (path, PIL, numpy (H, W, 3) uint8 RGB) -> its Instances, or several (a list,
+        a (N, H, W, 3) array) -> a list (:func:`_as_images` tells them apart)."""
+        many, alone = _as_images(images)
+        out = self.predict(many)
+        return out[0] if alone else out
 
     def predict(self, images: Sequence[Any] | Any) -> list[Instances]:
         """Segment images; one :class:`Instances` per image, in order.
@@ -262,7 +263,7 @@ class Segmenter:
         if self._refit_streams:
             self._refit_streams = False
             self._fit_streams(0)
-        arrays = [im.array if isinstance(im, LoadedImage) else load_image(im).array for im in _image_list(images)]
+        arrays = [im.array if isinstance(im, LoadedImage) else load_image(im).array for im in _as_images(images)[0]]
         if not arrays:
             return []
         t0 = time.perf_counter()
@@ -436,14 +437,13 @@ def _say_how_to_prepare(settings: InferenceSettings, name: str) -> None:
     _TOLD.add(command)
     why = "" if openvino_installed() else " (needs OpenVINO: pip install openvino)"
     note(f"running {name} on eager torch; `{command}` once makes the fast path (OpenVINO, same instances, "
-         f"~1.6x faster){why}")
+         f"~1.4x faster on a 2-core Zen 4){why}")
 
 
-def _image_list(images: Any) -> Sequence[Any]:
-    """``images`` as a sequence of single images: one image given alone (an (H, W) or (H, W, C) array, a
-    path, bytes, a PIL image, a LoadedImage) becomes a list of one."""
-    if isinstance(images, np.ndarray):
-        return [images] if images.ndim in (2, 3) else images
-    if isinstance(images, (str, bytes, os.PathLike, LoadedImage)) or hasattr(images, "getpixel"):  # PIL: getpixel
-        return [images]
-    return images
+def _as_images(images: Any) -> tuple[list[Any], bool]:
+    """``(images as a list, whether one image was given alone)``. Several: a list, a tuple, an iterator,
+    or a (N, H, W, C) array; anything else (a path, bytes, a PIL image, an (H, W[, C]) array, a
+    LoadedImage) is one image, so an array's rows are never taken for images."""
+    if isinstance(images, (list, tuple, Iterator)) or (isinstance(images, np.ndarray) and images.ndim == 4):
+        return list(images), False
+    return [images], True
