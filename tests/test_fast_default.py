@@ -263,7 +263,7 @@ def _random_boxes(rng, n, h, w, *, tiny=False):
     return np.concatenate([xy, xy + wh], 1).astype(np.float32)
 
 
-@pytest.mark.parametrize("case", ["uniform", "near_threshold", "tiny_boxes", "partly_outside"])
+@pytest.mark.parametrize("case", ["uniform", "near_threshold", "tiny_boxes", "partly_outside", "large_boxes"])
 def test_numpy_paste_equals_torchvision(case):
     import torch
     from torchvision.models.detection.roi_heads import paste_masks_in_image
@@ -271,7 +271,7 @@ def test_numpy_paste_equals_torchvision(case):
     from masklab.runtime.torch import paste_masks_torch
     from masklab.structures.masks import paste_masks
 
-    rng = np.random.default_rng({"uniform": 0, "near_threshold": 1, "tiny_boxes": 2, "partly_outside": 3}[case])
+    rng = np.random.default_rng({"uniform": 0, "near_threshold": 1, "tiny_boxes": 2, "partly_outside": 3, "large_boxes": 4}[case])
     compared = 0
     for _ in range(40):
         n, h, w = int(rng.integers(1, 6)), int(rng.integers(1, 100)), int(rng.integers(1, 100))
@@ -281,6 +281,8 @@ def test_numpy_paste_equals_torchvision(case):
         boxes = _random_boxes(rng, n, h, w, tiny=case == "tiny_boxes")
         if case == "partly_outside":
             boxes[:, :2] = rng.uniform(-20, -1, (n, 2))  # every box crosses the top-left border
+        if case == "large_boxes":  # boxes larger than the image, crossing every border: the cropped window
+            boxes = np.concatenate([rng.uniform(-60, 40, (n, 2)), rng.uniform(40, 200, (n, 2))], 1).astype(np.float32)
         ours = paste_masks(probs, boxes, (h, w))
         assert ours.shape == (n, h, w) and ours.dtype == bool
         np.testing.assert_array_equal(paste_masks_torch(torch.from_numpy(probs), torch.from_numpy(boxes), (h, w)), ours)

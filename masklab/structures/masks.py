@@ -116,16 +116,18 @@ def _source_index(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, 
     return i0, i1, lam1
 
 
-def _resize_bilinear(m: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """float32 (h, w) -> (out_h, out_w), equal to ``F.interpolate(mode="bilinear", align_corners=False)``
-    on the CPU (same index and weight arithmetic, same order of operations)."""
-    y0, y1, ly1 = _source_index(m.shape[0], out_h)
-    x0, x1, lx1 = _source_index(m.shape[1], out_w)
+def _resize_bilinear(m: np.ndarray, out_h: int, out_w: int, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+    """float32 (h, w) -> the ``rows`` x ``cols`` window of its (out_h, out_w) resize, equal to
+    ``F.interpolate(mode="bilinear", align_corners=False)`` on the CPU there (same index and weight
+    arithmetic, same order of operations: each output is ``ly0 * top + ly1 * bottom`` with ``top`` and
+    ``bottom`` the x-interpolations of its two source rows). The x-interpolation is done once per source
+    row (h rows) rather than once per output row, and only the window is computed: the same float
+    operations on the same operands, so the same bits, at a fraction of the work for large boxes."""
+    y0, y1, ly1 = (a[rows] for a in _source_index(m.shape[0], out_h))
+    x0, x1, lx1 = (a[cols] for a in _source_index(m.shape[1], out_w))
     ly0, lx0 = np.float32(1) - ly1, np.float32(1) - lx1
-    rows0, rows1 = m[y0], m[y1]  # (out_h, w)
-    top = lx0 * rows0[:, x0] + lx1 * rows0[:, x1]
-    bottom = lx0 * rows1[:, x0] + lx1 * rows1[:, x1]
-    return ly0[:, None] * top + ly1[:, None] * bottom
+    across = lx0 * m[:, x0] + lx1 * m[:, x1]  # (h, window width): every source row interpolated along x
+    return ly0[:, None] * across[y0] + ly1[:, None] * across[y1]
 
 
 def _expanded_boxes(boxes: np.ndarray, scale: float) -> np.ndarray:
@@ -172,6 +174,7 @@ def paste_masks(mask_probs, boxes, image_size: tuple[int, int], *, threshold: fl
         ya, yb = max(y0, 0), min(y1 + 1, h)
         if xa >= xb or ya >= yb:
             continue
-        resized = _resize_bilinear(padded[i], max(y1 - y0 + 1, 1), max(x1 - x0 + 1, 1))
-        out[i, ya:yb, xa:xb] = resized[(ya - y0) : (yb - y0), (xa - x0) : (xb - x0)] > threshold
+        window = _resize_bilinear(padded[i], max(y1 - y0 + 1, 1), max(x1 - x0 + 1, 1),
+                                  rows=slice(ya - y0, yb - y0), cols=slice(xa - x0, xb - x0))
+        out[i, ya:yb, xa:xb] = window > threshold
     return out
