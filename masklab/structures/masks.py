@@ -176,5 +176,5 @@ def paste_masks(mask_probs, boxes, image_size: tuple[int, int], *, threshold: fl
             continue
         window = _resize_bilinear(padded[i], max(y1 - y0 + 1, 1), max(x1 - x0 + 1, 1),
                                   rows=slice(ya - y0, yb - y0), cols=slice(xa - x0, xb - x0))
-        out[i, ya:yb, xa:xb] = window > threshold
+        np.greater(window, threshold, out=out[i, ya:yb, xa:xb])  # straight into the output: no temporary
     return out
