@@ -73,6 +73,33 @@ def test_measurements():
     assert m["label"] == "cat" and m["area_px"] == 100 and m["bbox_xyxy"] == [0, 10, 10, 20]
 
 
+def test_perimeters_on_crops_equal_the_whole_mask_at_borders_and_holes():
+    """mask_perimeters traces each mask inside its tight box: the same lengths as OpenCV on the whole mask,
+    for blobs with holes and blobs cut by every edge of the image."""
+    import cv2
+
+    from masklab.structures.masks import mask_perimeters
+
+    rng = np.random.default_rng(5)
+    masks = np.zeros((40, 37, 53), bool)
+    for i, m in enumerate(masks):
+        for _ in range(int(rng.integers(1, 4))):  # rectangles that may cross any border
+            y, x = rng.integers(-8, 37), rng.integers(-8, 53)
+            m[max(y, 0) : y + rng.integers(1, 20), max(x, 0) : x + rng.integers(1, 20)] = True
+        if i % 3 == 0:
+            m[rng.integers(0, 37), :] = False  # a cut, and (below) a hole
+        if i % 4 == 0:
+            m[rng.integers(1, 36), rng.integers(1, 52)] = False
+    masks[-1] = False  # an empty mask: 0
+    masks[-2] = True  # the whole image
+    whole = [
+        sum(cv2.arcLength(c, True) for c in cv2.findContours(m.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)[0])
+        for m in masks
+    ]
+    np.testing.assert_array_equal(mask_perimeters(masks), whole)
+    assert mask_perimeters(masks)[-2] == 2 * (36 + 52)
+
+
 def test_an_empty_mask_has_a_null_centroid_and_strict_json(tmp_path):
     """An untrained or weak head can keep a box whose mask is empty: no NaN may reach JSON or CSV."""
     import json
