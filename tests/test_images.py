@@ -301,3 +301,27 @@ def test_pixel_cap_argument_and_environment(tmp_path, monkeypatch):
 )
 def test_sniff_format(head, expected):
     assert sniff_format(head) == expected
+
+
+def test_saved_pngs_read_back_with_the_same_pixels(tmp_path):
+    """atomic_save_image's OpenCV encoder (RGB and grey uint8, views included) and its Pillow path (16-bit,
+    extra options) write PNGs that Pillow reads back pixel for pixel, in the right mode."""
+    from masklab.io.atomic import atomic_save_image
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    cases = {
+        "rgb": (rgb, "RGB"),
+        "rgb_view": (rgb[5:30:2, ::-1], "RGB"),  # strided and reversed: not contiguous
+        "grey": (rng.integers(0, 256, (41, 29), dtype=np.uint8), "L"),
+        "ids16": (rng.integers(0, 60000, (9, 11), dtype=np.uint16), None),  # Pillow: 16-bit ids
+    }
+    for name, (array, mode) in cases.items():
+        path = atomic_save_image(tmp_path / f"{name}.png", array)
+        with Image.open(path) as im:
+            assert im.format == "PNG" and (mode is None or im.mode == mode), (name, im.mode)
+            np.testing.assert_array_equal(np.asarray(im), array, err_msg=name)
+    with_dpi = atomic_save_image(tmp_path / "dpi.png", rgb, dpi=(300, 300))  # an option: Pillow writes it
+    with Image.open(with_dpi) as im:
+        assert round(im.info["dpi"][0]) == 300
+        np.testing.assert_array_equal(np.asarray(im), rgb)
