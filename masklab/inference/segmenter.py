@@ -167,7 +167,8 @@ class Segmenter:
     def _fit_streams(self, images: int) -> None:
         """An OpenVINO runtime compiled for throughput (more streams) while a run of at least
         :data:`THROUGHPUT_FROM_IMAGES` images lasts, for latency otherwise (a recompile: ~0.2 s from
-        OpenVINO's cache, against ~13 % more images per second on 2 cores)."""
+        OpenVINO's cache and ~0.5 s more on each stream's first image, against 2-5 % more images per
+        second on 2 cores and one image per 4 cores in parallel on larger machines)."""
         switch = getattr(self.runtime, "for_throughput", None)  # OpenVINO's (CPU) runtime only
         if switch is not None:
             self.runtime = switch(images >= THROUGHPUT_FROM_IMAGES)

@@ -74,8 +74,8 @@ def atomic_save_image(path: str | os.PathLike, array, *, format: str | None = No
 
     A uint8 RGB or grey array saved as PNG with no extra ``params`` (every overlay a run writes) goes
     through OpenCV's encoder with zlib level 1 and the run-length strategy: the same pixels in a standard
-    8-bit PNG, ~2.5x faster than Pillow's default (12 against 31 ms for a 480 x 640 overlay on the 2-core
-    Xeon) and no larger (634 against 649 KB on a noisy scene). Everything else goes through Pillow.
+    8-bit PNG, ~2.5x faster than Pillow's default (12 against 31 ms for a 480 x 640 overlay on a 2-core
+    Intel Xeon with AMX) and no larger (634 against 649 KB on a noisy scene). Everything else goes through Pillow.
     """
     fmt = format or {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(Path(path).suffix.lower(), "PNG")
     if fmt == "PNG" and not params:

@@ -114,8 +114,10 @@ class OpenVINORuntime(_CoreRuntime):
 
     def for_throughput(self, on: bool = True) -> OpenVINORuntime:
         """This model compiled for many images (``on``) or for one image's latency; ``self`` when it already
-        is. On the idle 2-core Zen 4 two streams of one thread gave 1.13x the images per second of one
-        stream of two (maskrcnn_resnet50_fpn_v2, 480x640); each image then takes about twice as long."""
+        is. On 2 cores, two streams of one thread give 1.02x (Zen 4) to 1.03-1.05x (AMX Xeon) the images per
+        second of one stream of two, OpenVINO alone (maskrcnn_resnet50_fpn_v2, 480x640; 1.13x before the
+        exported graph lost its serial scatters); each image then takes about twice as long, and each new
+        stream's first image ~0.5 s longer (OpenVINO creates its kernels for the shapes then)."""
         if on == self.throughput:
             return self
         return OpenVINORuntime(**self._args, throughput=on)
