@@ -187,6 +187,11 @@ def test_the_prepared_path_imports_no_torch(in_home, images, tmp_path):
         "assert len(inst) > 0\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))\n"
         "assert not bad, bad[:5]\n"
+        # nor OpenVINO's converter, whose import starts its telemetry (a client id, an event, a thread)
+        "assert 'openvino.tools.ovc' not in sys.modules and 'openvino_telemetry' not in sys.modules\n"
+        "import threading\n"
+        "left = [t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]\n"
+        "assert not left, left\n"
         "print('ok', len(inst))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
@@ -329,3 +334,27 @@ def test_a_folder_run_keeps_several_openvino_requests_in_flight_in_order(in_home
         np.testing.assert_array_equal(r.instances.masks, ref.masks)
         np.testing.assert_array_equal(r.instances.class_ids, ref.class_ids)
     assert sum(len(r.instances) for r in summary.results) >= 8
+
+
+def test_openvino_without_its_converter_still_converts(tmp_path):
+    """require("openvino") leaves out OpenVINO's converter (and the telemetry its import starts); a later
+    conversion in the same process gets it through the openvino.convert_model stand-in."""
+    pytest.importorskip("openvino")
+    code = (
+        "import sys, threading\n"
+        "from masklab.optional import require\n"
+        "ov = require('openvino')\n"
+        "assert 'openvino.tools.ovc' not in sys.modules and 'openvino_telemetry' not in sys.modules\n"
+        "assert all(t.daemon for t in threading.enumerate() if t is not threading.main_thread())\n"
+        "import torch\n"
+        "torch.manual_seed(0)\n"
+        "net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()).eval()\n"
+        "model = ov.convert_model(net, example_input=torch.ones(2, 4))\n"
+        "assert isinstance(model, ov.Model) and 'openvino.tools.ovc' in sys.modules\n"
+        "out = ov.Core().compile_model(model, 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})(torch.ones(2, 4).numpy())[0]\n"
+        "assert abs(out - net(torch.ones(2, 4)).detach().numpy()).max() < 1e-5\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env={**os.environ, "HOME": str(tmp_path)})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -63,5 +63,31 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def entry() -> None:  # console_scripts entry point
-    sys.exit(main())
+def entry() -> None:  # console_scripts entry point (and ``python -m masklab``)
+    _exit_without_teardown(main())
+
+
+def _exit_without_teardown(code: int) -> None:
+    """End the process with ``code`` without tearing the interpreter down, when nothing is left to finish.
+
+    A command's work is done when :func:`main` returns: every output was written atomically and closed,
+    every worker pool joined. What the interpreter's teardown would add is freeing the loaded model
+    (OpenVINO's compiled network: ~0.09 s) and every module (~0.06 s), 0.15 s of a one-image
+    ``masklab segment``'s ~1.2 s beyond the model. So: run the ``atexit`` handlers (temporary folders,
+    logging, Ray), flush stdout and stderr, and ``os._exit``. When a non-daemon thread is still alive
+    (something may still be writing) or this Python lacks the handler hook, exit normally instead."""
+    import atexit
+    import os
+    import threading
+
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    run_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if others or run_handlers is None:
+        sys.exit(code)
+    run_handlers()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
+    os._exit(code)
