@@ -358,3 +358,26 @@ def test_openvino_without_its_converter_still_converts(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
                        env={**os.environ, "HOME": str(tmp_path)})
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_openvino_is_imported_in_one_place_only():
+    """Every masklab import of OpenVINO goes through masklab.optional.require, the one that leaves the
+    converter (and its telemetry) out: a plain ``import openvino`` anywhere on a run path (the prepared-key
+    of matterport's conversion was one) would bring both back."""
+    import re
+    from pathlib import Path
+
+    root = Path(masklab.__file__).parent
+    plain = re.compile(r"^\s*(import openvino\b|from openvino\b)", re.M)
+    found = [str(p.relative_to(root)) for p in root.rglob("*.py") if p.name != "optional.py" and plain.search(p.read_text())]
+    assert not found, found
+
+
+def test_the_command_exits_with_its_code_and_its_messages(tmp_path):
+    """``python -m masklab`` ends without interpreter teardown (cli._exit_without_teardown): its exit code
+    and everything it printed still arrive."""
+    r = subprocess.run([sys.executable, "-m", "masklab", "segment", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "masklab:" in r.stderr and "missing.png" in r.stderr, (r.returncode, r.stderr[-500:])
+    r = subprocess.run([sys.executable, "-m", "masklab", "models"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "maskrcnn_resnet50_fpn_v2" in r.stdout, r.stderr[-500:]

@@ -61,9 +61,9 @@ _NETWORK_FIELDS = ("NUM_CLASSES", "IMAGE_MAX_DIM", "TOP_DOWN_PYRAMID_SIZE", "FPN
 def matterport_export_key(module) -> str:
     """20 hex digits over the weights' bytes, the network-shaping config fields and the library
     versions: a change in any of them means a new conversion."""
-    import openvino
     import torch
 
+    openvino = require("openvino")  # without its converter (masklab.optional): this runs on the run path
     h = hashlib.sha256()
     for k, v in module.state_dict().items():
         if k.endswith("num_batches_tracked"):

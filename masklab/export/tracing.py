@@ -75,7 +75,10 @@ def stop_nms_early(model, limits: dict[str, int]) -> None:
     class's scores >= 0 (score threshold 0: 1000 proposals x 90 classes = 90 000 candidates) the box
     head's NMS took 185 ms of an int8 image's 1.18 s (OpenVINO's per-layer profile, 2-core Zen 4)."""
     import numpy as np
-    import openvino as ov
+
+    from masklab.optional import require
+
+    ov = require("openvino")
     for op in model.get_ops():
         if op.get_type_name() != "NonMaxSuppression":
             continue

@@ -56,6 +56,7 @@ from masklab.hardware import cpu_features, thread_budget
 from masklab.models.exported import FORMATS
 from masklab.models.loading import LoadedModel
 from masklab.models.weights import cache_dir
+from masklab.optional import require
 from masklab.runtime.prepared import note, openvino_installed, prepared_model, timed_note
 from masklab.settings import InferenceSettings
 from masklab.structures.detections import Detections
@@ -116,9 +117,7 @@ def converted_path(loaded: LoadedModel, fmt: str) -> Path:
     card = model_card(loaded).to_json()
     versions = [__version__, torch.__version__]
     if fmt == "openvino":
-        import openvino
-
-        versions.append(openvino.__version__)
+        versions.append(require("openvino").__version__)
     baked = {k: card[k] for k in ("score_thresh", "nms_thresh", "max_detections", "min_size", "max_size", "proposals")}
     key_src = json.dumps([_state_digest(loaded.module), baked, card["categories"], fmt, versions])
     key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
