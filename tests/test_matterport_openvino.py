@@ -86,6 +86,18 @@ def test_openvino_backend_is_chosen_converted_once_and_cached(ov_segmenter, monk
     inst = again(_second_image())
     assert len(inst) > 0 and (inst.scores >= 0.5).all() and inst.masks.shape[1:] == (150, 230)
 
+    # auto with the export cached: OpenVINO, and the weights hashed once (ResNet-101's are ~250 MB)
+    keys = []
+
+    def counted_key(module):
+        keys.append(1)
+        return real_key(module)
+
+    real_key = matterport_ov.matterport_export_key
+    monkeypatch.setattr(matterport_ov, "matterport_export_key", counted_key)
+    auto = Segmenter(h5, device="cpu", backend="auto", min_size=200, max_size=256, score_thresh=0.3)
+    assert isinstance(auto.runtime, matterport_ov.MatterportOpenVINORuntime) and len(keys) == 1, len(keys)
+
 
 def test_each_network_matches_torch_on_the_same_input(ov_segmenter):
     seg, _ = ov_segmenter

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 
+from masklab.optional import require
+
 __all__ = ["traceable_heads", "merge_levels", "stop_nms_early"]
 
 
@@ -75,8 +77,6 @@ def stop_nms_early(model, limits: dict[str, int]) -> None:
     class's scores >= 0 (score threshold 0: 1000 proposals x 90 classes = 90 000 candidates) the box
     head's NMS took 185 ms of an int8 image's 1.18 s (OpenVINO's per-layer profile, 2-core Zen 4)."""
     import numpy as np
-
-    from masklab.optional import require
 
     ov = require("openvino")
     for op in model.get_ops():

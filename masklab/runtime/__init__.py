@@ -212,10 +212,12 @@ def _matterport_runtime(loaded: LoadedModel, settings: InferenceSettings, device
     (``backend="openvino"``, fp32 exact or bf16; converted once and cached). ``auto``: OpenVINO fp32 when
     the conversion is in the cache (``masklab models --prepare matterport_r101_coco``), else eager."""
     backend, precision = settings.backend, settings.precision
+    found = None  # the cached export auto found: its key hashes every weight (ResNet-101: ~250 MB), once
     if backend == "auto" and precision == "fp32" and not device.startswith("cuda") and openvino_installed():
         from masklab.runtime.matterport_ov import find_export
 
-        if find_export(loaded.module) is not None:
+        found = find_export(loaded.module)
+        if found is not None:
             backend = "openvino"
     if backend in ("auto", "torch") and precision == "fp32":
         from masklab.models.matterport.runtime import MatterportRuntime
@@ -226,7 +228,8 @@ def _matterport_runtime(loaded: LoadedModel, settings: InferenceSettings, device
 
         threads = settings.threads or thread_budget()
         config = loaded.module.config
-        return MatterportOpenVINORuntime(prepared_export(loaded.module), precision=precision, threads=threads, config=config)
+        path = found or prepared_export(loaded.module)
+        return MatterportOpenVINORuntime(path, precision=precision, threads=threads, config=config)
     raise UsageError(
         f"{loaded.spec.name} runs with backend 'torch' (fp32) or 'openvino' (fp32 or bf16, on the CPU); "
         f"found backend {backend!r}, precision {precision!r}, device {device!r}"
