@@ -291,3 +291,28 @@ def test_cli_save_flags_end_to_end(tmp_path, small_weights, capsys):
     assert run["settings"]["formats"] == ["json", "coco", "png-masks", "labelme", "yolo", "csv"]
     assert main(args[:-8] + ["--save", "json,shapefile"]) == 2
     assert "shapefile" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::masklab.io.formats.yolo.JoinedPartsWarning")  # the cat in two parts
+def test_box_local_masks_write_the_same_bytes_as_dense_ones(tmp_path, monkeypatch):
+    """The writer crops small objects' masks to their boxes before writing (less work per file); every
+    per-image file must equal, byte for byte, what the dense masks give."""
+    from masklab.io.formats import writer as writer_mod
+
+    inst = scene_instances()
+    assert writer_mod._box_local(inst).is_cropped
+    full = Instances.from_masks(np.ones((2, H, W), bool), class_ids=[1, 2], labels=["a", "b"], scores=[0.9, 0.8])
+    assert not writer_mod._box_local(full).is_cropped  # boxes cover the image: a copy would save nothing
+    img = make_scene(H, W, seed=3)
+
+    def write(out, instances):
+        w = OutputWriter(out, model_name="test", viz="instance,semantic", formats="json,png-masks,labelme,yolo",
+                         categories=COCO_TORCHVISION, px_per_unit=2.0, unit="mm")
+        return {p.relative_to(out): p.read_bytes() for p in w.write(stem="a", image_name="a.png", image=img, instances=instances)}
+
+    for instances in (inst, inst[[0]], inst[:0]):
+        box_local = write(tmp_path / f"local{len(instances)}", instances)
+        with monkeypatch.context() as m:
+            m.setattr(writer_mod, "_box_local", lambda x: x)
+            dense = write(tmp_path / f"dense{len(instances)}", instances)
+        assert len(dense) >= 5 and box_local == dense

@@ -57,6 +57,24 @@ def test_instance_gives_two_objects_of_one_class_different_colours():
     assert (again == out).all()  # stable colours for a given seed
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.35, 0.5, 1.0])
+def test_instance_fill_is_the_blend_formula_pixel_for_pixel_and_cropped_masks_draw_the_same(alpha):
+    import cv2
+
+    from masklab.visualize._draw import instance_colors
+
+    img = make_scene(120, 160)  # textured: every channel value differs across the objects
+    inst = _scene_instances()
+    vis = get_visualizer("instance", captions=False, boxes=False, alpha=alpha)
+    out = vis.annotate(img, inst)
+    cols = instance_colors(len(inst)).astype(np.float64)
+    for i, m in enumerate(inst.masks):  # the three masks do not overlap: each interior has one blend
+        inner = cv2.erode(m.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+        want = img[inner] * (1 - alpha) + cols[i] * alpha  # float: ties (x.5) may round either way
+        assert inner.sum() > 100 and np.abs(out[inner] - want).max() <= 0.5 + 1e-4
+    assert (vis.annotate(img, inst.cropped()) == out).all()
+
+
 def test_semantic_gives_one_class_one_colour_and_a_legend():
     img = np.full((120, 160, 3), 128, np.uint8)
     inst = _scene_instances()

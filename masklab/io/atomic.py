@@ -73,9 +73,11 @@ def atomic_save_image(path: str | os.PathLike, array, *, format: str | None = No
     """Save an RGB uint8 (H, W, 3), grey (H, W) or PIL image, atomically.
 
     A uint8 RGB or grey array saved as PNG with no extra ``params`` (every overlay a run writes) goes
-    through OpenCV's encoder with zlib level 1 and the run-length strategy: the same pixels in a standard
-    8-bit PNG, ~2.5x faster than Pillow's default (12 against 31 ms for a 480 x 640 overlay on a 2-core
-    Intel Xeon with AMX) and no larger (634 against 649 KB on a noisy scene). Everything else goes through Pillow.
+    through OpenCV's encoder with zlib level 1, the run-length strategy and the "up" row filter only: the
+    same pixels in a standard 8-bit PNG, ~4x faster than Pillow's default (6-8 against 31 ms for a 480 x 640
+    overlay on a 2-core Intel Xeon with AMX; libpng's adaptive filter choice, tried before, took 11-13 ms)
+    and about as large (632 against 649 KB on a noisy scene; 382 against 367 KB on a photograph, the
+    adaptive choice's size). Everything else goes through Pillow.
     """
     fmt = format or {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(Path(path).suffix.lower(), "PNG")
     if fmt == "PNG" and not params:
@@ -99,6 +101,8 @@ def _fast_png(array) -> bytes | None:
     import cv2
 
     pixels = array if array.ndim == 2 else array[:, :, ::-1]  # OpenCV takes BGR
-    ok, buf = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY,
-                                            cv2.IMWRITE_PNG_STRATEGY_RLE])
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.10; older ones keep libpng's adaptive choice
+        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+    ok, buf = cv2.imencode(".png", pixels, params)
     return buf.tobytes() if ok else None

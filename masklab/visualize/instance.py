@@ -12,9 +12,6 @@ from masklab.visualize._draw import draw_caption, draw_contours, instance_colors
 
 __all__ = ["InstanceVisualizer", "instance_colors"]
 
-_CHANNELS = np.arange(3)
-
-
 class InstanceVisualizer:
     """Each object in its own colour (stable for a given ``seed``), large masks drawn first so small ones
     stay visible on top.
@@ -40,6 +37,8 @@ class InstanceVisualizer:
     ) -> np.ndarray:
         """RGB uint8 (H, W, 3) -> a new annotated copy. ``colors`` (N RGB 0-255) and ``captions`` (N str)
         override the defaults per instance (the tutorial's ``display_instances`` passes them)."""
+        import cv2
+
         out = np.array(image, dtype=np.uint8, copy=True)
         n = len(instances)
         cols = instance_colors(n, seed=self.seed) if colors is None else np.asarray(colors, np.float64).reshape(n, 3)
@@ -52,15 +51,16 @@ class InstanceVisualizer:
                 # the blend of every possible value, per channel (3, 256): a table lookup per pixel gives
                 # exactly the float formula's result, without float arithmetic over the object's pixels
                 table = (levels[None, :] * (1 - self.alpha) + c[:, None] * self.alpha).round().astype(np.uint8)
-                region[m] = table[_CHANNELS, region[m]]
+                if region.size:  # OpenCV's per-channel lookup over the box, kept where the mask is: ~3x
+                    # fewer cycles than gathering the object's pixels, the same values
+                    blended = cv2.LUT(region, np.ascontiguousarray(table.T).reshape(256, 1, 3))
+                    np.copyto(region, blended, where=m[:, :, None])
                 draw_contours(region, m, cols[i], 2)
         placed: list[tuple[int, int, int, int]] = []
         # captions of the higher-scoring objects first, so they get the best spots
         for i in sorted(order, key=lambda k: -instances.scores[k]):
             x1, y1, x2, y2 = (int(round(v)) for v in instances.boxes[i])
             if self.boxes:
-                import cv2
-
                 cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), tuple(int(v) for v in cols[i]), 1)
             if captions is not None or self.captions:
                 text = captions[i] if captions is not None else f"{instances.labels[i]} {instances.scores[i]:.2f}"
