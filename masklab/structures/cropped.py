@@ -52,12 +52,16 @@ class CroppedMasks:
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
-    def from_dense(cls, masks: np.ndarray) -> CroppedMasks:
-        """bool (N, H, W) -> each mask cropped to its tight box (an empty mask: a 0 x 0 bitmap at (0, 0))."""
+    def from_dense(cls, masks: np.ndarray, *, boxes: np.ndarray | None = None) -> CroppedMasks:
+        """bool (N, H, W) -> each mask cropped to its tight box (an empty mask: a 0 x 0 bitmap at (0, 0)).
+        ``boxes``: the tight boxes when the caller has them already (int (N, 4) ``x0, y0, x1, y1``, x1 and
+        y1 exclusive, zeros for an empty mask, as :func:`~masklab.structures.masks.masks_to_boxes` gives)."""
         masks = np.asarray(masks, dtype=bool)
+        if boxes is not None:
+            boxes = [None if x1 <= x0 else (x0, y0, x1, y1) for x0, y0, x1, y1 in np.asarray(boxes, np.int64).tolist()]
         bitmaps, offsets = [], []
-        for m in masks:
-            box = tight_box(m)
+        for k, m in enumerate(masks):
+            box = tight_box(m) if boxes is None else boxes[k]
             if box is None:
                 bitmaps.append(np.zeros((0, 0), bool))
                 offsets.append((0, 0))

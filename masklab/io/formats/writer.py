@@ -72,9 +72,7 @@ def _box_local(instances: Instances) -> Instances:
     boxes = masks_to_boxes(masks).astype(np.int64)  # tight boxes (x1, y1 exclusive); empty masks: zeros
     if 2 * int(np.prod(boxes[:, 2:] - boxes[:, :2], axis=1).sum()) > masks.size:
         return instances
-    crops = CroppedMasks([m[y0:y1, x0:x1] for m, (x0, y0, x1, y1) in zip(masks, boxes.tolist())], boxes[:, :2],
-                         image_size=masks.shape[1:])
-    return dataclasses.replace(instances, masks=crops)
+    return dataclasses.replace(instances, masks=CroppedMasks.from_dense(masks, boxes=boxes))
 
 
 def image_record(name: str, instances: Instances, model: str, *, meta=None, pixel_size=None) -> dict[str, Any]:
