@@ -58,14 +58,17 @@ def _zero_png_bomb(side: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-def _cli(args, *, stderr=subprocess.PIPE) -> subprocess.Popen:
+def _cli(args, *, stderr=subprocess.PIPE, peak_file: Path | None = None) -> subprocess.Popen:
+    """``python -m masklab ARGS``; with ``peak_file``, the process writes its own peak RSS (kB) there as it exits."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "MASKLAB_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "masklab", *args], stdout=subprocess.DEVNULL, stderr=stderr, text=True, env=env
-    )
+    run = ["-m", "masklab"]
+    if peak_file is not None:
+        env["PEAK_FILE"] = str(peak_file)
+        run = ["-c", _REPORT_PEAK]
+    return subprocess.Popen([sys.executable, *run, *args], stdout=subprocess.DEVNULL, stderr=stderr, text=True, env=env)
 
 
-# ``python -m masklab ARGS`` that writes its own peak resident memory (kB) to $PEAK_FILE as it exits.
+# ``python -m masklab`` that writes its own peak resident memory (kB) to $PEAK_FILE as it exits.
 # VmHWM belongs to the memory map exec created; the rusage of a child (wait4, RUSAGE_CHILDREN) would
 # also count the pages of the pytest process it was forked from, which grows with the tests run before.
 _REPORT_PEAK = """
@@ -94,11 +97,8 @@ def test_corpus_one_cli_run(tmp_path, small_weights):
     out = tmp_path / "out"
     peak_file = tmp_path / "peak_kb"
     with open(tmp_path / "stderr.txt", "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _REPORT_PEAK, "segment", str(folder), "--out", str(out), "--model", str(small_weights),
-             *SMALL_ARGS],
-            stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONPATH": str(REPO), "PEAK_FILE": str(peak_file)},
-        )
+        proc = _cli(["segment", str(folder), "--out", str(out), "--model", str(small_weights), *SMALL_ARGS], stderr=err,
+                    peak_file=peak_file)
         proc.wait()
     stderr = (tmp_path / "stderr.txt").read_text()
     assert proc.returncode == 1 and "Traceback" not in stderr, stderr

@@ -310,7 +310,10 @@ def test_box_local_masks_write_the_same_bytes_as_dense_ones(tmp_path, monkeypatc
                          categories=COCO_TORCHVISION, px_per_unit=2.0, unit="mm")
         return {p.relative_to(out): p.read_bytes() for p in w.write(stem="a", image_name="a.png", image=img, instances=instances)}
 
-    for instances in (inst, inst[[0]], inst[:0]):
+    blank = Instances.from_masks(np.zeros((1, H, W), bool), class_ids=[18], labels=["dog"], scores=[0.5])
+    with_empty = Instances.cat([inst, blank])  # an empty mask among others: a 0 x 0 crop
+    assert writer_mod._box_local(with_empty).is_cropped
+    for instances in (inst, with_empty, inst[[0]], inst[:0]):
         box_local = write(tmp_path / f"local{len(instances)}", instances)
         with monkeypatch.context() as m:
             m.setattr(writer_mod, "_box_local", lambda x: x)
