@@ -267,6 +267,44 @@ def test_pipeline_memory_is_bounded_and_failures_isolated(tmp_path, monkeypatch)
     assert len(list((tmp_path / "out").glob("p*.json"))) == n - 1
 
 
+class _SlowFirstSegmenter:
+    """A runtime with 3 requests (``concurrency``) whose first image finishes only once the fourth has
+    started inference (or after 10 s): the request freed by a finished image must get the next one."""
+
+    spec = get_spec("small")
+    card = spec.card()
+    concurrency = 3
+
+    def __init__(self):
+        self.fourth_started = threading.Event()
+        self.first_waited_for_fourth = None
+
+    def settings(self):
+        return {"model": "slow-first"}
+
+    def predict(self, images):
+        name = Path(images[0].name).name
+        if name == "p03.png":
+            self.fourth_started.set()
+        if name == "p00.png":
+            self.first_waited_for_fourth = self.fourth_started.wait(timeout=10)
+        return [Instances.empty(im.size_hw) for im in images]
+
+
+def test_pipeline_hands_on_whichever_inference_finishes_first(tmp_path):
+    for i in range(8):
+        Image.fromarray(np.full((12, 16, 3), i, np.uint8)).save(tmp_path / f"p{i:02d}.png")
+    seg, landed = _SlowFirstSegmenter(), []
+    items = expand_inputs([str(tmp_path)])
+    summary = run_segment(items, tmp_path / "out", seg, viz=None, workers=2, progress=False,
+                          on_result=lambda r: landed.append(r.item.path.name))
+    # p00 held its request while p01/p02 finished; their requests went on to p03 without waiting for p00
+    assert seg.first_waited_for_fourth is True
+    assert landed.index("p00.png") > landed.index("p01.png")  # lines come as images finish...
+    assert [r.item.path.name for r in summary.results] == [p.path.name for p in items]  # ...results in input order
+    assert summary.exit_code == 0 and len(list((tmp_path / "out").glob("p*.json"))) == 8
+
+
 def test_stdin_list(tmp_path, small_weights, monkeypatch, capsys):
     for i in range(2):
         Image.fromarray(make_scene(96, 128, seed=i)).save(tmp_path / f"s{i}.png")

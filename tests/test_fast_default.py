@@ -44,6 +44,21 @@ def in_home(home, monkeypatch):
     return home
 
 
+@pytest.fixture
+def every_cpu(monkeypatch):
+    """The machine's whole thread budget, whatever an earlier test configured (test_batch runs with one
+    torch thread): a throughput compile's streams follow the budget."""
+    import torch
+
+    from masklab import hardware
+
+    monkeypatch.setattr(hardware, "_BUDGET", [])
+    before = torch.get_num_threads()
+    torch.set_num_threads(available_cpus())
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def images():
     rng = np.random.default_rng(5)
@@ -303,7 +318,7 @@ def test_numpy_paste_equals_torchvision(case):
 
 
 @pytest.mark.slow
-def test_a_folder_run_keeps_several_openvino_requests_in_flight_in_order(in_home, images, tmp_path):
+def test_a_folder_run_keeps_several_openvino_requests_in_flight_in_order(in_home, images, tmp_path, every_cpu):
     from PIL import Image
 
     from masklab.io.inputs import expand_inputs

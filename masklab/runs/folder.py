@@ -5,6 +5,10 @@
     + EXIF/mode conversion        (batches of             atomic writes (OutputWriter)
                                   ``batch_size``)
 
+Eager torch runs in the main thread (it uses every core itself). A runtime with several requests
+(OpenVINO: one per stream, plus one) gets that many batches in flight on inference threads; each
+goes to the writers as soon as it is done, and results land by input index.
+
 At most ``prefetch`` decoded images wait for inference and at most ``pending_writes`` results wait
 for the writers, so memory stays flat however many images there are; a result keeps only its
 per-class counts once written (``keep_instances=True`` keeps the :class:`Instances`).
@@ -23,7 +27,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -158,7 +162,7 @@ class _Pipeline:
         # a runtime that takes several images at once (OpenVINO: a request per stream + 1) gets that many
         # batches in flight, so that decoding, pasting and writing overlap inference
         self.concurrency = max(1, int(getattr(segmenter, "concurrency", 1)))
-        self.inflight: deque[tuple[list, Future]] = deque()
+        self.inflight: list[tuple[list, Future]] = []  # batches being segmented, in submission order
 
     def run(self, items: Sequence[InputItem], prepare: Callable[[InputItem], Prepared]) -> list[ImageResult]:
         ahead = max(2 * self.batch_size, 2 * self.workers, 2 * self.concurrency * self.batch_size)
@@ -209,10 +213,15 @@ class _Pipeline:
         self.deliver(self.concurrency - 1)
 
     def deliver(self, block_until: int) -> None:
-        """Hand finished batches to the writers until at most ``block_until`` are in flight."""
+        """Hand finished batches to the writers until at most ``block_until`` are in flight, each as soon as
+        it is done: in a folder of mixed sizes a small image does not wait behind a large one, and the
+        request it freed gets the next batch at once (results still land by input index)."""
         while len(self.inflight) > block_until:
-            batch, future = self.inflight.popleft()
-            self.write_outputs(batch, future.result())
+            done, _ = wait([f for _, f in self.inflight], return_when=FIRST_COMPLETED)
+            finished = [entry for entry in self.inflight if entry[1] in done]
+            self.inflight = [entry for entry in self.inflight if entry[1] not in done]
+            for batch, future in finished:  # oldest first among those done
+                self.write_outputs(batch, future.result())
 
     def write_outputs(self, batch: list[tuple[int, InputItem, Prepared]], outs: list[Instances | str]) -> None:
         """Hand each result of one batch to the writers (a failed image is recorded at once)."""
