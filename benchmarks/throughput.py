@@ -5,15 +5,19 @@
 
 "One at a time" is the naive loop a user writes: ``load_image`` -> ``Segmenter.predict`` ->
 ``OutputWriter.write``, each finishing before the next starts. "Pipeline" is ``run_segment`` over the
-same files (decode pool, inference in the main thread, writer pool). Both write the same outputs
+same files (decode pool; inference in the main thread for eager torch, on one thread per request for
+OpenVINO; writer pool). Both write the same outputs
 (per-image JSON with RLE + overlay PNG). Rounds alternate (sequential, pipeline, sequential, ...) so
 drift in machine load hits both; the medians are reported. Random weights give fake detections:
 ``--score-thresh 0`` with ``--max-detections`` sets how much post-processing (RLE, overlays) each
 image costs, as real detections would. Prints one JSON line at the end.
 
-Each round also reports its own ratio (that round's pipeline rate x that round's median inference
-latency) and the CPU time the hypervisor stole during each phase (``/proc/stat``, Linux): on a shared
-VM a burst of steal in one phase skews a ratio of medians taken across rounds, and shows up here.
+Each round also runs the decoded images through ``predict`` alone, as many at once as the pipeline keeps
+in flight and with nothing written: the runtime's own throughput, the most the pipeline can reach (on 2
+cores where one image's inference already uses both, that ceiling is about 1 / latency). Each round
+reports its own ratios (against that round's median inference latency) and the CPU time the hypervisor
+stole during each phase (``/proc/stat``, Linux): on a shared VM a burst of steal in one phase skews a
+ratio of medians taken across rounds, and shows up here.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +137,20 @@ def main(argv: list[str] | None = None) -> int:
                 stages["write"].append(t3 - t2)
             return len(items) / (time.perf_counter() - t_all), lat
 
+        def inference_alone() -> float:
+            """The pipeline's ceiling: the same images, decoded beforehand, through ``predict`` from as many
+            threads as a folder run keeps in flight, with the runtime compiled as for that run (``plan``);
+            nothing written. Images per second."""
+            images = [load_image(it.path) for it in items]
+            seg.plan(images=len(images))
+            try:
+                t0 = time.perf_counter()
+                with ThreadPoolExecutor(seg.concurrency) as pool:
+                    list(pool.map(lambda im: seg.predict([im]), images))
+                return len(images) / (time.perf_counter() - t0)
+            finally:
+                seg.end_run()
+
         seq_rates, pipe_rates, latencies = [], [], []
         stages: dict[str, list[float]] = {"decode": [], "inference": [], "write": []}
         per_round = []
@@ -141,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             seq_rates.append(rate)
             latencies.extend(lat)
             inference_s = statistics.median(stages["inference"][n_inf:])
+            ceiling = inference_alone()
             t_pipe = _cpu_times()
             s = run_segment(
                 items,
@@ -156,10 +176,13 @@ def main(argv: list[str] | None = None) -> int:
             pipe_rates.append(s.images_per_s)
             per_round.append({"one_at_a_time_images_per_s": round(rate, 3), "pipeline_images_per_s": round(s.images_per_s, 3),
                               "inference_s_median": round(inference_s, 4),
+                              "inference_alone_in_flight_images_per_s": round(ceiling, 3),
+                              "ratio_pipeline_over_inference_alone": round(s.images_per_s / ceiling, 3),
+                              "ratio_inference_alone_over_1_per_latency": round(ceiling * inference_s, 3),
                               "ratio_pipeline_over_1_per_inference_latency": round(s.images_per_s * inference_s, 3),
                               "cpu_one_at_a_time": _share(t_seq, t_pipe), "cpu_pipeline": _share(t_pipe, _cpu_times())})
-            print(f"round {r}: one-at-a-time {rate:.2f} img/s (inference {inference_s:.3f} s), pipeline "
-                  f"{s.images_per_s:.2f} img/s, ratio {s.images_per_s * inference_s:.3f}; cpu {per_round[-1]['cpu_one_at_a_time']}"
+            print(f"round {r}: one-at-a-time {rate:.2f} img/s (inference {inference_s:.3f} s), inference alone "
+                  f"{ceiling:.2f} img/s, pipeline {s.images_per_s:.2f} img/s, ratio {s.images_per_s * inference_s:.3f}; cpu {per_round[-1]['cpu_one_at_a_time']}"
                   f" / {per_round[-1]['cpu_pipeline']}", file=sys.stderr)
 
     seq, pipe = statistics.median(seq_rates), statistics.median(pipe_rates)
