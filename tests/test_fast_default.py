@@ -342,6 +342,11 @@ def test_a_folder_run_keeps_several_openvino_requests_in_flight_in_order(in_home
         assert all(streams >= 2 and conc == streams + 1 for _, streams, conc in seen), seen
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["runtime"]["streams"] == seen[-1][1]
+    # a second run straight after (no single image between) keeps the throughput compile throughout
+    again = []
+    run_segment(expand_inputs([str(folder)]), tmp_path / "out2", seg, progress=False,
+                on_result=lambda r: again.append((seg.runtime.throughput, seg.runtime.streams)))
+    assert again == [seen[-1][:2]] * len(images), again
     one_by_one = [seg(im) for im in images]
     assert seg.runtime.throughput is False and seg.runtime.streams == 1  # single images: latency again
     for r, ref in zip(summary.results, one_by_one):  # input order, and the same instances as one at a time

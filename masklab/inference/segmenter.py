@@ -157,6 +157,9 @@ class Segmenter:
         conversion (:func:`masklab.runtime.worth_preparing`), and says so."""
         self._planned = images if self.eager_by_default and openvino_installed() else None
         self._plan_calls = 0
+        # a run straight after another (no single image between): the last run's pending switch back to
+        # latency must not fire on this run's first image
+        self._refit_streams = False
         self._fit_streams(images)
 
     def end_run(self) -> None:
